@@ -1,0 +1,1 @@
+"""schoolquality: uncertainty-aware school quality estimates (Dagster + Stan)."""
