@@ -1,0 +1,254 @@
+"""The page's four models: Stan data, initial values, and posteriors as arviz InferenceData.
+
+Pure functions (no Dagster). Posterior variables follow brms's names:
+``b_Intercept`` and ``b[coef]`` (fixed effects of the uncentred design), ``sd_school``,
+``sd_cohort``, ``sd_profile`` (and ``sigma`` for M0), and the group-level deviations
+``r_school[school]``, ``r_cohort[cohort]``, ``r_profile[profile]``. The linear predictor
+of observation i is ``b_Intercept + X[i] @ b + r_school + r_cohort + r_profile``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import polars as pl
+import xarray as xr
+from scipy.special import gammaln, log_expit
+
+from schoolquality_assets.stan_engine import Draws
+
+STAN_DIR = Path(__file__).resolve().parent.parent / "stan"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str
+    stan_file: str
+    description: str
+    fixed_effects: bool  # year_subject contrasts
+    cohort: bool
+    profile: bool
+    binomial: bool = True
+
+    @property
+    def path(self) -> Path:
+        return STAN_DIR / self.stan_file
+
+    @property
+    def sd_names(self) -> list[str]:
+        names = ["sd_school"] + ["sd_cohort"] * self.cohort + ["sd_profile"] * self.profile
+        return names + ([] if self.binomial else ["sigma"])
+
+
+MODELS = {
+    "m0": ModelSpec("m0", "m0_normal.stan", "Normal on proportions, school only (ignores n)", False, False, False, False),
+    "m1": ModelSpec("m1", "m1_school.stan", "Binomial, school only", False, False, False),
+    "m2": ModelSpec("m2", "m2_cohort.stan", "Binomial, year x subject + school + cohort", True, True, False),
+    "m3": ModelSpec("m3", "m3_profile.stan", "Binomial, M2 + subject profile", True, True, True),
+}
+
+
+@dataclass
+class ModelInput:
+    """Stan data plus the labels that become the InferenceData coordinates."""
+
+    data: dict
+    coords: dict[str, list[str]]
+    frame: pl.DataFrame
+
+
+def design_matrix(labels: pl.Series) -> tuple[np.ndarray, list[str]]:
+    """Treatment contrasts of a factor (first sorted level is the reference), as brms."""
+    levels = sorted(labels.unique().to_list())
+    values = labels.to_numpy()
+    columns = [f"{labels.name}{level}" for level in levels[1:]]
+    X = np.stack([(values == level).astype(float) for level in levels[1:]], axis=1) if columns else np.zeros((len(values), 0))
+    return X, columns
+
+
+def _index(values: pl.Series) -> tuple[np.ndarray, list[str]]:
+    levels = sorted(values.unique().to_list())
+    lookup = {v: i + 1 for i, v in enumerate(levels)}
+    return np.array([lookup[v] for v in values.to_list()], dtype=np.int64), levels
+
+
+def model_input(spec: ModelSpec, sample: pl.DataFrame) -> ModelInput:
+    """Stan data for ``spec`` from an analysis sample (cleaned observations)."""
+    if sample.height == 0:
+        raise ValueError("the analysis sample is empty: nothing to fit")
+    frame = sample.sort("school_id", "year", "subject")
+    school, schools = _index(frame["school_id"])
+    data: dict = {"N": frame.height, "J_school": len(schools), "school": school}
+    coords: dict[str, list[str]] = {"school": schools}
+    if not spec.binomial:
+        proportion = (frame["y_success"] / frame["n_trials"]).to_numpy()
+        data |= {"proportion": proportion, "prior_intercept_location": float(np.round(np.median(proportion), 1))}
+        return ModelInput(data, coords, frame)
+    X, coefs = design_matrix(frame["year_subject"]) if spec.fixed_effects else (np.zeros((frame.height, 0)), [])
+    data |= {
+        "n_trials": frame["n_trials"].to_numpy().astype(np.int64),
+        "y_success": frame["y_success"].to_numpy().astype(np.int64),
+        "K": X.shape[1],
+        "X": X,
+    }
+    coords["coef"] = coefs
+    if spec.cohort:
+        cohort, cohorts = _index(frame["school_year_id"])
+        first = frame.with_columns(cohort=pl.Series(cohort)).group_by("cohort").agg(pl.col("school_id").first())
+        owner = dict(zip(first["cohort"].to_list(), first["school_id"].to_list()))
+        school_of = {s: i + 1 for i, s in enumerate(schools)}
+        data |= {
+            "J_cohort": len(cohorts),
+            "cohort": cohort,
+            "cohort_school": np.array([school_of[owner[c + 1]] for c in range(len(cohorts))], dtype=np.int64),
+        }
+        coords["cohort"] = cohorts
+    if spec.profile:
+        profile, profiles = _index(frame["school_subject_id"])
+        data |= {"J_profile": len(profiles), "subject_profile": profile}
+        coords["profile"] = profiles
+    return ModelInput(data, coords, frame)
+
+
+def initial_values(spec: ModelSpec, mi: ModelInput, chains: int, seed: int) -> list[dict]:
+    """Data-driven starting points (empirical logits), jittered per chain.
+
+    Stan's default uniform(-2, 2) inits put ~28k effects far from the data, and early
+    warmup on the full sample then runs at tree depth 10 for a long time.
+    """
+    rng = np.random.default_rng(seed)
+    d = mi.data
+    if spec.binomial:
+        y, n = d["y_success"], d["n_trials"]
+        obs = np.log((y + 0.5) / (n - y + 0.5))
+    else:
+        obs = d["proportion"]
+    school_mean = _group_mean(obs, d["school"], d["J_school"])
+    grand = float(obs.mean())
+    inits = []
+    for _ in range(chains):
+        jitter = lambda size, scale=0.1: rng.normal(0.0, scale, size)  # noqa: E731
+        mu_school = grand + 0.8 * (school_mean - grand) + jitter(d["J_school"], 0.05)
+        init = {
+            "Intercept": grand + jitter(None),
+            "sd_school": max(float(np.std(school_mean)), 0.05) * np.exp(jitter(None, 0.2)),
+            "mu_school": mu_school,
+        }
+        if spec.binomial:
+            init["b"] = np.zeros(d["K"])
+        else:
+            init["sigma"] = float(np.std(obs - school_mean[d["school"] - 1])) * np.exp(jitter(None, 0.2))
+        if spec.cohort:
+            cohort_mean = _group_mean(obs, d["cohort"], d["J_cohort"])
+            parent = mu_school[d["cohort_school"] - 1]
+            dev = cohort_mean - school_mean[d["cohort_school"] - 1]
+            init["mu_cohort"] = parent + 0.7 * dev + jitter(d["J_cohort"], 0.05)
+            init["sd_cohort"] = max(float(np.std(dev)), 0.05) * np.exp(jitter(None, 0.2))
+        if spec.profile:
+            init["sd_profile"] = 0.1 * np.exp(jitter(None, 0.2))
+            init["z_profile"] = jitter(d["J_profile"], 0.5)
+        inits.append(init)
+    return inits
+
+
+def _group_mean(values: np.ndarray, index: np.ndarray, groups: int) -> np.ndarray:
+    total = np.bincount(index - 1, weights=values, minlength=groups)
+    count = np.bincount(index - 1, minlength=groups)
+    return total / np.maximum(count, 1)
+
+
+def to_inference_data(spec: ModelSpec, mi: ModelInput, draws: Draws) -> az.InferenceData:
+    """Convert streamed draws into the brms-named posterior with data-named coordinates."""
+    p = draws.params
+    d = mi.data
+    intercept = p["Intercept"]
+    posterior = {"Intercept": intercept}
+    dims: dict[str, list[str]] = {"r_school": ["school"]}
+    posterior["r_school"] = p["mu_school"] - intercept[..., None]
+    for name in spec.sd_names:
+        posterior[name] = p[name]
+    if spec.binomial:
+        posterior["b_Intercept"] = p["b_Intercept"]
+        if d["K"]:
+            posterior["b"] = p["b"]
+            dims["b"] = ["coef"]
+    if spec.cohort:
+        posterior["r_cohort"] = p["mu_cohort"] - p["mu_school"][..., d["cohort_school"] - 1]
+        dims["r_cohort"] = ["cohort"]
+    if spec.profile:
+        posterior["r_profile"] = p["sd_profile"][..., None] * p["z_profile"]
+        dims["r_profile"] = ["profile"]
+    constant = {"school_idx": d["school"] - 1}
+    const_dims = {"school_idx": ["obs"]}
+    if spec.binomial:
+        constant |= {"n_trials": d["n_trials"], "X": d["X"]}
+        const_dims |= {"n_trials": ["obs"], "X": ["obs", "coef"]}
+        observed = {"y_success": d["y_success"]}
+    else:
+        observed = {"proportion": d["proportion"]}
+    if spec.cohort:
+        constant["cohort_idx"] = d["cohort"] - 1
+        const_dims["cohort_idx"] = ["obs"]
+    if spec.profile:
+        constant["profile_idx"] = d["subject_profile"] - 1
+        const_dims["profile_idx"] = ["obs"]
+    coords = dict(mi.coords) | {"obs": np.arange(d["N"])}
+    idata = az.from_dict(
+        posterior=posterior,
+        sample_stats=draws.sample_stats,
+        observed_data=observed,
+        constant_data=constant,
+        coords=coords,
+        dims=dims | {k: v for k, v in const_dims.items()} | {k: ["obs"] for k in observed},
+        attrs={
+            "model": spec.key,
+            "stan_file": spec.stan_file,
+            "engine": draws.engine,
+            "compile_seconds": draws.compile_seconds,
+            "sample_seconds": draws.sample_seconds,
+            **{f"sampler_{k}": str(v) for k, v in draws.settings.as_dict().items()},
+        },
+    )
+    return idata
+
+
+def linear_predictor(idata: az.InferenceData, obs: slice | np.ndarray = slice(None)) -> np.ndarray:
+    """Linear predictor, shape (chain, draw, obs), for the selected observations."""
+    post, const = idata.posterior, idata.constant_data
+    school = const["school_idx"].values[obs]
+    eta = post["r_school"].values[..., school]
+    if "b_Intercept" in post:
+        eta = eta + post["b_Intercept"].values[..., None]
+        if "b" in post:
+            eta = eta + np.einsum("cdk,nk->cdn", post["b"].values, const["X"].values[obs])
+    else:
+        eta = eta + post["Intercept"].values[..., None]
+    if "r_cohort" in post:
+        eta = eta + post["r_cohort"].values[..., const["cohort_idx"].values[obs]]
+    if "r_profile" in post:
+        eta = eta + post["r_profile"].values[..., const["profile_idx"].values[obs]]
+    return eta
+
+
+def log_likelihood(idata: az.InferenceData, obs: slice | np.ndarray = slice(None)) -> np.ndarray:
+    """Pointwise log-likelihood (chain, draw, obs), computed in NumPy from the draws."""
+    eta = linear_predictor(idata, obs)
+    if "y_success" in idata.observed_data:
+        y = idata.observed_data["y_success"].values[obs]
+        n = idata.constant_data["n_trials"].values[obs]
+        log_choose = gammaln(n + 1) - gammaln(y + 1) - gammaln(n - y + 1)
+        return log_choose + y * log_expit(eta) + (n - y) * log_expit(-eta)
+    y = idata.observed_data["proportion"].values[obs]
+    sigma = idata.posterior["sigma"].values[..., None]
+    return -0.5 * np.log(2 * np.pi) - np.log(sigma) - 0.5 * ((y - eta) / sigma) ** 2
+
+
+def with_log_likelihood(idata: az.InferenceData) -> az.InferenceData:
+    """Attach the log-likelihood group (memory: chains x draws x observations floats)."""
+    ll = log_likelihood(idata)
+    name = "y_success" if "y_success" in idata.observed_data else "proportion"
+    idata.add_groups(log_likelihood={name: xr.DataArray(ll, dims=("chain", "draw", "obs"))})
+    return idata
