@@ -1,0 +1,319 @@
+"""Tests of analyses.py on synthetic posterior draws (arviz.from_dict; no Stan)."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import warnings
+
+import arviz as az
+import numpy as np
+import polars as pl
+import pytest
+from scipy import integrate, stats
+from scipy.special import expit, logit
+
+from schoolquality_assets import analyses as an
+from schoolquality_assets import models
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+# ---------------------------------------------------------------- synthetic data and posteriors
+def simulate(n_schools=40, years=(2015, 2016, 2017, 2018), subjects=("math", "reading", "writing"),
+             sd_school=0.6, sd_cohort=0.4, seed=1) -> tuple[pl.DataFrame, dict]:
+    rng = np.random.default_rng(seed)
+    rows, truth = [], {"school": {}, "cohort": {}}
+    for j in range(n_schools):
+        sid = f"S{j:03d}"
+        size = int(np.clip(rng.lognormal(np.log(45), 0.9), 5, 260))
+        truth["school"][sid] = a = rng.normal(0, sd_school)
+        for yr in years:
+            cid = f"{sid}_{yr}"
+            truth["cohort"][cid] = c = rng.normal(0, sd_cohort)
+            for sub in subjects:
+                n = max(3, int(size * rng.uniform(0.9, 1.1)))
+                rows.append({"school_id": sid, "year": yr, "subject": sub, "n_trials": n,
+                             "y_success": int(rng.binomial(n, expit(0.3 + a + c))), "participation": 0.95})
+    df = pl.DataFrame(rows).with_columns(
+        pl.concat_str([pl.col("year").cast(pl.Utf8), pl.col("subject")], separator="_").alias("year_subject"),
+        pl.concat_str([pl.col("school_id"), pl.col("year").cast(pl.Utf8)], separator="_").alias("school_year_id"),
+        pl.concat_str([pl.col("school_id"), pl.col("subject")], separator="_").alias("school_subject_id"),
+    )
+    return df.sort("school_id", "year", "subject"), truth
+
+
+def fake_idata(sample, posterior, cohort=False, dims=None, sample_stats=None, attrs=None, binomial=True):
+    """InferenceData in models.to_inference_data's layout from given posterior arrays."""
+    key = "m2" if cohort else "m1"
+    mi = models.model_input(models.MODELS[key], sample)
+    d = mi.data
+    constant = {"school_idx": d["school"] - 1}
+    cdims = {"school_idx": ["obs"]}
+    if binomial:
+        constant["n_trials"] = d["n_trials"]
+        cdims["n_trials"] = ["obs"]
+        observed = {"y_success": d["y_success"]}
+    else:
+        observed = {"proportion": (mi.frame["y_success"] / mi.frame["n_trials"]).to_numpy()}
+    if cohort:
+        constant["cohort_idx"] = d["cohort"] - 1
+        cdims["cohort_idx"] = ["obs"]
+    coords = {k: v for k, v in mi.coords.items() if k != "coef"} | {"obs": np.arange(d["N"])}
+    return az.from_dict(
+        posterior=posterior, sample_stats=sample_stats, observed_data=observed, constant_data=constant,
+        coords=coords, dims={"r_school": ["school"], "r_cohort": ["cohort"]} | (dims or {}) | cdims
+        | {k: ["obs"] for k in observed}, attrs=attrs or {},
+    )
+
+
+def around(rng, value, shape, noise):
+    return np.asarray(value) + rng.normal(0, noise, shape + np.shape(value))
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate()
+
+
+@pytest.fixture(scope="module")
+def posteriors(sim):
+    """'True-structure' cohort model (m2) and 'school-only' model (m1) draws near the truth."""
+    sample, truth = sim
+    rng = np.random.default_rng(7)
+    C, D = 4, 100
+    schools = sorted(truth["school"])
+    cohorts = sorted(truth["cohort"])
+    a = np.array([truth["school"][s] for s in schools])
+    c = np.array([truth["cohort"][k] for k in cohorts])
+    cm = np.array([np.mean([truth["cohort"][k] for k in cohorts if k.startswith(s)]) for s in schools])
+    stats_ = {"energy": rng.normal(size=(C, D)), "diverging": np.zeros((C, D), bool),
+              "max_treedepth_hit": np.zeros((C, D), bool)}
+    stats_["diverging"][0, :3] = True
+    m2 = fake_idata(sample, {
+        "b_Intercept": around(rng, 0.3, (C, D), 0.02), "Intercept": around(rng, 0.3, (C, D), 0.02),
+        "r_school": around(rng, a, (C, D), 0.05), "r_cohort": around(rng, c, (C, D), 0.05),
+        "sd_school": np.abs(around(rng, 0.6, (C, D), 0.03)), "sd_cohort": np.abs(around(rng, 0.4, (C, D), 0.03)),
+    }, cohort=True, sample_stats=stats_, attrs={"model": "m2", "sample_seconds": 12.5})
+    m1 = fake_idata(sample, {
+        "b_Intercept": around(rng, 0.3, (C, D), 0.02), "Intercept": around(rng, 0.3, (C, D), 0.02),
+        "r_school": around(rng, a + cm, (C, D), 0.05), "sd_school": np.abs(around(rng, 0.7, (C, D), 0.03)),
+    }, sample_stats=stats_, attrs={"model": "m1", "sample_seconds": 3.0})
+    return {"m1": m1, "m2": m2}
+
+
+# ---------------------------------------------------------------- variance decomposition
+def _var_idata(sds: dict[str, np.ndarray]):
+    return az.from_dict(posterior={k: v for k, v in sds.items()})
+
+
+def test_variance_components_exact_on_constant_draws():
+    shape = (2, 50)
+    t = an.variance_components(_var_idata({"sd_school": np.full(shape, 1.0), "sd_cohort": np.full(shape, 0.5),
+                                           "sd_profile": np.full(shape, 0.1)}))
+    var = np.array([math.pi**2 / 3, 1.0, 0.25, 0.01])
+    assert t["component"].to_list() == [an.OBSERVATION, "School (persistent)", "Cohort (school×year)", "Subject profile"]
+    np.testing.assert_allclose(t["variance"].to_numpy(), var)
+    np.testing.assert_allclose(t["pct_total"].to_numpy(), 100 * var / var.sum())
+    np.testing.assert_allclose(t["pct_total_lower"].to_numpy(), 100 * var / var.sum())
+    np.testing.assert_allclose(t["pct_latent"].to_numpy()[1:], 100 * var[1:] / var[1:].sum())
+    assert t["pct_latent"][0] is None
+    assert t["pct_total"].sum() == pytest.approx(100)
+    assert t["pct_latent"].drop_nulls().sum() == pytest.approx(100)
+    md = an.variance_markdown(t)
+    assert "| School (persistent) | 1.000 [1.000, 1.000] |" in md and "% of latent variance" in md
+
+
+def test_variance_intervals_equal_numpy_quantiles():
+    rng = np.random.default_rng(3)
+    s, c = rng.uniform(0.5, 0.7, (4, 200)), rng.uniform(0.3, 0.5, (4, 200))
+    t = an.variance_components(_var_idata({"sd_school": s, "sd_cohort": c}))
+    assert t.height == 3
+    vs, vc = s.ravel() ** 2, c.ravel() ** 2
+    tot = vs + vc + math.pi**2 / 3
+    row = t.filter(pl.col("component") == "School (persistent)").row(0, named=True)
+    assert row["variance_lower"] == pytest.approx(np.quantile(vs, 0.025))
+    assert row["variance_upper"] == pytest.approx(np.quantile(vs, 0.975))
+    assert row["pct_total"] == pytest.approx(np.mean(100 * vs / tot))
+    assert row["pct_total_upper"] == pytest.approx(np.quantile(100 * vs / tot, 0.975))
+    assert row["pct_latent_lower"] == pytest.approx(np.quantile(100 * vs / (vs + vc), 0.025))
+
+
+# ---------------------------------------------------------------- shrinkage
+def test_shrinkage_exact_and_band_ordering():
+    rng = np.random.default_rng(5)
+    sizes = np.r_[np.full(30, 12), np.full(30, 50), np.full(30, 200)]
+    rows = []
+    for j, n in enumerate(sizes):
+        for t in range(3):
+            rows.append({"school_id": f"S{j:03d}", "year": 2015 + t, "subject": "math", "n_trials": int(n),
+                         "y_success": int(rng.binomial(n, expit(rng.normal(0, 0.8))))})
+    sample = pl.DataFrame(rows).with_columns(
+        pl.concat_str([pl.col("year").cast(pl.Utf8), pl.col("subject")], separator="_").alias("year_subject"))
+    agg = sample.group_by("school_id").agg(pl.col("y_success").sum(), pl.col("n_trials").sum()).sort("school_id")
+    y, n = agg["y_success"].to_numpy(), agg["n_trials"].to_numpy()
+    z = logit((y + 0.5) / (n + 1))
+    # exact normal-normal shrinkage on the logit scale, sampling variance driven by n
+    mu, tau2 = 0.0, 0.64
+    v = 1 / (n * expit(z) * (1 - expit(z)))
+    B = tau2 / (tau2 + v)
+    post_mean, post_sd = mu + B * (z - mu), np.sqrt(B * v)
+    D = 400
+    r1 = post_mean + post_sd * rng.standard_normal((1, D, len(n)))
+    m1 = fake_idata(sample, {"b_Intercept": np.zeros((1, D)), "r_school": r1, "sd_school": np.full((1, D), 0.8)})
+    raw = y / n
+    r0 = 0.5 + 0.5 * (raw - 0.5) + 0.01 * rng.standard_normal((1, D, len(n)))  # equal shrinkage (M0)
+    m0 = fake_idata(sample, {"Intercept": np.full((1, D), 0.5), "r_school": r0 - 0.5,
+                             "sd_school": np.full((1, D), 0.2), "sigma": np.full((1, D), 0.1)}, binomial=False)
+    t = an.shrinkage(sample, m0, m1)
+    np.testing.assert_allclose(t["raw_proportion"].to_numpy(), raw)
+    np.testing.assert_allclose(t["m1_estimate"].to_numpy(), expit(r1[0]).mean(0))
+    np.testing.assert_allclose(t["m0_estimate"].to_numpy(), (0.5 + (r0 - 0.5))[0].mean(0))
+    np.testing.assert_allclose(t["m1_shrinkage_pp"].to_numpy(), 100 * np.abs(raw - expit(r1[0]).mean(0)))
+    by = an.shrinkage_by_band(t)
+    assert by["band"].to_list() == list(an.BANDS) and by["schools"].to_list() == [30, 30, 30]
+    s1 = by["mean_shrinkage_m1_pp"].to_numpy()
+    assert s1[0] > s1[1] > s1[2]
+    for png in (an.shrinkage_figures(t), an.shrinkage_vs_n_figure(t)):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- LOO
+def test_pointwise_loo_matches_az_loo_and_chunks(posteriors):
+    idata = posteriors["m2"]
+    r = an._reff(idata)
+    full = models.with_log_likelihood(idata.copy())
+    ref = az.loo(full, pointwise=True, reff=r)
+    for chunk in (37, 10_000):
+        pw = an.pointwise_loo(idata, max_draws=None, chunk=chunk)
+        np.testing.assert_allclose(pw["elpd_i"], ref.loo_i.values, rtol=1e-10)
+        np.testing.assert_allclose(pw["pareto_k"], ref.pareto_k.values, rtol=1e-10)
+        assert pw["elpd_i"].sum() == pytest.approx(ref.elpd_loo)
+        assert pw["p_loo_i"].sum() == pytest.approx(ref.p_loo)
+
+
+def test_loo_table_ranks_true_structure_first(posteriors):
+    t = an.loo_table(posteriors | {"m0": None}, max_draws=200, chunk=100)
+    ranked = t.filter(pl.col("rank").is_not_null())
+    assert ranked["model"].to_list() == ["M2", "M1"]
+    assert ranked["elpd_diff"][0] == 0 and ranked["se_diff"][0] is None
+    assert ranked["elpd_diff"][1] < -2 * ranked["se_diff"][1]
+    assert ranked["draws_used"].to_list() == [200, 200]  # 400 draws thinned by 2
+    m0 = t.filter(pl.col("model") == "M0")
+    assert m0.height == 1 and "M0 excluded" in m0["note"][0]
+    # se_diff from pointwise differences
+    a, b = (an.pointwise_loo(posteriors[m], 200, 100)["elpd_i"] for m in ("m2", "m1"))
+    assert ranked["se_diff"][1] == pytest.approx(np.sqrt(len(a) * np.var(b - a)))
+
+
+def _tiny_cohort_idata():
+    """2 cohorts, 3 observations, 4 draws (single school)."""
+    rng = np.random.default_rng(11)
+    S = 4
+    post = {
+        "b_Intercept": rng.normal(0.2, 0.3, (1, S)), "r_school": rng.normal(0, 0.3, (1, S, 1)),
+        "sd_school": np.full((1, S), 0.5), "sd_cohort": rng.uniform(0.2, 0.9, (1, S)),
+        "r_cohort": rng.normal(0, 0.4, (1, S, 2)),
+    }
+    idata = az.from_dict(
+        posterior=post, observed_data={"y_success": np.array([3, 17, 40])},
+        constant_data={"school_idx": np.zeros(3, int), "cohort_idx": np.array([0, 0, 1]),
+                       "n_trials": np.array([10, 25, 60])},
+        coords={"school": ["S1"], "cohort": ["S1_2015", "S1_2016"], "obs": np.arange(3)},
+        dims={"r_school": ["school"], "r_cohort": ["cohort"], "school_idx": ["obs"], "cohort_idx": ["obs"],
+              "n_trials": ["obs"], "y_success": ["obs"]},
+    )
+    return idata, post
+
+
+def test_adaptive_gauss_hermite_matches_quad():
+    idata, post = _tiny_cohort_idata()
+    labels, counts, logp = an.cohort_log_marginal(idata, n_nodes=15)
+    assert labels == ["S1_2015", "S1_2016"] and counts.tolist() == [2, 1]
+    y, n, cid = np.array([3, 17, 40]), np.array([10, 25, 60]), np.array([0, 0, 1])
+    for s in range(4):
+        base = post["b_Intercept"][0, s] + post["r_school"][0, s, 0]
+        sd = post["sd_cohort"][0, s]
+        for c in range(2):
+            m = cid == c
+            f = lambda u: np.prod(stats.binom.pmf(y[m], n[m], expit(base + u))) * stats.norm.pdf(u, 0, sd)  # noqa: E731
+            val, _ = integrate.quad(f, -12 * sd - 5, 12 * sd + 5, epsabs=0, epsrel=1e-12, limit=200)
+            assert np.exp(logp[s, c]) == pytest.approx(val, rel=1e-6)
+
+
+def test_cohort_loo_table(posteriors, sim):
+    sample, _ = sim
+    groups = an.cohort_groups(sample)
+    t = an.cohort_loo_table(posteriors, groups=groups, max_draws=200, chunk=150)
+    assert t["unit"].unique().to_list() == ["cohort"]
+    assert t["model"].to_list() == ["M2", "M1"] and t["n_units"][0] == 160
+    one = an.cohort_integrated_loo(posteriors["m1"], groups=groups, max_draws=200)
+    ll = models.log_likelihood(an._thin(posteriors["m1"], 200)).reshape(200, -1)
+    lp = np.stack([ll[:, groups == g].sum(1) for g in sorted(set(groups))], axis=1)
+    elpd, _, _ = an._psis_loo(lp.T, an._reff(an._thin(posteriors["m1"], 200)))
+    np.testing.assert_allclose(one["elpd"].to_numpy(), elpd)
+    with pytest.raises(ValueError, match="pass groups"):
+        an.cohort_integrated_loo(posteriors["m1"])
+
+
+# ---------------------------------------------------------------- SD by model, random effects, diagnostics
+def test_school_sd_and_random_effects(posteriors):
+    t = an.school_sd_by_model(posteriors)
+    assert t["model"].to_list() == ["M1", "M2"]
+    assert t["sd_school"][1] == pytest.approx(posteriors["m2"].posterior["sd_school"].values.mean())
+    assert an.school_sd_figure(t)[:4] == b"\x89PNG"
+    elig = pl.DataFrame({"school_id": [f"S{j:03d}" for j in range(40)], "mean_n_trials": np.linspace(5, 200, 40)})
+    re_ = an.school_random_effects(posteriors["m2"], elig)
+    r = posteriors["m2"].posterior["r_school"].values.reshape(400, -1)
+    assert re_.height == 40 and re_["rank"].to_list() == list(range(1, 41))
+    assert (np.diff(re_["mean"].to_numpy()) >= 0).all()
+    row = re_.filter(pl.col("school_id") == "S005").row(0, named=True)
+    assert row["mean"] == pytest.approx(r[:, 5].mean()) and row["upper"] == pytest.approx(np.quantile(r[:, 5], 0.975))
+    assert an.caterpillar_figure(re_)[:4] == b"\x89PNG"
+
+
+def test_mcmc_diagnostics(posteriors):
+    t = an.mcmc_diagnostics(posteriors)
+    assert t["model"].to_list() == ["M1", "M2"]
+    s = an.convergence_summary(posteriors["m2"])
+    post = posteriors["m2"].posterior
+    ref = max(float(az.rhat(post[[v]])[v].max()) for v in ("b_Intercept", "Intercept", "sd_school", "sd_cohort", "r_school"))
+    assert s["max_rhat"] == pytest.approx(ref)
+    assert s["divergences"] == 3 and s["max_treedepth_hits"] == 0 and s["sample_seconds"] == 12.5
+    assert s["min_bfmi"] == pytest.approx(float(np.min(az.bfmi(posteriors["m2"]))))
+    assert s["r_profile_max_rhat"] is None and 0 <= s["r_cohort_share_rhat_gt_1_01"] <= 1
+    assert s["min_ess_bulk_sd"] == pytest.approx(min(float(az.ess(post[[v]])[v]) for v in ("sd_school", "sd_cohort")))
+    assert an.trace_plot_png(posteriors["m2"], ["sd_school", "sd_cohort"])[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------- frequentist
+def test_frequentist_comparison(sim):
+    sample, _ = sim
+    bayes = an.variance_components(_var_idata({"sd_school": np.full((1, 10), 0.6), "sd_cohort": np.full((1, 10), 0.4)}))
+    t = an.frequentist_comparison(sample, bayes, bayes_seconds=1200, bayes_sample="40 schools", max_schools=30)
+    assert t.columns == ["aspect", "frequentist", "bayesian"]
+    assert t["aspect"].to_list() == ["Likelihood", "Weights", "Uncertainty", "Variance decomposition",
+                                     "Shrinkage", "Speed", "Sample"]
+    d = dict(zip(t["aspect"], t["frequentist"]))
+    assert an.NO_WEIGHTS in d["Weights"] and d["Sample"].startswith("30 of 40 schools, 360 observations")
+    assert "School (persistent) 69.2%" in dict(zip(t["aspect"], t["bayesian"]))["Variance decomposition"]
+    f = an.frequentist_fit(sample, None)
+    assert sum(f["pct"].values()) == pytest.approx(100) and f["variance"]["school"] > 0.1
+
+
+# ---------------------------------------------------------------- report
+def test_report_html():
+    png = an.figure_png(__import__("matplotlib.pyplot").pyplot.figure())
+    tab = pl.DataFrame({"model": ["M1", "M2"], "elpd": [-1234.56789123, 0.000123456789], "k": [3, None]})
+    sections = {name: {"text": f"About {name}.", "tables": [(f"{name} table", tab)], "figures": [(name, png)]}
+                for name in an.SECTIONS if name != "Stage 1 production model"}
+    out = an.report_html("subsample", sections)
+    heads = re.findall(r"<h2>(.*?)</h2>", out)
+    assert heads == [__import__("html").escape(n) for n in an.SECTIONS if n != "Stage 1 production model"]
+    m = re.search(r'<table id="table-shrinkage-table">(.*?)</table>', out)
+    cells = re.findall(r"<td>(.*?)</td>", m.group(1))
+    assert float(cells[1]) == pytest.approx(-1234.56789123, rel=1e-5) and float(cells[4]) == pytest.approx(0.000123456789, rel=1e-5)
+    assert cells[5] == "" and cells[2] == "3"
+    imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', out)
+    assert len(imgs) == 8 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
