@@ -252,3 +252,33 @@ def with_log_likelihood(idata: az.InferenceData) -> az.InferenceData:
     name = "y_success" if "y_success" in idata.observed_data else "proportion"
     idata.add_groups(log_likelihood={name: xr.DataArray(ll, dims=("chain", "draw", "obs"))})
     return idata
+
+
+def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print) -> az.InferenceData:
+    """Fit ``spec`` to an analysis sample and return its posterior."""
+    from schoolquality_assets.stan_engine import sample as run_sampler
+
+    mi = model_input(spec, sample)
+    inits = initial_values(spec, mi, settings.chains, settings.seed)
+    draws = run_sampler(spec.path, mi.data, settings, inits=inits, progress=progress)
+    return to_inference_data(spec, mi, draws)
+
+
+def save_posterior(idata: az.InferenceData, path: Path) -> None:
+    """Write NetCDF atomically: readers see the previous file or the complete new one."""
+    from schoolquality_assets.warehouse import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        idata.to_netcdf(str(tmp), engine="h5netcdf")
+
+
+def load_posterior(path: Path) -> az.InferenceData:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no posterior at {path}: materialize its posterior asset first")
+    return az.from_netcdf(str(path), engine="h5netcdf").load()
+
+
+def stan_code_version(spec: ModelSpec) -> str:
+    import hashlib
+
+    return hashlib.sha256(spec.path.read_bytes()).hexdigest()[:16]

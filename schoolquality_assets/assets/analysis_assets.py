@@ -1,0 +1,116 @@
+"""The page's tables and figures as partitioned assets, and the HTML report that gathers them."""
+
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from schoolquality_assets import analyses, models
+from schoolquality_assets.assets.common import image_md, markdown, read_partition, sample_partitions, table_metadata, write_partition
+from schoolquality_assets.assets.ingest import OWNER
+from schoolquality_assets.assets.posteriors import posterior_path
+from schoolquality_assets.resources import WarehouseResource
+from schoolquality_assets.warehouse import Warehouse, atomic_path
+
+ANALYSES = dict(partitions_def=sample_partitions, group_name="analyses", owners=[OWNER], kinds={"duckdb", "polars"})
+
+
+def _posteriors(wh: Warehouse, partition: str, keys) -> dict:
+    return {k: models.load_posterior(posterior_path(wh, k, partition)) for k in keys}
+
+
+def _publish(context, wh: Warehouse, table: str, frame: pl.DataFrame, figures: list[bytes], **extra) -> dg.MaterializeResult:
+    """Write the table's partition rows and the figures; return metadata the UI shows."""
+    partition = context.partition_key
+    write_partition(wh, table, partition, frame)
+    fig_dir = wh.ensure(wh.reports_dir / partition / "figures")
+    meta = table_metadata(frame) | {"table": dg.MetadataValue.md(markdown(frame.head(30)))}
+    for i, png in enumerate(figures):
+        with atomic_path(fig_dir / f"{table}_{i + 1}.png") as tmp:
+            tmp.write_bytes(png)
+        meta[f"figure_{i + 1}"] = image_md(png, table)
+    return dg.MaterializeResult(metadata=meta | extra)
+
+
+@dg.asset(deps=["posterior_m0", "posterior_m1", "analysis_sample"], description="M0 vs M1 shrinkage per school and by sample-size band.", **ANALYSES)
+def shrinkage(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    wh = warehouse.get()
+    p = _posteriors(wh, context.partition_key, ("m0", "m1"))
+    table = analyses.shrinkage(read_partition(wh, "analysis_sample", context.partition_key), p["m0"], p["m1"])
+    by_band = analyses.shrinkage_by_band(table)
+    write_partition(wh, "shrinkage_by_band", context.partition_key, by_band)
+    return _publish(context, wh, "shrinkage", table,
+                    [analyses.shrinkage_figures(table), analyses.shrinkage_vs_n_figure(table)],
+                    by_band=dg.MetadataValue.md(markdown(by_band)))
+
+
+@dg.asset(deps=["posterior_m2", "posterior_m3"], description="Variance decomposition per posterior draw (full with pi^2/3, and latent), M3 and M2.", **ANALYSES)
+def variance_components(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    wh = warehouse.get()
+    p = _posteriors(wh, context.partition_key, ("m2", "m3"))
+    table = pl.concat([analyses.variance_components(p[k]).with_columns(model=pl.lit(k.upper())) for k in ("m3", "m2")])
+    m3 = table.filter(pl.col("model") == "M3")
+    return _publish(context, wh, "variance_components", table, [], page_tables=dg.MetadataValue.md(analyses.variance_markdown(m3)))
+
+
+@dg.asset(deps=["posterior_m1", "posterior_m2", "posterior_m3"], description="School SD (mean, 95% interval) under M1, M2, M3.", **ANALYSES)
+def school_sd_by_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    wh = warehouse.get()
+    keys = [k for k in ("m1", "m2", "m3") if posterior_path(wh, k, context.partition_key).exists()]
+    table = analyses.school_sd_by_model(_posteriors(wh, context.partition_key, keys))
+    return _publish(context, wh, "school_sd_by_model", table, [analyses.school_sd_figure(table)])
+
+
+@dg.asset(deps=["posterior_m3", "eligible_schools"], description="M3 school effects, ranked, with 95% intervals (caterpillar).", **ANALYSES)
+def school_random_effects(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    wh = warehouse.get()
+    table = analyses.school_random_effects(_posteriors(wh, context.partition_key, ("m3",))["m3"], wh.read_table("eligible_schools"))
+    return _publish(context, wh, "school_random_effects", table, [analyses.caterpillar_figure(table)])
+
+
+@dg.asset(deps=["posterior_m1", "posterior_m2", "posterior_m3", "analysis_sample"],
+          description="PSIS-LOO (per observation) and integrated leave-one-cohort-out comparison of M1-M3 (M0 excluded).",
+          check_specs=[dg.AssetCheckSpec("pareto_k_share", asset="loo_comparison",
+                                         description="At most 1% of observation-level Pareto k above 0.7 (WARN)")],
+          **ANALYSES)
+def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    wh = warehouse.get()
+    p = _posteriors(wh, context.partition_key, ("m1", "m2", "m3"))
+    sample = read_partition(wh, "analysis_sample", context.partition_key).sort("school_id", "year", "subject")
+    obs = analyses.loo_table(p)
+    cohort = analyses.cohort_loo_table(p, groups=analyses.cohort_groups(sample))
+    table = pl.concat([obs, cohort], how="diagonal_relaxed")
+    result = _publish(context, wh, "loo_comparison", table, [])
+    worst = float(obs.filter(pl.col("model") != "M0")["pareto_k_share"].max())
+    yield result
+    yield dg.AssetCheckResult(
+        check_name="pareto_k_share", passed=worst <= 0.01, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"max_share_k_gt_0_7": worst, "threshold": 0.01,
+                  "reliable_estimate": "see the unit='cohort' rows (cohort effects integrated out)"},
+    )
+
+
+@dg.asset(deps=["posterior_m0", "posterior_m1", "posterior_m2", "posterior_m3"], description="Convergence figures of every fitted model.", **ANALYSES)
+def mcmc_diagnostics(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    wh = warehouse.get()
+    keys = [k for k in models.MODELS if posterior_path(wh, k, context.partition_key).exists()]
+    p = _posteriors(wh, context.partition_key, keys)
+    table = analyses.mcmc_diagnostics(p)
+    traces = [analyses.trace_plot_png(p[k], models.MODELS[k].sd_names) for k in keys]
+    return _publish(context, wh, "mcmc_diagnostics", table, traces)
+
+
+@dg.asset(deps=["analysis_sample", "variance_components", "posterior_m2"],
+          description="The page's logit-normal mixed model (statsmodels) against the Bayesian fit, measured in this run.", **ANALYSES)
+def frequentist_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    wh = warehouse.get()
+    partition = context.partition_key
+    sample = read_partition(wh, "analysis_sample", partition)
+    components = read_partition(wh, "variance_components", partition).filter(pl.col("model") == "M3")
+    m2 = models.load_posterior(posterior_path(wh, "m2", partition))
+    table = analyses.frequentist_comparison(
+        sample, components, bayes_seconds=float(m2.attrs.get("sample_seconds", 0.0)),
+        bayes_sample=f"{sample['school_id'].n_unique()} schools, {sample.height} observations ({partition})",
+    )
+    return _publish(context, wh, "frequentist_comparison", table, [])

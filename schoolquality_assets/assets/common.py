@@ -1,0 +1,71 @@
+"""Shared asset plumbing: partitions, table metadata, partitioned DuckDB writes, images."""
+
+from __future__ import annotations
+
+import base64
+
+import dagster as dg
+import polars as pl
+
+from schoolquality_assets.filters import PARTITIONS
+from schoolquality_assets.warehouse import Warehouse, _identifier
+
+sample_partitions = dg.StaticPartitionsDefinition(list(PARTITIONS))
+
+_DAGSTER_TYPES = {
+    pl.Utf8: "string", pl.Int64: "int64", pl.Int32: "int32", pl.Float64: "float64",
+    pl.Boolean: "bool", pl.UInt32: "uint32", pl.UInt64: "uint64",
+}
+
+
+def table_metadata(frame: pl.DataFrame, preview_rows: int = 5) -> dict:
+    schema = dg.TableSchema(
+        columns=[dg.TableColumn(name, _DAGSTER_TYPES.get(dtype, str(dtype))) for name, dtype in frame.schema.items()]
+    )
+    return {
+        "dagster/row_count": frame.height,
+        "dagster/column_schema": schema,
+        "preview": dg.MetadataValue.md(markdown(frame.head(preview_rows))),
+    }
+
+
+def markdown(frame: pl.DataFrame, digits: int = 4) -> str:
+    if frame.width == 0:
+        return "(empty)"
+    def cell(v):
+        if v is None:
+            return ""
+        return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * frame.width]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join(lines)
+
+
+def image_md(png: bytes, alt: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def write_partition(warehouse: Warehouse, table: str, partition: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """Replace this partition's rows of ``table`` (other partitions untouched), atomically."""
+    table = _identifier(table)
+    frame = frame.with_columns(pl.lit(partition).alias("partition"))
+    with warehouse.connect() as con:
+        con.register("_incoming", frame.to_arrow())
+        try:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(f'CREATE TABLE IF NOT EXISTS "{table}" AS SELECT * FROM _incoming WHERE false')
+            con.execute(f'DELETE FROM "{table}" WHERE partition = ?', [partition])
+            con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM _incoming')
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("_incoming")
+    return frame
+
+
+def read_partition(warehouse: Warehouse, table: str, partition: str) -> pl.DataFrame:
+    with warehouse.connect(read_only=True) as con:
+        arrow = con.execute(f'SELECT * FROM "{table}" WHERE partition = ?', [partition]).arrow()
+    return pl.from_arrow(arrow).drop("partition")

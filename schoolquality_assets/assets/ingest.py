@@ -1,0 +1,191 @@
+"""Ingest and sample: landing files -> raw -> rejected/valid -> cleaned -> eligible -> analysis sample."""
+
+
+import dagster as dg
+import polars as pl
+
+from schoolquality_assets import contract, filters, synthetic
+from schoolquality_assets.assets.common import markdown, read_partition, sample_partitions, table_metadata, write_partition
+from schoolquality_assets.resources import WarehouseResource
+
+OWNER = "team:education-data"
+INGEST = dict(group_name="ingest", owners=[OWNER], kinds={"duckdb", "polars"})
+
+
+def _landing(warehouse: WarehouseResource) -> tuple[pl.DataFrame, str, list[str]]:
+    """Rows from the landing folder, or the synthetic province when it holds no files."""
+    wh = warehouse.get()
+    raw_dir = wh.ensure(wh.raw_dir)
+    files = contract.list_landing_files(raw_dir)
+    if files:
+        return contract.load_landing(raw_dir), f"landing files ({len(files)})", [f.name for f in files]
+    province = synthetic.generate_province(seed=warehouse.synthetic_seed)
+    obs = province.observations.with_columns(pl.all().cast(pl.Utf8))
+    frame = obs.with_columns(
+        pl.lit(f"synthetic_province_seed_{warehouse.synthetic_seed}").alias("source_file"),
+        pl.int_range(1, obs.height + 1, dtype=pl.Int64).alias("source_row"),
+    )
+    wh.write_table("synthetic_truth", synthetic.truth_frame(province.truth))
+    return frame, f"synthetic province (seed {warehouse.synthetic_seed})", []
+
+
+@dg.asset(description="Every landing row, as text, with its source file and row number.", **INGEST)
+def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    try:
+        frame, source, files = _landing(warehouse)
+    except contract.LandingFileError as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    ignored = contract.ignored_files(warehouse.get().raw_dir)
+    if ignored:
+        context.log.warning(f"ignored non-landing files in raw/: {[p.name for p in ignored]}")
+    warehouse.get().write_table("raw_observations", frame)
+    context.log.info(f"loaded {frame.height} rows from {source}")
+    return dg.MaterializeResult(
+        metadata=table_metadata(frame) | {
+            "source": source,
+            "files": dg.MetadataValue.json(files),
+            "ignored_files": dg.MetadataValue.json([p.name for p in ignored]),
+        }
+    )
+
+
+@dg.asset(
+    deps=[raw_observations],
+    description="Rows that break the landing contract, with a reason code; valid rows go to valid_observations.",
+    **INGEST,
+)
+def rejected_observations(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    wh = warehouse.get()
+    raw = wh.read_table("raw_observations")
+    valid, rejected = contract.validate(raw)
+    if valid.height + rejected.height != raw.height:
+        raise dg.Failure(f"validation lost rows: {raw.height} in, {valid.height} + {rejected.height} out")
+    wh.write_table("valid_observations", valid)
+    wh.write_table("rejected_observations", rejected)
+    by_reason = rejected.group_by("reason").len().sort("reason") if rejected.height else pl.DataFrame()
+    return dg.MaterializeResult(
+        metadata=table_metadata(rejected) | {
+            "valid_rows": valid.height,
+            "raw_rows": raw.height,
+            "rejected_by_reason": dg.MetadataValue.md(markdown(by_reason)),
+        }
+    )
+
+
+@dg.asset(
+    deps=[rejected_observations],
+    description="Valid observations with participation >= 0.50 from eligible schools, with model keys "
+    "year_subject, school_year_id (cohort) and school_subject_id (profile). Dropped rows go to filtered_observations.",
+    **INGEST,
+)
+def cleaned_observations(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    wh = warehouse.get()
+    cleaned, filtered = filters.clean(wh.read_table("valid_observations"))
+    wh.write_table("cleaned_observations", cleaned)
+    wh.write_table("filtered_observations", filtered)
+    by_reason = filtered.group_by("reason").len().sort("reason") if filtered.height else pl.DataFrame()
+    return dg.MaterializeResult(
+        metadata=table_metadata(cleaned) | {"filtered_by_reason": dg.MetadataValue.md(markdown(by_reason))}
+    )
+
+
+def _check_result(passed: bool, rows: int, offending: pl.DataFrame, **extra) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=passed,
+        metadata={
+            "rows_checked": rows,
+            "violations": offending.height,
+            "examples": dg.MetadataValue.md(markdown(offending.head(5))),
+            **extra,
+        },
+    )
+
+
+@dg.asset_check(asset=cleaned_observations, blocking=True, description="No cleaned observation has participation < 0.50.")
+def participation_at_least_half(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    cleaned = warehouse.get().read_table("cleaned_observations")
+    bad = cleaned.filter(pl.col("participation") < filters.MIN_PARTICIPATION)
+    return _check_result(bad.height == 0, cleaned.height, bad.select("school_id", "year", "subject", "participation"))
+
+
+MODEL_COLUMNS = ("school_id", "year", "subject", "n_trials", "y_success", "year_subject", "school_year_id", "school_subject_id")
+
+
+@dg.asset_check(
+    asset=cleaned_observations, blocking=True,
+    description="Keys (school_id, year, subject) unique, 0 <= y_success <= n_trials, no nulls in model columns.",
+)
+def model_columns_valid(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    cleaned = warehouse.get().read_table("cleaned_observations")
+    dup = cleaned.filter(pl.struct(contract.KEY).is_duplicated())
+    out_of_range = cleaned.filter((pl.col("y_success") < 0) | (pl.col("y_success") > pl.col("n_trials")))
+    nulls = cleaned.filter(pl.any_horizontal(pl.col(MODEL_COLUMNS).is_null()))
+    bad = pl.concat([f.select(contract.KEY) for f in (dup, out_of_range, nulls)])
+    return _check_result(
+        bad.height == 0, cleaned.height, bad,
+        duplicate_keys=dup.height, out_of_range=out_of_range.height, null_rows=nulls.height,
+    )
+
+
+@dg.asset(
+    deps=[cleaned_observations],
+    description="One row per eligible school: observation count, average n, years present.",
+    **INGEST,
+)
+def eligible_schools(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    wh = warehouse.get()
+    table = filters.eligible_schools(wh.read_table("cleaned_observations"))
+    wh.write_table("eligible_schools", table)
+    return dg.MaterializeResult(metadata=table_metadata(table))
+
+
+@dg.asset(
+    deps=[eligible_schools],
+    partitions_def=sample_partitions,
+    description="Observations of the schools analysed: 'full' = every eligible school; 'subsample' = a stable, "
+    "hash-ranked choice of 500 (configurable) eligible schools.",
+    group_name="sample", owners=[OWNER], kinds={"duckdb", "polars"},
+)
+def analysis_sample(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    wh = warehouse.get()
+    sample = filters.analysis_sample(
+        wh.read_table("cleaned_observations"), context.partition_key,
+        subsample_size=warehouse.subsample_size, seed=warehouse.subsample_seed,
+    )
+    write_partition(wh, "analysis_sample", context.partition_key, sample)
+    return dg.MaterializeResult(
+        metadata=table_metadata(sample) | {"schools": sample["school_id"].n_unique()}
+    )
+
+
+@dg.asset_check(
+    asset=analysis_sample, blocking=True,
+    description="Every school in the sample has >= 2 observations at participation >= 0.70.",
+)
+def sample_schools_eligible(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    sample = read_partition(warehouse.get(), "analysis_sample", _partition(context))
+    counts = sample.group_by("school_id").agg(
+        (pl.col("participation") >= filters.ELIGIBLE_PARTICIPATION).sum().alias("high_participation_obs")
+    )
+    bad = counts.filter(pl.col("high_participation_obs") < filters.MIN_ELIGIBLE_OBS)
+    return _check_result(bad.height == 0, sample.height, bad, schools_checked=counts.height)
+
+
+@dg.asset_check(
+    asset=analysis_sample, blocking=True,
+    description="The subsample has exactly the configured number of schools (all, when fewer are eligible).",
+)
+def sample_size_as_configured(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    wh = warehouse.get()
+    partition = _partition(context)
+    schools = read_partition(wh, "analysis_sample", partition)["school_id"].n_unique()
+    eligible = wh.read_table("eligible_schools").height
+    expected = eligible if partition == "full" else min(warehouse.subsample_size, eligible)
+    return dg.AssetCheckResult(
+        passed=schools == expected,
+        metadata={"partition": partition, "schools": schools, "expected": expected, "eligible": eligible},
+    )
+
+
+def _partition(context: dg.AssetCheckExecutionContext) -> str:
+    return context.op_execution_context.partition_key

@@ -1,0 +1,125 @@
+"""Stage 1 production output: g3_school_quality.parquet from the M2 posterior."""
+
+
+import json
+import shutil
+import subprocess
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from schoolquality_assets import models
+from schoolquality_assets.assets.common import markdown, sample_partitions, table_metadata
+from schoolquality_assets.assets.ingest import OWNER
+from schoolquality_assets.assets.posteriors import posterior_path
+from schoolquality_assets.resources import ConvergenceResource, WarehouseResource
+from schoolquality_assets.warehouse import Warehouse, atomic_path
+
+OUTPUT_NAME = "g3_school_quality.parquet"
+
+
+def output_path(wh: Warehouse, partition: str):
+    if partition == "full":
+        return wh.outputs_dir / OUTPUT_NAME
+    return wh.outputs_dir / "dry_run" / f"g3_school_quality_{partition}.parquet"
+
+
+def school_quality_table(idata, eligible: pl.DataFrame, vintage: int) -> pl.DataFrame:
+    """Posterior mean, SD and 95% interval of each school's random intercept (logit scale)."""
+    r = idata.posterior["r_school"].values.reshape(-1, idata.posterior.sizes["school"])
+    frame = pl.DataFrame({
+        "school_id": [str(s) for s in idata.posterior["school"].values],
+        "g3_school_re": r.mean(0),
+        "g3_re_sd": r.std(0, ddof=1),
+        "g3_re_lower_95": np.quantile(r, 0.025, axis=0),
+        "g3_re_upper_95": np.quantile(r, 0.975, axis=0),
+    })
+    info = eligible.select("school_id", "n_obs", "mean_n_trials")
+    return frame.join(info, on="school_id", how="left").with_columns(data_vintage=pl.lit(vintage, pl.Int32)).sort("school_id")
+
+
+def _code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=models.STAN_DIR.parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _archive_previous(target) -> str | None:
+    """Keep the previous vintage beside the latest: g3_school_quality_<vintage>_<run>.parquet."""
+    if not target.exists():
+        return None
+    meta = pq.read_schema(target).metadata or {}
+    vintage = meta.get(b"data_vintage", b"unknown").decode()
+    run = meta.get(b"run_id", b"unknown").decode()[:8]
+    archive = target.parent / "archive" / f"g3_school_quality_{vintage}_{run}.parquet"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    if not archive.exists():
+        shutil.copy2(target, archive)
+    return str(archive)
+
+
+@dg.asset(
+    deps=["posterior_m2", "eligible_schools", "cleaned_observations"],
+    partitions_def=sample_partitions,
+    group_name="production",
+    owners=[OWNER],
+    kinds={"parquet", "polars"},
+    description="Stage 1 production output: one row per eligible school with the M2 posterior mean (g3_school_re) "
+    "and SD (g3_re_sd) of its school random intercept. 'full' writes outputs/g3_school_quality.parquet; "
+    "'subsample' is a dry run written to outputs/dry_run/.",
+    check_specs=[dg.AssetCheckSpec("matches_eligible_schools", asset="g3_school_quality", blocking=True,
+                                   description="One row per eligible school in the sample, no nulls, g3_re_sd > 0")],
+)
+def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource, convergence: ConvergenceResource):
+    wh = warehouse.get()
+    partition = context.partition_key
+    idata = models.load_posterior(posterior_path(wh, "m2", partition))
+    rhat, div = float(idata.attrs["diag_max_rhat"]), int(idata.attrs["diag_divergences"])
+    if rhat > convergence.max_rhat or div > convergence.max_divergences:
+        raise dg.Failure(
+            f"posterior_m2[{partition}] failed its convergence gate (max R-hat {rhat:.4f}, {div} divergences): "
+            "g3_school_quality not written; the previous file is unchanged"
+        )
+    eligible = wh.read_table("eligible_schools")
+    vintage = int(wh.read_table("cleaned_observations")["year"].max())
+    table = school_quality_table(idata, eligible, vintage)
+    expected = set(eligible["school_id"]) if partition == "full" else set(map(str, idata.posterior["school"].values))
+    problems = {
+        "missing_schools": len(expected - set(table["school_id"])),
+        "extra_schools": len(set(table["school_id"]) - expected),
+        "duplicate_rows": table.height - table["school_id"].n_unique(),
+        "null_cells": int(sum(table.null_count().row(0))),
+        "non_positive_sd": table.filter(pl.col("g3_re_sd") <= 0).height,
+    }
+    passed = not any(problems.values())
+    target = output_path(wh, partition)
+    archived = None
+    if passed:
+        file_meta = {
+            "model": "M2 " + models.MODELS["m2"].description, "stan_file": idata.attrs["stan_file"],
+            "stan_code_version": models.stan_code_version(models.MODELS["m2"]),
+            "sampler": json.dumps({k[8:]: v for k, v in idata.attrs.items() if k.startswith("sampler_")}),
+            "diagnostics": json.dumps({k[5:]: v for k, v in idata.attrs.items() if k.startswith("diag_")}),
+            "code_version": _code_version(), "run_id": context.run_id, "posterior_run_id": str(idata.attrs.get("run_id", "")),
+            "data_vintage": str(vintage), "partition": partition, "scale": "logit",
+        }
+        arrow = table.to_arrow()
+        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **file_meta})
+        archived = _archive_previous(target) if partition == "full" else None
+        with atomic_path(target) as tmp:
+            pq.write_table(arrow, tmp)
+    else:
+        context.log.error(f"g3_school_quality failed its checks {problems}; {target} left unchanged")
+    yield dg.MaterializeResult(
+        metadata=table_metadata(table) | {
+            "path": dg.MetadataValue.path(str(target)), "written": passed, "data_vintage": vintage,
+            "archived_previous": archived or "none", "posterior_max_rhat": rhat,
+            "head": dg.MetadataValue.md(markdown(table.head(10))),
+        },
+        check_results=[dg.AssetCheckResult(check_name="matches_eligible_schools", passed=passed,
+                                           metadata=problems | {"rows": table.height, "expected": len(expected)})],
+    )

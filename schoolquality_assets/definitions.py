@@ -1,0 +1,23 @@
+"""The Dagster code location loaded by workspace.yaml."""
+
+import dagster as dg
+
+from schoolquality_assets.assets import analysis_assets, ingest, posteriors, production, report
+from schoolquality_assets.orchestration import annual_rerun_schedule, comparison_job, new_results_sensor, production_job
+from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
+
+defs = dg.Definitions(
+    assets=[
+        *dg.load_assets_from_modules([ingest, analysis_assets, production, report]),
+        *posteriors.posterior_assets,
+    ],
+    asset_checks=dg.load_asset_checks_from_modules([ingest]),
+    jobs=[comparison_job, production_job],
+    schedules=[annual_rerun_schedule],
+    sensors=[new_results_sensor],
+    resources={
+        "warehouse": WarehouseResource(),
+        "sampler": SamplerResource(),
+        "convergence": ConvergenceResource(),
+    },
+)
