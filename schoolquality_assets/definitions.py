@@ -6,12 +6,12 @@ from schoolquality_assets.assets import analysis_assets, ingest, posteriors, pro
 from schoolquality_assets.orchestration import annual_rerun_schedule, comparison_job, new_results_sensor, production_job
 from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
 
+ASSETS = [*dg.load_assets_from_modules([ingest, analysis_assets, production, report]), *posteriors.posterior_assets]
+CHECKS = dg.load_asset_checks_from_modules([ingest])
+
 defs = dg.Definitions(
-    assets=[
-        *dg.load_assets_from_modules([ingest, analysis_assets, production, report]),
-        *posteriors.posterior_assets,
-    ],
-    asset_checks=dg.load_asset_checks_from_modules([ingest]),
+    assets=ASSETS,
+    asset_checks=CHECKS,
     jobs=[comparison_job, production_job],
     schedules=[annual_rerun_schedule],
     sensors=[new_results_sensor],

@@ -88,6 +88,8 @@ def model_input(spec: ModelSpec, sample: pl.DataFrame) -> ModelInput:
         data |= {"proportion": proportion, "prior_intercept_location": float(np.round(np.median(proportion), 1))}
         return ModelInput(data, coords, frame)
     X, coefs = design_matrix(frame["year_subject"]) if spec.fixed_effects else (np.zeros((frame.height, 0)), [])
+    if spec.fixed_effects and not coefs:
+        raise ValueError(f"{spec.key.upper()} needs at least two year_subject cells; the sample has one")
     data |= {
         "n_trials": frame["n_trials"].to_numpy().astype(np.int64),
         "y_success": frame["y_success"].to_numpy().astype(np.int64),

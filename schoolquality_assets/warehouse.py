@@ -91,7 +91,7 @@ class Warehouse:
 
     def read_table(self, name: str) -> pl.DataFrame:
         with self.connect(read_only=True) as con:
-            return pl.from_arrow(con.execute(f'SELECT * FROM "{_identifier(name)}"').arrow())
+            return pl.from_arrow(con.execute(f'SELECT * FROM "{_identifier(name)}"').to_arrow_table())
 
 
 def _identifier(name: str) -> str:

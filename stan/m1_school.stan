@@ -29,7 +29,9 @@ model {
   Intercept ~ student_t(3, 0, 2.5);
   sd_school ~ student_t(3, 0, 2.5);
   mu_school ~ normal(Intercept, sd_school);
-  y_success ~ binomial_logit_glm(n_trials, Xc, mu_school[school], b);
+  // Not binomial_logit_glm: with K = 0 (the page's M1 has no fixed effects) Stan 2.35's GLM
+  // ignores the data (measured: flat posterior).
+  y_success ~ binomial_logit(n_trials, mu_school[school] + Xc * b);
 }
 generated quantities {
   real b_Intercept = Intercept - X_mean * b;   // intercept of the uncentred design

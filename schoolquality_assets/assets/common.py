@@ -67,5 +67,5 @@ def write_partition(warehouse: Warehouse, table: str, partition: str, frame: pl.
 
 def read_partition(warehouse: Warehouse, table: str, partition: str) -> pl.DataFrame:
     with warehouse.connect(read_only=True) as con:
-        arrow = con.execute(f'SELECT * FROM "{table}" WHERE partition = ?', [partition]).arrow()
+        arrow = con.execute(f'SELECT * FROM "{table}" WHERE partition = ?', [partition]).to_arrow_table()
     return pl.from_arrow(arrow).drop("partition")
