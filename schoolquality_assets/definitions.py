@@ -3,7 +3,14 @@
 import dagster as dg
 
 from schoolquality_assets.assets import analysis_assets, ingest, posteriors, production, report
-from schoolquality_assets.orchestration import annual_rerun_schedule, comparison_job, new_results_sensor, production_job
+from schoolquality_assets.orchestration import (
+    annual_comparison_after_failure,
+    annual_comparison_follow_up,
+    annual_rerun_schedule,
+    comparison_job,
+    new_results_sensor,
+    production_job,
+)
 from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
 
 ASSETS = [*dg.load_assets_from_modules([ingest, analysis_assets, production, report]), *posteriors.posterior_assets]
@@ -14,7 +21,7 @@ defs = dg.Definitions(
     asset_checks=CHECKS,
     jobs=[comparison_job, production_job],
     schedules=[annual_rerun_schedule],
-    sensors=[new_results_sensor],
+    sensors=[new_results_sensor, annual_comparison_follow_up, annual_comparison_after_failure],
     resources={
         "warehouse": WarehouseResource(),
         "sampler": SamplerResource(),

@@ -36,13 +36,35 @@ def _run_requests(tag: str) -> list[dg.RunRequest]:
 @dg.schedule(
     cron_schedule="0 6 15 9 *",
     execution_timezone="America/Toronto",
-    job_name="comparison_job",
-    description="Results are released once a year (late summer); rerun both jobs on 15 September, 06:00 Toronto time.",
+    job=production_job,
+    description="Results are released once a year (late summer): on 15 September, 06:00 Toronto time, run "
+    "production_job (full); annual_comparison_follow_up then launches comparison_job (subsample) when it ends.",
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )
 def annual_rerun_schedule(context: dg.ScheduleEvaluationContext):
-    year = context.scheduled_execution_time.year
-    return _run_requests(f"annual-{year}")
+    # A schedule launches only its own job (Dagster ignores job_name on its run requests),
+    # so the second job follows through the run-status sensors below.
+    tag = f"annual-{context.scheduled_execution_time.year}"
+    return dg.RunRequest(run_key=f"{tag}:production_job", partition_key="full", tags={"schoolquality/trigger": tag})
+
+
+def _follow_up(context: dg.RunStatusSensorContext):
+    tag = context.dagster_run.tags.get("schoolquality/trigger", "")
+    if not tag.startswith("annual-"):
+        return dg.SkipReason("not an annual production run")
+    return dg.RunRequest(run_key=f"{tag}:comparison_job", partition_key="subsample", tags={"schoolquality/trigger": tag})
+
+
+annual_comparison_follow_up = dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[production_job], request_job=comparison_job,
+    name="annual_comparison_follow_up", default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After the annual production run succeeds, launch comparison_job on the subsample.",
+)(_follow_up)
+annual_comparison_after_failure = dg.run_failure_sensor(
+    monitored_jobs=[production_job], request_job=comparison_job,
+    name="annual_comparison_after_failure", default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After a failed annual production run, still launch comparison_job on the subsample.",
+)(_follow_up)
 
 
 def landing_fingerprint(raw_dir) -> str | None:
