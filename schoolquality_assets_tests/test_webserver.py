@@ -1,0 +1,309 @@
+"""The code location as the webserver serves it: everything is listed over GraphQL, and a run launched
+over GraphQL materializes the raw and rejected observations into a temporary warehouse.
+
+No Stan: only raw_observations and rejected_observations are launched.
+
+Run queue: warehouse/dagster_home/dagster.yaml sets ``concurrency: runs: max_concurrent_runs``, which
+makes the instance use the QueuedRunCoordinator (the default in Dagster 1.13 anyway). A run launched
+through GraphQL (``launchRun``) is only *submitted*: it stays QUEUED until ``dagster-daemon`` dequeues
+it. So the test keeps the project's real dagster.yaml (its run and pool limits are part of what is
+tested) and starts ``dagster-daemon run`` next to the webserver, as ``dagster dev`` would. The
+daemon's other work is harmless here: the schedule and new_results_sensor default to STOPPED, and
+the two run-status sensors only act on annual production_job runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+import requests
+
+from schoolquality_assets import synthetic
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+LOCATION = "schoolquality"
+REPOSITORY = "__repository__"
+
+ASSETS = {
+    "raw_observations", "rejected_observations", "cleaned_observations", "eligible_schools", "analysis_sample",
+    "posterior_m0", "posterior_m1", "posterior_m2", "posterior_m3", "shrinkage", "variance_components",
+    "school_sd_by_model", "school_random_effects", "loo_comparison", "mcmc_diagnostics",
+    "frequentist_comparison", "report", "g3_school_quality",
+}
+CHECKS = {
+    ("cleaned_observations", "participation_at_least_half"),
+    ("analysis_sample", "sample_schools_eligible"),
+    ("analysis_sample", "sample_size_as_configured"),
+    ("g3_school_quality", "matches_eligible_schools"),
+    *((f"posterior_{m}", c) for m in ("m0", "m1", "m2", "m3") for c in ("rhat", "no_divergences", "ess", "bfmi")),
+}
+
+REPOSITORY_QUERY = """
+query SchoolqualityRepository($selector: RepositorySelector!) {
+  repositoryOrError(repositorySelector: $selector) {
+    __typename
+    ... on Repository {
+      name
+      location { name }
+      jobs { name }
+      schedules { name cronSchedule }
+      sensors { name }
+      assetNodes {
+        assetKey { path }
+        assetChecksOrError {
+          __typename
+          ... on AssetChecks { checks { name blocking } }
+        }
+      }
+    }
+    ... on PythonError { message stack }
+    ... on RepositoryNotFoundError { message }
+  }
+}
+"""
+
+LOCATION_STATUS_QUERY = """
+query LocationStatus {
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries {
+        name
+        loadStatus
+        locationOrLoadError {
+          __typename
+          ... on PythonError { message stack }
+        }
+      }
+    }
+  }
+}
+"""
+
+LAUNCH_MUTATION = """
+mutation LaunchAssets($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId status } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}
+"""
+
+RUN_QUERY = """
+query RunStatus($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run {
+      status
+      assetSelection { path }
+      eventConnection(afterCursor: null) {
+        events {
+          __typename
+          ... on MessageEvent { message level stepKey }
+        }
+      }
+    }
+    ... on PythonError { message }
+    ... on RunNotFoundError { message }
+  }
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, chars: int = 6000) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return text[-chars:]
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM the process group this test started (the server and its code-server children)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+class Server:
+    def __init__(self, url: str, logs: dict[str, Path], procs: dict[str, subprocess.Popen]):
+        self.url, self.logs, self.procs = url, logs, procs
+
+    def diagnostics(self) -> str:
+        parts = []
+        for name, path in self.logs.items():
+            proc = self.procs.get(name.split(".")[0])
+            state = "running" if proc and proc.poll() is None else f"exited {proc.poll() if proc else '?'}"
+            parts.append(f"----- {name} ({state}) -----\n{_tail(path)}")
+        return "\n".join(parts)
+
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        resp = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60)
+        assert resp.status_code == 200, f"HTTP {resp.status_code}: {resp.text[:2000]}\n{self.diagnostics()}"
+        body = resp.json()
+        assert not body.get("errors"), f"GraphQL errors: {body['errors']}\n{self.diagnostics()}"
+        return body["data"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Temporary DAGSTER_HOME + warehouse with a tiny landed province; webserver and daemon running."""
+    base = tmp_path_factory.mktemp("webserver")
+    home, warehouse, logs_dir = base / "dagster_home", base / "warehouse", base / "logs"
+    for d in (home, warehouse, logs_dir):
+        d.mkdir()
+    shutil.copy(REPO_ROOT / "warehouse" / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    province = synthetic.generate_province(seed=3, n_schools=30)
+    synthetic.write_province(province, warehouse / "raw")
+
+    env = dict(os.environ, DAGSTER_HOME=str(home), SCHOOLQUALITY_WAREHOUSE=str(warehouse), PYTHONUNBUFFERED="1")
+    port = _free_port()
+    workspace = str(REPO_ROOT / "workspace.yaml")
+    commands = {
+        "webserver": [str(BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(port)],
+        "daemon": [str(BIN / "dagster-daemon"), "run", "-w", workspace],
+    }
+    procs: dict[str, subprocess.Popen] = {}
+    logs: dict[str, Path] = {}
+    handles = []
+    try:
+        for name, cmd in commands.items():
+            out, err = logs_dir / f"{name}.stdout", logs_dir / f"{name}.stderr"
+            logs[f"{name}.stdout"], logs[f"{name}.stderr"] = out, err
+            fo, fe = out.open("w"), err.open("w")
+            handles += [fo, fe]
+            # own session so teardown can signal exactly this process group (server + code servers)
+            procs[name] = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=fo, stderr=fe, start_new_session=True)
+        server = Server(f"http://127.0.0.1:{port}", logs, procs)
+
+        deadline = time.monotonic() + 90
+        while True:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    pytest.fail(f"{name} exited with {proc.returncode} during startup\n{server.diagnostics()}")
+            try:
+                if requests.get(f"{server.url}/server_info", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"webserver not up after 90 s\n{server.diagnostics()}")
+            time.sleep(1)
+
+        # the code location loads in its own gRPC server; wait until it reports LOADED
+        while True:
+            entries = server.graphql(LOCATION_STATUS_QUERY)["workspaceOrError"]["locationEntries"]
+            entry = next((e for e in entries if e["name"] == LOCATION), None)
+            if entry and entry["loadStatus"] == "LOADED":
+                error = entry["locationOrLoadError"]
+                assert error["__typename"] == "RepositoryLocation", f"{error}\n{server.diagnostics()}"
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"code location {LOCATION!r} not loaded after 90 s: {entries}\n{server.diagnostics()}")
+            time.sleep(1)
+
+        server.warehouse = warehouse
+        server.province_rows = province.observations.height
+        yield server
+    finally:
+        for proc in procs.values():
+            _stop(proc)
+        for handle in handles:
+            handle.close()
+
+
+def test_webserver_lists_assets_checks_jobs_schedule_sensor(stack):
+    data = stack.graphql(REPOSITORY_QUERY, {"selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}})
+    repo = data["repositoryOrError"]
+    assert repo["__typename"] == "Repository", f"{repo}\n{stack.diagnostics()}"
+    assert repo["location"]["name"] == LOCATION
+
+    nodes = repo["assetNodes"]
+    keys = {"/".join(n["assetKey"]["path"]) for n in nodes}
+    assert keys == ASSETS
+
+    checks = set()
+    for node in nodes:
+        result = node["assetChecksOrError"]
+        assert result["__typename"] == "AssetChecks", result
+        checks |= {("/".join(node["assetKey"]["path"]), c["name"]) for c in result["checks"]}
+    missing = CHECKS - checks
+    assert not missing, f"asset checks missing from the webserver: {sorted(missing)}"
+
+    assert {"comparison_job", "production_job"} <= {j["name"] for j in repo["jobs"]}
+    schedules = {s["name"]: s["cronSchedule"] for s in repo["schedules"]}
+    assert schedules.get("annual_rerun_schedule") == "0 6 15 9 *"
+    assert "new_results_sensor" in {s["name"] for s in repo["sensors"]}
+
+
+def test_launch_raw_and_rejected_through_graphql(stack):
+    params = {
+        "selector": {
+            "repositoryLocationName": LOCATION,
+            "repositoryName": REPOSITORY,
+            "pipelineName": "__ASSET_JOB",
+            "assetSelection": [{"path": ["raw_observations"]}, {"path": ["rejected_observations"]}],
+        },
+        "mode": "default",
+        "runConfigData": {},
+    }
+    launched = stack.graphql(LAUNCH_MUTATION, {"executionParams": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", f"{launched}\n{stack.diagnostics()}"
+    run_id = launched["run"]["runId"]
+
+    # QUEUED -> (daemon dequeues) STARTING -> STARTED -> SUCCESS
+    deadline, seen = time.monotonic() + 120, []
+    while True:
+        run = stack.graphql(RUN_QUERY, {"runId": run_id})["runOrError"]
+        assert run["__typename"] == "Run", run
+        status = run["status"]
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    events = "\n".join(
+        f"{e['__typename']} {e.get('stepKey') or ''}: {e.get('message', '')}" for e in run["eventConnection"]["events"]
+    )
+    assert status == "SUCCESS", f"run {run_id} ended {status} (seen {seen})\n{events}\n{stack.diagnostics()}"
+    print(f"run {run_id}: statuses {seen}")
+    assert {"/".join(a["path"]) for a in run["assetSelection"]} == {"raw_observations", "rejected_observations"}
+
+    database = stack.warehouse / "schoolquality.duckdb"
+    assert database.exists()
+    con = duckdb.connect(str(database), read_only=True)
+    try:
+        (raw_rows,) = con.execute("select count(*) from raw_observations").fetchone()
+        tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+    finally:
+        con.close()
+    assert raw_rows == stack.province_rows
+    assert {"raw_observations", "valid_observations", "rejected_observations"} <= tables
+    # nothing downstream of the selection ran (no Stan, no partitions)
+    assert not (stack.warehouse / "posteriors").exists() or not any((stack.warehouse / "posteriors").iterdir())
