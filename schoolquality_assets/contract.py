@@ -114,7 +114,11 @@ def _read_raw(path: Path) -> pl.DataFrame:
             frame = pl.read_parquet(data)
             return frame.select(pl.all().cast(pl.Utf8))
         _check_utf8(path, data)
-        return pl.read_csv(data, infer_schema=False)
+        frame = pl.read_csv(data, infer_schema=False)
+        # polars renames a repeated header ("year", "year_duplicated_0"), so check the header as written
+        header = pl.read_csv(data, has_header=False, n_rows=1, infer_schema=False).row(0)
+        _stripped_unique_names(path, ["" if name is None else name for name in header])
+        return frame
     except LandingFileError:
         raise
     except Exception as exc:  # polars/arrow raise many types; report them all the same way
@@ -122,10 +126,15 @@ def _read_raw(path: Path) -> pl.DataFrame:
         raise LandingFileError(f"{path.name}: cannot be parsed: {first_line}") from None
 
 
-def _clean_headers(path: Path, frame: pl.DataFrame) -> pl.DataFrame:
-    names = [c.strip().lstrip("\ufeff").strip() for c in frame.columns]
+def _stripped_unique_names(path: Path, columns: list[str]) -> list[str]:
+    names = [c.strip().lstrip("\ufeff").strip() for c in columns]
     if len(set(names)) != len(names):
         raise LandingFileError(f"{path.name}: duplicate column names after stripping: {names}")
+    return names
+
+
+def _clean_headers(path: Path, frame: pl.DataFrame) -> pl.DataFrame:
+    names = _stripped_unique_names(path, frame.columns)
     return frame.rename(dict(zip(frame.columns, names)))
 
 

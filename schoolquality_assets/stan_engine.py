@@ -54,6 +54,11 @@ class SamplerSettings:
     adapt_delta: float = 0.8
     max_treedepth: int = 10
     engine: str = "auto"  # auto | pystan | cmdstanpy
+    # Adaptation windows (Stan's defaults 75 / 25 / 50). The first metric update comes after
+    # init_buffer + window iterations; before it the unit metric makes trees deep.
+    init_buffer: int = 75
+    window: int = 25
+    term_buffer: int = 50
     parallel_chains: int | None = None  # default: one chain per core
 
     def as_dict(self) -> dict:
@@ -238,7 +243,7 @@ def _run_chain(model_name, data, init, chain, settings: SamplerSettings, keep, m
                 save_warmup=False, refresh=max(1, (settings.warmup + settings.draws) // 20),
                 stepsize=1.0, stepsize_jitter=0.0, max_depth=settings.max_treedepth,
                 delta=settings.adapt_delta, gamma=0.05, kappa=0.75, t0=10.0,
-                init_buffer=75, term_buffer=50, window=25,
+                init_buffer=settings.init_buffer, term_buffer=settings.term_buffer, window=settings.window,
             )
         except Exception as exc:  # C++ exceptions arrive as RuntimeError
             result["error"] = str(exc)
