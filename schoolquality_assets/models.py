@@ -156,6 +156,14 @@ def initial_values(spec: ModelSpec, mi: ModelInput, chains: int, seed: int) -> l
     return inits
 
 
+def cohort_design(data: dict) -> np.ndarray:
+    """Xbar: each cohort's mean design row, as computed in the Stan programs' transformed data."""
+    X, cohort, J = data["X"], data["cohort"] - 1, data["J_cohort"]
+    total = np.zeros((J, X.shape[1]))
+    np.add.at(total, cohort, X)
+    return total / np.bincount(cohort, minlength=J)[:, None]
+
+
 def _group_mean(values: np.ndarray, index: np.ndarray, groups: int) -> np.ndarray:
     total = np.bincount(index - 1, weights=values, minlength=groups)
     count = np.bincount(index - 1, minlength=groups)
@@ -178,7 +186,9 @@ def to_inference_data(spec: ModelSpec, mi: ModelInput, draws: Draws) -> az.Infer
             posterior["b"] = p["b"]
             dims["b"] = ["coef"]
     if spec.cohort:
-        posterior["r_cohort"] = p["mu_cohort"] - p["mu_school"][..., d["cohort_school"] - 1]
+        # mu_cohort carries its year's fixed effect (see m2_cohort.stan): take it out again.
+        cohort_fixed = np.einsum("cdk,jk->cdj", p["b"], cohort_design(d) - d["X"].mean(axis=0))
+        posterior["r_cohort"] = p["mu_cohort"] - p["mu_school"][..., d["cohort_school"] - 1] - cohort_fixed
         dims["r_cohort"] = ["cohort"]
     if spec.profile:
         posterior["r_profile"] = p["sd_profile"][..., None] * p["z_profile"]

@@ -11,7 +11,7 @@ from schoolquality_assets.stan_engine import SamplerSettings
 from schoolquality_assets.warehouse import Warehouse
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int | None) -> int | None:
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -34,19 +34,28 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class SamplerResource(dg.ConfigurableResource):
-    """Stan sampler settings; defaults can be set with SCHOOLQUALITY_CHAINS/WARMUP/DRAWS/SEED."""
+    """Stan sampler settings; defaults can be set with SCHOOLQUALITY_CHAINS/WARMUP/DRAWS/SEED.
+
+    The ``full`` partition (the production fit, ~28k parameters) has its own warmup and draws
+    (SCHOOLQUALITY_FULL_WARMUP/FULL_DRAWS); unset, they follow ``warmup`` and ``draws``.
+    """
 
     chains: int = _env_int("SCHOOLQUALITY_CHAINS", 4)
     warmup: int = _env_int("SCHOOLQUALITY_WARMUP", 1000)
     draws: int = _env_int("SCHOOLQUALITY_DRAWS", 1000)
+    full_warmup: int | None = _env_int("SCHOOLQUALITY_FULL_WARMUP", None)
+    full_draws: int | None = _env_int("SCHOOLQUALITY_FULL_DRAWS", None)
     seed: int = _env_int("SCHOOLQUALITY_SEED", 20240601)
     adapt_delta: float = 0.8
     max_treedepth: int = 10
     engine: str = os.environ.get("SCHOOLQUALITY_ENGINE", "auto")
 
-    def settings(self) -> SamplerSettings:
+    def settings(self, partition: str | None = None) -> SamplerSettings:
+        full = partition == "full"
+        warmup = self.full_warmup if full and self.full_warmup is not None else self.warmup
+        draws = self.full_draws if full and self.full_draws is not None else self.draws
         return SamplerSettings(
-            chains=self.chains, warmup=self.warmup, draws=self.draws, seed=self.seed,
+            chains=self.chains, warmup=warmup, draws=draws, seed=self.seed,
             adapt_delta=self.adapt_delta, max_treedepth=self.max_treedepth, engine=self.engine,
         )
 

@@ -375,8 +375,8 @@ def _sample_cmdstanpy(stan_file, data, settings, inits, keep, progress) -> Draws
     import cmdstanpy
 
     start = time.monotonic()
-    progress(f"{stan_file.name}: compiling with CmdStan (cached beside the .stan file's copy)")
     build_dir = Path(tempfile.gettempdir()) / "schoolquality_cmdstan"
+    progress(f"{stan_file.name}: compiling with CmdStan (executable cached in {build_dir})")
     build_dir.mkdir(exist_ok=True)
     local = build_dir / stan_file.name
     if not local.exists() or local.read_text() != stan_file.read_text():

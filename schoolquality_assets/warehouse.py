@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import polars as pl
 
 ENV_VAR = "SCHOOLQUALITY_WAREHOUSE"
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "warehouse"
+LOCK_TIMEOUT_SECONDS = 600.0  # another run writing the database holds its lock for seconds
 
 
 class WarehouseError(RuntimeError):
@@ -52,10 +54,6 @@ class Warehouse:
     def reports_dir(self) -> Path:
         return self.root / "reports"
 
-    @property
-    def stan_cache_dir(self) -> Path:
-        return self.root / "stan_cache"
-
     def ensure(self, path: Path) -> Path:
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -64,24 +62,33 @@ class Warehouse:
         return path
 
     @contextlib.contextmanager
-    def connect(self, read_only: bool = False):
+    def connect(self, read_only: bool = False, lock_timeout: float = LOCK_TIMEOUT_SECONDS):
+        """Open the database; while another process holds DuckDB's single-writer lock, wait."""
         self.ensure(self.root)
-        try:
-            con = duckdb.connect(str(self.database), read_only=read_only)
-        except duckdb.Error as exc:
-            raise WarehouseError(f"cannot open DuckDB database {self.database}: {exc}") from exc
+        deadline = time.monotonic() + lock_timeout
+        while True:
+            try:
+                con = duckdb.connect(str(self.database), read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise WarehouseError(f"cannot open DuckDB database {self.database}: {exc}") from exc
+                time.sleep(0.5)
+            except duckdb.Error as exc:
+                raise WarehouseError(f"cannot open DuckDB database {self.database}: {exc}") from exc
         try:
             yield con
         finally:
             con.close()
 
-    def write_table(self, name: str, frame: pl.DataFrame) -> None:
-        """Replace table ``name`` with ``frame`` in one transaction (readers never see half)."""
+    def _write(self, frame: pl.DataFrame, statements: list[tuple[str, list]]) -> None:
+        """Run ``statements`` against ``frame`` (registered as _incoming) in one transaction."""
         with self.connect() as con:
             con.register("_incoming", frame.to_arrow())
             try:
                 con.execute("BEGIN TRANSACTION")
-                con.execute(f'CREATE OR REPLACE TABLE "{_identifier(name)}" AS SELECT * FROM _incoming')
+                for sql, params in statements:
+                    con.execute(sql, params)
                 con.execute("COMMIT")
             except Exception:
                 con.execute("ROLLBACK")
@@ -89,9 +96,29 @@ class Warehouse:
             finally:
                 con.unregister("_incoming")
 
+    def write_table(self, name: str, frame: pl.DataFrame) -> None:
+        """Replace table ``name`` with ``frame`` (readers never see half)."""
+        self._write(frame, [(f'CREATE OR REPLACE TABLE "{_identifier(name)}" AS SELECT * FROM _incoming', [])])
+
+    def write_partition(self, name: str, partition: str, frame: pl.DataFrame) -> pl.DataFrame:
+        """Replace this partition's rows of table ``name``; other partitions are untouched."""
+        name = _identifier(name)
+        frame = frame.with_columns(pl.lit(partition).alias("partition"))
+        self._write(frame, [
+            (f'CREATE TABLE IF NOT EXISTS "{name}" AS SELECT * FROM _incoming WHERE false', []),
+            (f'DELETE FROM "{name}" WHERE partition = ?', [partition]),
+            (f'INSERT INTO "{name}" BY NAME SELECT * FROM _incoming', []),
+        ])
+        return frame
+
     def read_table(self, name: str) -> pl.DataFrame:
         with self.connect(read_only=True) as con:
             return pl.from_arrow(con.execute(f'SELECT * FROM "{_identifier(name)}"').to_arrow_table())
+
+    def read_partition(self, name: str, partition: str) -> pl.DataFrame:
+        with self.connect(read_only=True) as con:
+            sql = f'SELECT * FROM "{_identifier(name)}" WHERE partition = ?'
+            return pl.from_arrow(con.execute(sql, [partition]).to_arrow_table()).drop("partition")
 
 
 def _identifier(name: str) -> str:

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from schoolquality_assets import analyses, models
-from schoolquality_assets.assets.common import image_md, markdown, read_partition, sample_partitions, table_metadata, write_partition
+from schoolquality_assets.assets.common import image_md, markdown, sample_partitions, table_metadata
 from schoolquality_assets.assets.ingest import OWNER
 from schoolquality_assets.assets.posteriors import posterior_path
 from schoolquality_assets.resources import WarehouseResource
@@ -23,7 +23,7 @@ def _posteriors(wh: Warehouse, partition: str, keys) -> dict:
 def _publish(context, wh: Warehouse, table: str, frame: pl.DataFrame, figures: list[bytes], **extra) -> dg.MaterializeResult:
     """Write the table's partition rows and the figures; return metadata the UI shows."""
     partition = context.partition_key
-    write_partition(wh, table, partition, frame)
+    wh.write_partition(table, partition, frame)
     fig_dir = wh.ensure(wh.reports_dir / partition / "figures")
     meta = table_metadata(frame) | {"table": dg.MetadataValue.md(markdown(frame.head(30)))}
     for i, png in enumerate(figures):
@@ -37,9 +37,9 @@ def _publish(context, wh: Warehouse, table: str, frame: pl.DataFrame, figures: l
 def shrinkage(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
     p = _posteriors(wh, context.partition_key, ("m0", "m1"))
-    table = analyses.shrinkage(read_partition(wh, "analysis_sample", context.partition_key), p["m0"], p["m1"])
+    table = analyses.shrinkage(wh.read_partition("analysis_sample", context.partition_key), p["m0"], p["m1"])
     by_band = analyses.shrinkage_by_band(table)
-    write_partition(wh, "shrinkage_by_band", context.partition_key, by_band)
+    wh.write_partition("shrinkage_by_band", context.partition_key, by_band)
     return _publish(context, wh, "shrinkage", table,
                     [analyses.shrinkage_figures(table), analyses.shrinkage_vs_n_figure(table)],
                     by_band=dg.MetadataValue.md(markdown(by_band)))
@@ -77,7 +77,7 @@ def school_random_effects(context: dg.AssetExecutionContext, warehouse: Warehous
 def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     wh = warehouse.get()
     p = _posteriors(wh, context.partition_key, ("m1", "m2", "m3"))
-    sample = read_partition(wh, "analysis_sample", context.partition_key).sort("school_id", "year", "subject")
+    sample = wh.read_partition("analysis_sample", context.partition_key).sort("school_id", "year", "subject")
     obs = analyses.loo_table(p)
     cohort = analyses.cohort_loo_table(p, groups=analyses.cohort_groups(sample))
     table = pl.concat([obs, cohort], how="diagonal_relaxed")
@@ -106,8 +106,8 @@ def mcmc_diagnostics(context: dg.AssetExecutionContext, warehouse: WarehouseReso
 def frequentist_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
     partition = context.partition_key
-    sample = read_partition(wh, "analysis_sample", partition)
-    components = read_partition(wh, "variance_components", partition).filter(pl.col("model") == "M3")
+    sample = wh.read_partition("analysis_sample", partition)
+    components = wh.read_partition("variance_components", partition).filter(pl.col("model") == "M3")
     m2 = models.load_posterior(posterior_path(wh, "m2", partition))
     table = analyses.frequentist_comparison(
         sample, components, bayes_seconds=float(m2.attrs.get("sample_seconds", 0.0)),

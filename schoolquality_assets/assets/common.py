@@ -8,7 +8,6 @@ import dagster as dg
 import polars as pl
 
 from schoolquality_assets.filters import PARTITIONS
-from schoolquality_assets.warehouse import Warehouse, _identifier
 
 sample_partitions = dg.StaticPartitionsDefinition(list(PARTITIONS))
 
@@ -43,29 +42,3 @@ def markdown(frame: pl.DataFrame, digits: int = 4) -> str:
 
 def image_md(png: bytes, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
-
-
-def write_partition(warehouse: Warehouse, table: str, partition: str, frame: pl.DataFrame) -> pl.DataFrame:
-    """Replace this partition's rows of ``table`` (other partitions untouched), atomically."""
-    table = _identifier(table)
-    frame = frame.with_columns(pl.lit(partition).alias("partition"))
-    with warehouse.connect() as con:
-        con.register("_incoming", frame.to_arrow())
-        try:
-            con.execute("BEGIN TRANSACTION")
-            con.execute(f'CREATE TABLE IF NOT EXISTS "{table}" AS SELECT * FROM _incoming WHERE false')
-            con.execute(f'DELETE FROM "{table}" WHERE partition = ?', [partition])
-            con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM _incoming')
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("_incoming")
-    return frame
-
-
-def read_partition(warehouse: Warehouse, table: str, partition: str) -> pl.DataFrame:
-    with warehouse.connect(read_only=True) as con:
-        arrow = con.execute(f'SELECT * FROM "{table}" WHERE partition = ?', [partition]).to_arrow_table()
-    return pl.from_arrow(arrow).drop("partition")

@@ -5,7 +5,7 @@ import dagster as dg
 import polars as pl
 
 from schoolquality_assets import contract, filters, synthetic
-from schoolquality_assets.assets.common import markdown, read_partition, sample_partitions, table_metadata, write_partition
+from schoolquality_assets.assets.common import markdown, sample_partitions, table_metadata
 from schoolquality_assets.resources import WarehouseResource
 
 OWNER = "team:education-data"
@@ -19,6 +19,11 @@ def _landing(warehouse: WarehouseResource) -> tuple[pl.DataFrame, str, list[str]
     files = contract.list_landing_files(raw_dir)
     if files:
         return contract.load_landing(raw_dir), f"landing files ({len(files)})", [f.name for f in files]
+    stray = contract.ignored_files(raw_dir)
+    if stray:  # a delivery in the wrong format must not be replaced by synthetic data
+        raise contract.LandingFileError(
+            f"{raw_dir} holds files but none is a landing file (.csv or .parquet): {[p.name for p in stray]}"
+        )
     province = synthetic.generate_province(seed=warehouse.synthetic_seed)
     obs = province.observations.with_columns(pl.all().cast(pl.Utf8))
     frame = obs.with_columns(
@@ -35,6 +40,8 @@ def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         frame, source, files = _landing(warehouse)
     except contract.LandingFileError as exc:
         raise dg.Failure(description=str(exc)) from exc
+    except OSError as exc:
+        raise dg.Failure(description=f"cannot read landing folder {exc.filename}: {exc.strerror}") from exc
     ignored = contract.ignored_files(warehouse.get().raw_dir)
     if ignored:
         context.log.warning(f"ignored non-landing files in raw/: {[p.name for p in ignored]}")
@@ -152,7 +159,7 @@ def analysis_sample(context: dg.AssetExecutionContext, warehouse: WarehouseResou
         wh.read_table("cleaned_observations"), context.partition_key,
         subsample_size=warehouse.subsample_size, seed=warehouse.subsample_seed,
     )
-    write_partition(wh, "analysis_sample", context.partition_key, sample)
+    wh.write_partition("analysis_sample", context.partition_key, sample)
     return dg.MaterializeResult(
         metadata=table_metadata(sample) | {"schools": sample["school_id"].n_unique()}
     )
@@ -163,7 +170,7 @@ def analysis_sample(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     description="Every school in the sample has >= 2 observations at participation >= 0.70.",
 )
 def sample_schools_eligible(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    sample = read_partition(warehouse.get(), "analysis_sample", _partition(context))
+    sample = warehouse.get().read_partition("analysis_sample", _partition(context))
     counts = sample.group_by("school_id").agg(
         (pl.col("participation") >= filters.ELIGIBLE_PARTICIPATION).sum().alias("high_participation_obs")
     )
@@ -178,7 +185,7 @@ def sample_schools_eligible(context: dg.AssetCheckExecutionContext, warehouse: W
 def sample_size_as_configured(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     wh = warehouse.get()
     partition = _partition(context)
-    schools = read_partition(wh, "analysis_sample", partition)["school_id"].n_unique()
+    schools = wh.read_partition("analysis_sample", partition)["school_id"].n_unique()
     eligible = wh.read_table("eligible_schools").height
     expected = eligible if partition == "full" else min(warehouse.subsample_size, eligible)
     return dg.AssetCheckResult(

@@ -6,7 +6,7 @@ import time
 import dagster as dg
 
 from schoolquality_assets import analyses, models
-from schoolquality_assets.assets.common import image_md, read_partition, sample_partitions
+from schoolquality_assets.assets.common import image_md, sample_partitions
 from schoolquality_assets.assets.ingest import OWNER, analysis_sample
 from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
 from schoolquality_assets.warehouse import Warehouse
@@ -77,8 +77,8 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
     ):
         wh = warehouse.get()
         partition = context.partition_key
-        sample = read_partition(wh, "analysis_sample", partition)
-        settings = sampler.settings()
+        sample = wh.read_partition("analysis_sample", partition)
+        settings = sampler.settings(partition)
         context.log.info(f"fitting {spec.key.upper()} on {sample.height} observations ({partition}) with {settings}")
         start = time.monotonic()
         idata = models.fit(spec, sample, settings, progress=context.log.info)

@@ -6,7 +6,7 @@ import duckdb
 import polars as pl
 
 from schoolquality_assets import analyses
-from schoolquality_assets.assets.common import read_partition, sample_partitions
+from schoolquality_assets.assets.common import sample_partitions
 from schoolquality_assets.assets.ingest import OWNER
 from schoolquality_assets.resources import WarehouseResource
 from schoolquality_assets.warehouse import Warehouse, atomic_path
@@ -42,7 +42,7 @@ CONTENT = {
 
 def _table(wh: Warehouse, name: str, partition: str) -> pl.DataFrame | None:
     try:
-        frame = read_partition(wh, name, partition)
+        frame = wh.read_partition(name, partition)
     except duckdb.CatalogException:
         return None
     return frame if frame.height else None
