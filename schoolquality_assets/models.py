@@ -112,14 +112,42 @@ def model_input(spec: ModelSpec, sample: pl.DataFrame) -> ModelInput:
         profile, profiles = _index(frame["school_subject_id"])
         data |= {"J_profile": len(profiles), "subject_profile": profile}
         coords["profile"] = profiles
+    if spec.cohort:
+        data |= sampling_scales(data, profile=spec.profile)
     return ModelInput(data, coords, frame)
+
+
+NOMINAL_SD = {"school": 0.6, "cohort": 0.4}  # only for scale hints, never in the model
+
+
+def sampling_scales(data: dict, profile: bool) -> dict:
+    """Approximate posterior SDs used as Stan multipliers (sampling efficiency only).
+
+    Each observation carries Fisher information n p (1 - p) about its cohort's logit; a
+    cohort adds up its observations, a school its cohorts (each blurred by the cohort SD).
+    """
+    y, n = data["y_success"], data["n_trials"]
+    p = np.clip((y + 0.5) / (n + 1.0), 0.05, 0.95)
+    info = np.bincount(data["cohort"] - 1, weights=n * p * (1 - p), minlength=data["J_cohort"])
+    cohort_var = 1.0 / (info + NOMINAL_SD["cohort"] ** -2)
+    school_info = np.bincount(data["cohort_school"] - 1, weights=1.0 / (NOMINAL_SD["cohort"] ** 2 + 1.0 / np.maximum(info, 1e-9)),
+                              minlength=data["J_school"]) + NOMINAL_SD["school"] ** -2
+    log_sd = [1 / np.sqrt(2 * data["J_school"]), 1 / np.sqrt(2 * data["J_cohort"])] + [0.3] * profile
+    return {
+        "fixed_scale": NOMINAL_SD["school"] / np.sqrt(data["J_school"]),
+        "school_scale": 1.0 / np.sqrt(school_info),
+        "cohort_scale": np.sqrt(cohort_var),
+        "log_sd_scale": np.array(log_sd),
+    }
 
 
 def initial_values(spec: ModelSpec, mi: ModelInput, chains: int, seed: int) -> list[dict]:
     """Data-driven starting points (empirical logits), jittered per chain.
 
     Stan's default uniform(-2, 2) inits put ~28k effects far from the data, and early
-    warmup on the full sample then runs at tree depth 10 for a long time.
+    warmup on the full sample then runs at tree depth 10 for a long time. Chains differ by
+    the jitter on the effects; each SD (and the intercept) starts at its value given that
+    chain's effects, because with 25k cohorts an SD away from it is a very stiff direction.
     """
     rng = np.random.default_rng(seed)
     d = mi.data
@@ -132,26 +160,24 @@ def initial_values(spec: ModelSpec, mi: ModelInput, chains: int, seed: int) -> l
     grand = float(obs.mean())
     inits = []
     for _ in range(chains):
-        jitter = lambda size, scale=0.1: rng.normal(0.0, scale, size)  # noqa: E731
-        mu_school = grand + 0.8 * (school_mean - grand) + jitter(d["J_school"], 0.05)
-        init = {
-            "Intercept": grand + jitter(None),
-            "sd_school": max(float(np.std(school_mean)), 0.05) * np.exp(jitter(None, 0.2)),
-            "mu_school": mu_school,
-        }
+        mu_school = grand + 0.8 * (school_mean - grand) + rng.normal(0.0, 0.05, d["J_school"])
+        intercept = float(mu_school.mean())
+        init = {"Intercept": intercept, "sd_school": max(float(np.std(mu_school - intercept)), 0.05), "mu_school": mu_school}
         if spec.binomial:
             init["b"] = np.zeros(d["K"])
         else:
-            init["sigma"] = float(np.std(obs - school_mean[d["school"] - 1])) * np.exp(jitter(None, 0.2))
+            init["sigma"] = max(float(np.std(obs - mu_school[d["school"] - 1])), 0.01)
         if spec.cohort:
             cohort_mean = _group_mean(obs, d["cohort"], d["J_cohort"])
             parent = mu_school[d["cohort_school"] - 1]
             dev = cohort_mean - school_mean[d["cohort_school"] - 1]
-            init["mu_cohort"] = parent + 0.7 * dev + jitter(d["J_cohort"], 0.05)
-            init["sd_cohort"] = max(float(np.std(dev)), 0.05) * np.exp(jitter(None, 0.2))
+            init["mu_cohort"] = parent + 0.7 * dev + rng.normal(0.0, 0.05, d["J_cohort"])
+            init["sd_cohort"] = max(float(np.std(init["mu_cohort"] - parent)), 0.05)
         if spec.profile:
-            init["sd_profile"] = 0.1 * np.exp(jitter(None, 0.2))
-            init["z_profile"] = jitter(d["J_profile"], 0.5)
+            init["sd_profile"] = 0.1 * np.exp(rng.normal(0.0, 0.2))
+            init["z_profile"] = rng.normal(0.0, 0.5, d["J_profile"])
+        if spec.cohort:  # M2 and M3 sample the SDs on the log scale
+            init |= {f"log_{k}": np.log(init.pop(k)) for k in spec.sd_names}
         inits.append(init)
     return inits
 

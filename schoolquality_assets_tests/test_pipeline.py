@@ -1,7 +1,10 @@
 """End to end with materialize(): a small province through the data, model and analysis assets."""
 
-import pyarrow.parquet as pq
-import polars as pl
+import base64
+import html as html_lib
+import math
+import re
+
 import pytest
 import dagster as dg
 
@@ -43,8 +46,16 @@ def test_comparison_pipeline_on_subsample(small_province):
     sample = wh.read_table("analysis_sample")
     assert sample["school_id"].n_unique() == 25
     html = (wh.reports_dir / "subsample" / "index.html").read_text()
-    for section in ("Shrinkage", "Variance decomposition", "Model comparison (LOO-CV)", "MCMC diagnostics"):
-        assert section in html
+    for section in ("Why the binomial likelihood matters", "Shrinkage", "Variance decomposition", "School SD by model",
+                    "School random effects", "Model comparison (LOO-CV)", "MCMC diagnostics",
+                    "Comparison with frequentist approach"):
+        assert f"<h2>{html_lib.escape(section)}</h2>" in html, section
+    for table in ("shrinkage_by_band", "variance_components", "school_sd_by_model", "loo_comparison",
+                  "mcmc_diagnostics", "frequentist_comparison"):
+        assert _report_cells(html, table) == _duckdb_cells(wh, table), table
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 5
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     evals = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
     assert evals[("cleaned_observations", "participation_at_least_half")]
     assert evals[("analysis_sample", "sample_schools_eligible")]
@@ -62,3 +73,16 @@ def test_short_run_fails_rhat_and_blocks_production(small_province):
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert "g3_school_quality" not in materialized
     assert not (Warehouse.from_env(small_province).outputs_dir / "dry_run" / "g3_school_quality_subsample.parquet").exists()
+
+
+def _report_cells(html: str, table: str) -> list[str]:
+    body = re.search(rf'<table id="table-{table.replace("_", "-")}">(.*?)</table>', html, re.S).group(1)
+    return [html_lib.unescape(c) for c in re.findall(r"<td>(.*?)</td>", body)]
+
+
+def _duckdb_cells(wh: Warehouse, table: str) -> list[str]:
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+    return [cell(v) for row in wh.read_partition(table, "subsample").iter_rows() for v in row]
