@@ -182,12 +182,15 @@ def initial_values(spec: ModelSpec, mi: ModelInput, chains: int, seed: int) -> l
     return inits
 
 
-def cohort_design(data: dict) -> np.ndarray:
-    """Xbar: each cohort's mean design row, as computed in the Stan programs' transformed data."""
-    X, cohort, J = data["X"], data["cohort"] - 1, data["J_cohort"]
-    total = np.zeros((J, X.shape[1]))
-    np.add.at(total, cohort, X)
-    return total / np.bincount(cohort, minlength=J)[:, None]
+def cohort_design(data: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Xbar (each cohort's mean design row) and Xss (each school's mean of its cohorts' rows),
+    as computed in the Stan programs' transformed data."""
+    def mean_rows(rows, index, groups):
+        total = np.zeros((groups, rows.shape[1]))
+        np.add.at(total, index, rows)
+        return total / np.bincount(index, minlength=groups)[:, None]
+    xbar = mean_rows(data["X"], data["cohort"] - 1, data["J_cohort"])
+    return xbar, mean_rows(xbar, data["cohort_school"] - 1, data["J_school"])
 
 
 def _group_mean(values: np.ndarray, index: np.ndarray, groups: int) -> np.ndarray:
@@ -204,6 +207,11 @@ def to_inference_data(spec: ModelSpec, mi: ModelInput, draws: Draws) -> az.Infer
     posterior = {"Intercept": intercept}
     dims: dict[str, list[str]] = {"r_school": ["school"]}
     posterior["r_school"] = p["mu_school"] - intercept[..., None]
+    if spec.cohort:  # the means carry their level's fixed effects (see m2_cohort.stan)
+        xbar, xss = cohort_design(d)
+        school_fixed = np.einsum("cdk,jk->cdj", p["b"], xss - d["X"].mean(axis=0))
+        cohort_fixed = np.einsum("cdk,jk->cdj", p["b"], xbar - xss[d["cohort_school"] - 1])
+        posterior["r_school"] = posterior["r_school"] - school_fixed
     for name in spec.sd_names:
         posterior[name] = p[name]
     if spec.binomial:
@@ -212,8 +220,6 @@ def to_inference_data(spec: ModelSpec, mi: ModelInput, draws: Draws) -> az.Infer
             posterior["b"] = p["b"]
             dims["b"] = ["coef"]
     if spec.cohort:
-        # mu_cohort carries its year's fixed effect (see m2_cohort.stan): take it out again.
-        cohort_fixed = np.einsum("cdk,jk->cdj", p["b"], cohort_design(d) - d["X"].mean(axis=0))
         posterior["r_cohort"] = p["mu_cohort"] - p["mu_school"][..., d["cohort_school"] - 1] - cohort_fixed
         dims["r_cohort"] = ["cohort"]
     if spec.profile:
