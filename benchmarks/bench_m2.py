@@ -46,7 +46,7 @@ def run(label: str, stan_file: Path, mi, settings, inits, school_effects):
     draws = sample(stan_file, mi.data, settings, inits=inits, progress=lambda m: None)
     wall = time.monotonic() - start
     p = draws.params
-    post = {k: p[k] for k in ("sd_school", "sd_cohort")} | {"school": school_effects(p)}
+    post = {k: p[k] for k in ("sd_school", "sd_cohort")} | {"school": school_effects(draws)}
     print(f"{label:32s} compile {compile_s:6.1f} s  wall {wall:7.1f} s  "
           f"min ESS/s (SDs + school effects) {min_ess_per_second(post, draws.sample_seconds):8.3f}  "
           f"divergences {int(draws.sample_stats['diverging'].sum())}  peak RSS {peak_rss_gb():.2f} GB", flush=True)
@@ -62,11 +62,11 @@ def main(partitions):
     for partition in partitions:
         mi = models.model_input(spec, filters.analysis_sample(data, partition))
         inits = models.initial_values(spec, mi, settings.chains, settings.seed)
-        run(f"M2 nested-centred [{partition}]", spec.path, mi, settings, inits,
-            lambda p: p["mu_school"] - p["Intercept"][..., None])
+        run(f"M2 project form [{partition}]", spec.path, mi, settings, inits,
+            lambda d: models.to_inference_data(spec, mi, d).posterior["r_school"].values)
         if partition == "subsample":
             run(f"M2 brms non-centred [{partition}]", NONCENTRED, mi, settings, None,
-                lambda p: p["sd_school"][..., None] * p["z_school"])
+                lambda d: d.params["sd_school"][..., None] * d.params["z_school"])
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ def initial_values(spec: ModelSpec, mi: ModelInput, chains: int, seed: int) -> l
         intercept = float(mu_school.mean())
         init = {"Intercept": intercept, "sd_school": max(float(np.std(mu_school - intercept)), 0.05), "mu_school": mu_school}
         if spec.binomial:
-            init["b"] = np.zeros(d["K"])
+            init["delta" if spec.cohort else "b"] = np.zeros(d["K"])
         else:
             init["sigma"] = max(float(np.std(obs - mu_school[d["school"] - 1])), 0.01)
         if spec.cohort:

@@ -60,7 +60,9 @@ parameters {
   // posterior SDs span 0.005 (log sd_cohort) to 0.3; without them it runs ~100 iterations
   // at tree depth 8-10 (measured) before the first metric update.
   real<multiplier=fixed_scale> Intercept;
-  vector<multiplier=fixed_scale>[K] b;
+  // Cell effects as deviations from the mean year_subject cell: brms's treatment contrasts
+  // b all share the reference cell's uncertainty (posterior correlation ~0.5, measured).
+  vector<multiplier=fixed_scale>[K] delta;
   real<multiplier=log_sd_scale[1]> log_sd_school;
   real<multiplier=log_sd_scale[2]> log_sd_cohort;
   // Nested-centred: a school's mean, and each cohort's mean around its school's. Both are
@@ -78,6 +80,7 @@ parameters {
   vector[J_profile] z_profile;
 }
 transformed parameters {
+  vector[K] b = delta + sum(delta);   // treatment contrasts: cell minus reference cell
   real<lower=0> sd_school = exp(log_sd_school);
   real<lower=0> sd_cohort = exp(log_sd_cohort);
   real<lower=0> sd_profile = exp(log_sd_profile);
