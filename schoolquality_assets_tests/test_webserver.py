@@ -187,6 +187,10 @@ def stack(tmp_path_factory):
         "webserver": [str(BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(port)],
         "daemon": [str(BIN / "dagster-daemon"), "run", "-w", workspace],
     }
+    # Create the instance's SQLite storage once, before two processes race to create it
+    # ("table alembic_version already exists", seen on a clean CI run).
+    subprocess.run([str(BIN / "dagster"), "instance", "migrate"], cwd=REPO_ROOT, env=env, check=True,
+                   capture_output=True)
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, Path] = {}
     handles = []

@@ -40,6 +40,11 @@ def school_quality_table(idata, eligible: pl.DataFrame, vintage: int) -> pl.Data
     return frame.join(info, on="school_id", how="left").with_columns(data_vintage=pl.lit(vintage, pl.Int32)).sort("school_id")
 
 
+def _json(values: dict) -> str:
+    """JSON of NetCDF attributes (NumPy scalars come back from the file)."""
+    return json.dumps(values, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+
+
 def _code_version() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -102,8 +107,8 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
         file_meta = {
             "model": "M2 " + models.MODELS["m2"].description, "stan_file": idata.attrs["stan_file"],
             "stan_code_version": models.stan_code_version(models.MODELS["m2"]),
-            "sampler": json.dumps({k[8:]: v for k, v in idata.attrs.items() if k.startswith("sampler_")}),
-            "diagnostics": json.dumps({k[5:]: v for k, v in idata.attrs.items() if k.startswith("diag_")}),
+            "sampler": _json({k[8:]: v for k, v in idata.attrs.items() if k.startswith("sampler_")}),
+            "diagnostics": _json({k[5:]: v for k, v in idata.attrs.items() if k.startswith("diag_")}),
             "code_version": _code_version(), "run_id": context.run_id, "posterior_run_id": str(idata.attrs.get("run_id", "")),
             "data_vintage": str(vintage), "partition": partition, "scale": "logit",
         }
