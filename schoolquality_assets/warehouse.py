@@ -121,6 +121,12 @@ class Warehouse:
             return pl.from_arrow(con.execute(sql, [partition]).to_arrow_table()).drop("partition")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _identifier(name: str) -> str:
     """Table names are code constants; refuse anything that is not a plain identifier."""
     if not name.replace("_", "").isalnum():
@@ -145,6 +151,7 @@ def atomic_path(target: Path):
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are for other readers
         os.replace(tmp_path, target)
     except OSError as exc:
         raise WarehouseError(f"cannot write {target}: {exc.strerror}") from exc
