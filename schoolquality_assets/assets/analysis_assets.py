@@ -1,7 +1,6 @@
 """The page's tables and figures as partitioned assets, and the HTML report that gathers them."""
 
 
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
