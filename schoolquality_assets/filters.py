@@ -12,12 +12,13 @@ import hashlib
 
 import polars as pl
 
+from schoolquality_assets.partitions import FULL, PARTITIONS, SUBSAMPLE
+
 MIN_PARTICIPATION = 0.50
 ELIGIBLE_PARTICIPATION = 0.70
 MIN_ELIGIBLE_OBS = 2
 DEFAULT_SUBSAMPLE_SIZE = 500
 DEFAULT_SEED = 20240601
-PARTITIONS = ("full", "subsample")
 
 LOW_PARTICIPATION = "participation_below_0.50"
 NOT_ELIGIBLE = "school_not_eligible"
@@ -102,9 +103,9 @@ def analysis_sample(
     seed: int = DEFAULT_SEED,
 ) -> pl.DataFrame:
     """Rows for a model partition: "full" = all of ``cleaned``; "subsample" = selected schools."""
-    if partition == "full":
+    if partition == FULL:
         return cleaned
-    if partition == "subsample":
+    if partition == SUBSAMPLE:
         chosen = select_subsample(cleaned["school_id"].unique(), subsample_size, seed)
         return cleaned.filter(pl.col("school_id").is_in(chosen))
     raise ValueError(f"unknown partition {partition!r}; expected one of {PARTITIONS}")

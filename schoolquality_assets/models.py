@@ -15,7 +15,6 @@ from pathlib import Path
 import arviz as az
 import numpy as np
 import polars as pl
-import xarray as xr
 from scipy.special import gammaln, log_expit
 
 from schoolquality_assets.stan_engine import Draws
@@ -23,15 +22,15 @@ from schoolquality_assets.stan_engine import Draws
 STAN_DIR = Path(__file__).resolve().parent.parent / "stan"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     key: str
     stan_file: str
     description: str
-    fixed_effects: bool  # year_subject contrasts
-    cohort: bool
-    profile: bool
-    binomial: bool = True
+    fixed_effects: bool = False  # year_subject contrasts
+    cohort: bool = False         # school x year effects
+    profile: bool = False        # school x subject effects
+    binomial: bool = True        # False: Normal on proportions (M0)
 
     @property
     def path(self) -> Path:
@@ -44,10 +43,13 @@ class ModelSpec:
 
 
 MODELS = {
-    "m0": ModelSpec("m0", "m0_normal.stan", "Normal on proportions, school only (ignores n)", False, False, False, False),
-    "m1": ModelSpec("m1", "m1_school.stan", "Binomial, school only", False, False, False),
-    "m2": ModelSpec("m2", "m2_cohort.stan", "Binomial, year x subject + school + cohort", True, True, False),
-    "m3": ModelSpec("m3", "m3_profile.stan", "Binomial, M2 + subject profile", True, True, True),
+    "m0": ModelSpec(key="m0", stan_file="m0_normal.stan", description="Normal on proportions, school only (ignores n)",
+                    binomial=False),
+    "m1": ModelSpec(key="m1", stan_file="m1_school.stan", description="Binomial, school only"),
+    "m2": ModelSpec(key="m2", stan_file="m2_cohort.stan", description="Binomial, year x subject + school + cohort",
+                    fixed_effects=True, cohort=True),
+    "m3": ModelSpec(key="m3", stan_file="m3_profile.stan", description="Binomial, M2 + subject profile",
+                    fixed_effects=True, cohort=True, profile=True),
 }
 
 
@@ -193,6 +195,12 @@ def cohort_design(data: dict) -> tuple[np.ndarray, np.ndarray]:
     return xbar, mean_rows(xbar, data["cohort_school"] - 1, data["J_school"])
 
 
+def draws_matrix(da) -> np.ndarray:
+    """(chain, draw, *dims) -> (chain * draw, *dims), from a DataArray or an array."""
+    v = np.asarray(da.values if hasattr(da, "values") else da)
+    return v.reshape(-1, *v.shape[2:])
+
+
 def _group_mean(values: np.ndarray, index: np.ndarray, groups: int) -> np.ndarray:
     total = np.bincount(index - 1, weights=values, minlength=groups)
     count = np.bincount(index - 1, minlength=groups)
@@ -288,14 +296,6 @@ def log_likelihood(idata: az.InferenceData, obs: slice | np.ndarray = slice(None
     y = idata.observed_data["proportion"].values[obs]
     sigma = idata.posterior["sigma"].values[..., None]
     return -0.5 * np.log(2 * np.pi) - np.log(sigma) - 0.5 * ((y - eta) / sigma) ** 2
-
-
-def with_log_likelihood(idata: az.InferenceData) -> az.InferenceData:
-    """Attach the log-likelihood group (memory: chains x draws x observations floats)."""
-    ll = log_likelihood(idata)
-    name = "y_success" if "y_success" in idata.observed_data else "proportion"
-    idata.add_groups(log_likelihood={name: xr.DataArray(ll, dims=("chain", "draw", "obs"))})
-    return idata
 
 
 def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print) -> az.InferenceData:

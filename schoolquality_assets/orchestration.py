@@ -6,24 +6,24 @@ import hashlib
 import dagster as dg
 
 from schoolquality_assets import contract
+from schoolquality_assets.partitions import FULL, SUBSAMPLE
 from schoolquality_assets.resources import WarehouseResource
-
-DATA = ["raw_observations", "rejected_observations", "cleaned_observations", "eligible_schools", "analysis_sample"]
-ANALYSES = ["shrinkage", "variance_components", "school_sd_by_model", "school_random_effects",
-            "loo_comparison", "mcmc_diagnostics", "frequentist_comparison"]
 
 comparison_job = dg.define_asset_job(
     "comparison_job",
-    selection=dg.AssetSelection.assets(*DATA, "posterior_m0", "posterior_m1", "posterior_m2", "posterior_m3", *ANALYSES, "report"),
+    selection=dg.AssetSelection.groups("ingest", "sample", "models", "analyses", "report"),
     description="Everything on the subsample: M0-M3, the page's analyses and the report.",
 )
+# Production needs only part of the models and analyses groups: M3 and the comparisons that
+# need it (variance, caterpillar, LOO, frequentist) are the comparison job's.
 production_job = dg.define_asset_job(
     "production_job",
-    selection=dg.AssetSelection.assets(*DATA, "posterior_m0", "posterior_m1", "posterior_m2", "shrinkage",
-                                       "school_sd_by_model", "mcmc_diagnostics", "g3_school_quality", "report"),
+    selection=dg.AssetSelection.groups("ingest", "sample", "production", "report")
+    | dg.AssetSelection.assets("posterior_m0", "posterior_m1", "posterior_m2", "shrinkage", "school_sd_by_model",
+                               "mcmc_diagnostics"),
     description="Stage 1 on every eligible school: M0, M1, M2, shrinkage, school SD, g3_school_quality, report.",
 )
-JOB_PARTITIONS = {"comparison_job": "subsample", "production_job": "full"}
+JOB_PARTITIONS = {"comparison_job": SUBSAMPLE, "production_job": FULL}
 
 
 def _run_requests(tag: str) -> list[dg.RunRequest]:
@@ -45,14 +45,14 @@ def annual_rerun_schedule(context: dg.ScheduleEvaluationContext):
     # A schedule launches only its own job (Dagster ignores job_name on its run requests),
     # so the second job follows through the run-status sensors below.
     tag = f"annual-{context.scheduled_execution_time.year}"
-    return dg.RunRequest(run_key=f"{tag}:production_job", partition_key="full", tags={"schoolquality/trigger": tag})
+    return dg.RunRequest(run_key=f"{tag}:production_job", partition_key=FULL, tags={"schoolquality/trigger": tag})
 
 
 def _follow_up(context: dg.RunStatusSensorContext):
     tag = context.dagster_run.tags.get("schoolquality/trigger", "")
     if not tag.startswith("annual-"):
         return dg.SkipReason("not an annual production run")
-    return dg.RunRequest(run_key=f"{tag}:comparison_job", partition_key="subsample", tags={"schoolquality/trigger": tag})
+    return dg.RunRequest(run_key=f"{tag}:comparison_job", partition_key=SUBSAMPLE, tags={"schoolquality/trigger": tag})
 
 
 annual_comparison_follow_up = dg.run_status_sensor(

@@ -6,7 +6,9 @@ import os
 
 import dagster as dg
 
+from schoolquality_assets.diagnostics import Thresholds
 from schoolquality_assets.filters import DEFAULT_SEED, DEFAULT_SUBSAMPLE_SIZE
+from schoolquality_assets.partitions import FULL
 from schoolquality_assets.stan_engine import SamplerSettings
 from schoolquality_assets.warehouse import Warehouse
 
@@ -52,7 +54,7 @@ class SamplerResource(dg.ConfigurableResource):
     engine: str = os.environ.get("SCHOOLQUALITY_ENGINE", "auto")
 
     def settings(self, partition: str | None = None) -> SamplerSettings:
-        full = partition == "full"
+        full = partition == FULL
         warmup = self.full_warmup if full and self.full_warmup is not None else self.warmup
         draws = self.full_draws if full and self.full_draws is not None else self.draws
         return SamplerSettings(
@@ -68,3 +70,6 @@ class ConvergenceResource(dg.ConfigurableResource):
     max_divergences: int = 0
     min_ess: float = 400.0
     min_bfmi: float = 0.3
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(**self.model_dump())

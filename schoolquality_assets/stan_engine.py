@@ -26,7 +26,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -107,13 +107,12 @@ def sample(
     data: Mapping[str, object],
     settings: SamplerSettings,
     inits: list[dict] | None = None,
-    keep: Collection[str] | None = None,
     progress: Progress = print,
 ) -> Draws:
-    """Compile (or reuse) ``stan_file`` and sample it; ``keep`` limits the stored parameters."""
+    """Compile (or reuse) ``stan_file`` and sample it."""
     engine = choose_engine(settings.engine)
     run = _sample_cmdstanpy if engine == "cmdstanpy" else _sample_pystan
-    return run(Path(stan_file), dict(data), settings, inits, keep, progress)
+    return run(Path(stan_file), dict(data), settings, inits, progress)
 
 
 # --------------------------------------------------------------------------- PyStan / httpstan
@@ -151,7 +150,7 @@ def compile_pystan(stan_file: Path, progress: Progress = print) -> tuple[str, fl
     return name, seconds
 
 
-def _sample_pystan(stan_file, data, settings, inits, keep, progress) -> Draws:
+def _sample_pystan(stan_file, data, settings, inits, progress) -> Draws:
     model_name, compile_seconds = compile_pystan(stan_file, progress)
     workers = settings.parallel_chains or os.cpu_count() or 1
     ctx = mp.get_context("fork")  # like httpstan; spawn would need a __main__ guard in callers
@@ -169,7 +168,6 @@ def _sample_pystan(stan_file, data, settings, inits, keep, progress) -> Draws:
                     (inits[c] if inits else {}),
                     c + 1,
                     settings,
-                    None if keep is None else list(keep),
                     messages,
                 ): c
                 for c in range(settings.chains)
@@ -223,7 +221,7 @@ def _group_columns(names: list[str]) -> dict[str, list[int]]:
     return groups
 
 
-def _run_chain(model_name, data, init, chain, settings: SamplerSettings, keep, messages) -> dict:
+def _run_chain(model_name, data, init, chain, settings: SamplerSettings, messages) -> dict:
     """One chain in its own process: run the sampler in a thread, read its socket here."""
     import httpstan.models
 
@@ -250,7 +248,7 @@ def _run_chain(model_name, data, init, chain, settings: SamplerSettings, keep, m
 
     # The sampler runs in this process's main thread (it releases the GIL while it
     # samples; in a worker thread httpstan's module crashes); the reader is a thread.
-    reader = _ChainReader(settings.draws, keep, chain, messages)
+    reader = _ChainReader(settings.draws, chain, messages)
     done = threading.Event()
     listener = threading.Thread(target=reader.serve, args=(server, done))
     listener.start()
@@ -271,13 +269,12 @@ def _run_chain(model_name, data, init, chain, settings: SamplerSettings, keep, m
 class _ChainReader:
     """Parse the writer messages of one chain as they arrive."""
 
-    def __init__(self, draws: int, keep, chain: int, messages):
+    def __init__(self, draws: int, chain: int, messages):
         import simdjson
 
         self.parser = simdjson.Parser()
-        self.draws, self.keep, self.chain, self.messages = draws, keep, chain, messages
+        self.draws, self.chain, self.messages = draws, chain, messages
         self.table: np.ndarray | None = None
-        self.columns: np.ndarray | None = None
         self.names: list[str] = []
         self.row = 0
         self.log: list[str] = []
@@ -349,18 +346,12 @@ class _ChainReader:
             row = np.fromiter(obj.values(), float, len(self.all_names))
         if self.row >= self.draws:
             raise SamplingError(f"chain {self.chain}: more draws than requested")
-        self.table[self.row] = row[self.columns]
+        self.table[self.row] = row
         self.row += 1
 
     def _start(self, names: list[str]) -> None:
-        self.all_names = names
-        wanted = [
-            i for i, n in enumerate(names)
-            if n in SAMPLE_STATS or self.keep is None or n.split(".")[0] in self.keep
-        ]
-        self.columns = np.asarray(wanted)
-        self.names = [names[i] for i in wanted]
-        self.table = np.empty((self.draws, len(wanted)))
+        self.all_names = self.names = names
+        self.table = np.empty((self.draws, len(names)))
 
     def finish(self) -> dict:
         if self.row != self.draws:
@@ -371,7 +362,7 @@ class _ChainReader:
 # --------------------------------------------------------------------------- cmdstanpy
 
 
-def _sample_cmdstanpy(stan_file, data, settings, inits, keep, progress) -> Draws:
+def _sample_cmdstanpy(stan_file, data, settings, inits, progress) -> Draws:
     import cmdstanpy
 
     start = time.monotonic()
@@ -389,7 +380,8 @@ def _sample_cmdstanpy(stan_file, data, settings, inits, keep, progress) -> Draws
         chains=settings.chains, parallel_chains=settings.parallel_chains or os.cpu_count(),
         iter_warmup=settings.warmup, iter_sampling=settings.draws, seed=settings.seed,
         adapt_delta=settings.adapt_delta, max_treedepth=settings.max_treedepth,
-        inits=inits, show_progress=False,
+        adapt_init_phase=settings.init_buffer, adapt_metric_window=settings.window,
+        adapt_step_size=settings.term_buffer, inits=inits, show_progress=False,
     )
     seconds = time.monotonic() - start
     progress(f"{stan_file.name}: {settings.chains} chains sampled in {seconds:.0f} s (CmdStan)")
@@ -397,13 +389,9 @@ def _sample_cmdstanpy(stan_file, data, settings, inits, keep, progress) -> Draws
     table = fit.draws(concat_chains=False).transpose(1, 0, 2)  # (chain, draw, column)
     chains = {}
     for c in range(settings.chains):
-        wanted = [
-            i for i, n in enumerate(names)
-            if n in SAMPLE_STATS or keep is None or n.split("[")[0] in keep
-        ]
         chains[c] = {
-            "names": [names[i].replace("[", ".").rstrip("]") for i in wanted],
-            "table": np.ascontiguousarray(table[c][:, wanted]),
+            "names": [n.replace("[", ".").rstrip("]") for n in names],
+            "table": np.ascontiguousarray(table[c]),
             "messages": [],
         }
     return _stack(chains, settings, "cmdstanpy", compile_seconds, seconds)

@@ -1,7 +1,8 @@
-"""Warehouse paths, atomic file writes and DuckDB table writes.
+"""Every path under the warehouse root, atomic file writes, and DuckDB table writes.
 
 Everything the project reads or writes lives under one root, ``warehouse/`` in the
-checkout unless ``SCHOOLQUALITY_WAREHOUSE`` points elsewhere.
+checkout unless ``SCHOOLQUALITY_WAREHOUSE`` points elsewhere. Paths are built here and
+nowhere else.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from schoolquality_assets.partitions import FULL
+
 ENV_VAR = "SCHOOLQUALITY_WAREHOUSE"
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "warehouse"
+OUTPUT_NAME = "g3_school_quality.parquet"
 LOCK_TIMEOUT_SECONDS = 600.0  # another run writing the database holds its lock for seconds
 
 
@@ -53,6 +57,26 @@ class Warehouse:
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
+
+    def posterior_path(self, key: str, partition: str) -> Path:
+        """The last posterior of model ``key`` that passed its blocking checks."""
+        return self.posteriors_dir / partition / f"posterior_{key}.nc"
+
+    def output_path(self, partition: str) -> Path:
+        """``outputs/g3_school_quality.parquet`` for ``full``; other partitions are dry runs."""
+        if partition == FULL:
+            return self.outputs_dir / OUTPUT_NAME
+        return self.outputs_dir / "dry_run" / f"g3_school_quality_{partition}.parquet"
+
+    def archive_path(self, vintage: str, run: str) -> Path:
+        return self.outputs_dir / "archive" / f"g3_school_quality_{vintage}_{run}.parquet"
+
+    def report_path(self, partition: str) -> Path:
+        return self.reports_dir / partition / "index.html"
+
+    def figure_path(self, partition: str, name: str) -> Path:
+        """A report figure, named by what it shows (e.g. ``shrinkage_vs_n``)."""
+        return self.reports_dir / partition / "figures" / f"{name}.png"
 
     def ensure(self, path: Path) -> Path:
         try:

@@ -1,4 +1,4 @@
-"""Tests of analyses.py on synthetic posterior draws (arviz.from_dict; no Stan)."""
+"""Tests of the analyses, LOO, diagnostics, figures and report on synthetic posterior draws (arviz.from_dict; no Stan)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import arviz as az
 import numpy as np
 import polars as pl
 import pytest
+import xarray as xr
 from scipy import integrate, stats
 from scipy.special import expit, logit
 
 from schoolquality_assets import analyses as an
-from schoolquality_assets import models
+from schoolquality_assets import diagnostics, figures, loo, models, report
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -175,18 +176,19 @@ def test_shrinkage_exact_and_band_ordering():
     assert by["band"].to_list() == list(an.BANDS) and by["schools"].to_list() == [30, 30, 30]
     s1 = by["mean_shrinkage_m1_pp"].to_numpy()
     assert s1[0] > s1[1] > s1[2]
-    for png in (an.shrinkage_figures(t), an.shrinkage_vs_n_figure(t)):
+    for png in (figures.raw_vs_estimate_png(t), figures.shrinkage_vs_n_png(t)):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------- LOO
 def test_pointwise_loo_matches_az_loo_and_chunks(posteriors):
     idata = posteriors["m2"]
-    r = an._reff(idata)
-    full = models.with_log_likelihood(idata.copy())
+    r = loo._reff(idata)
+    full = idata.copy()
+    full.add_groups(log_likelihood={"y_success": xr.DataArray(models.log_likelihood(idata), dims=("chain", "draw", "obs"))})
     ref = az.loo(full, pointwise=True, reff=r)
     for chunk in (37, 10_000):
-        pw = an.pointwise_loo(idata, max_draws=None, chunk=chunk)
+        pw = loo.pointwise_loo(idata, max_draws=None, chunk=chunk)
         np.testing.assert_allclose(pw["elpd_i"], ref.loo_i.values, rtol=1e-10)
         np.testing.assert_allclose(pw["pareto_k"], ref.pareto_k.values, rtol=1e-10)
         assert pw["elpd_i"].sum() == pytest.approx(ref.elpd_loo)
@@ -194,7 +196,7 @@ def test_pointwise_loo_matches_az_loo_and_chunks(posteriors):
 
 
 def test_loo_table_ranks_true_structure_first(posteriors):
-    t = an.loo_table(posteriors | {"m0": None}, max_draws=200, chunk=100)
+    t = loo.loo_table(posteriors | {"m0": None}, max_draws=200, chunk=100)
     ranked = t.filter(pl.col("rank").is_not_null())
     assert ranked["model"].to_list() == ["M2", "M1"]
     assert ranked["elpd_diff"][0] == 0 and ranked["se_diff"][0] is None
@@ -203,7 +205,7 @@ def test_loo_table_ranks_true_structure_first(posteriors):
     m0 = t.filter(pl.col("model") == "M0")
     assert m0.height == 1 and "M0 excluded" in m0["note"][0]
     # se_diff from pointwise differences
-    a, b = (an.pointwise_loo(posteriors[m], 200, 100)["elpd_i"] for m in ("m2", "m1"))
+    a, b = (loo.pointwise_loo(posteriors[m], 200, 100)["elpd_i"] for m in ("m2", "m1"))
     assert ranked["se_diff"][1] == pytest.approx(np.sqrt(len(a) * np.var(b - a)))
 
 
@@ -229,7 +231,7 @@ def _tiny_cohort_idata():
 
 def test_adaptive_gauss_hermite_matches_quad():
     idata, post = _tiny_cohort_idata()
-    labels, counts, logp = an.cohort_log_marginal(idata, n_nodes=15)
+    labels, counts, logp = loo.cohort_log_marginal(idata, n_nodes=15)
     assert labels == ["S1_2015", "S1_2016"] and counts.tolist() == [2, 1]
     y, n, cid = np.array([3, 17, 40]), np.array([10, 25, 60]), np.array([0, 0, 1])
     for s in range(4):
@@ -244,17 +246,17 @@ def test_adaptive_gauss_hermite_matches_quad():
 
 def test_cohort_loo_table(posteriors, sim):
     sample, _ = sim
-    groups = an.cohort_groups(sample)
-    t = an.cohort_loo_table(posteriors, groups=groups, max_draws=200, chunk=150)
+    groups = loo.cohort_groups(sample)
+    t = loo.cohort_loo_table(posteriors, groups=groups, max_draws=200, chunk=150)
     assert t["unit"].unique().to_list() == ["cohort"]
     assert t["model"].to_list() == ["M2", "M1"] and t["n_units"][0] == 160
-    one = an.cohort_integrated_loo(posteriors["m1"], groups=groups, max_draws=200)
-    ll = models.log_likelihood(an._thin(posteriors["m1"], 200)).reshape(200, -1)
+    one = loo.cohort_integrated_loo(posteriors["m1"], groups=groups, max_draws=200)
+    ll = models.log_likelihood(loo._thin(posteriors["m1"], 200)).reshape(200, -1)
     lp = np.stack([ll[:, groups == g].sum(1) for g in sorted(set(groups))], axis=1)
-    elpd, _, _ = an._psis_loo(lp.T, an._reff(an._thin(posteriors["m1"], 200)))
+    elpd, _, _ = loo._psis_loo(lp.T, loo._reff(loo._thin(posteriors["m1"], 200)))
     np.testing.assert_allclose(one["elpd"].to_numpy(), elpd)
     with pytest.raises(ValueError, match="pass groups"):
-        an.cohort_integrated_loo(posteriors["m1"])
+        loo.cohort_integrated_loo(posteriors["m1"])
 
 
 # ---------------------------------------------------------------- SD by model, random effects, diagnostics
@@ -262,7 +264,7 @@ def test_school_sd_and_random_effects(posteriors):
     t = an.school_sd_by_model(posteriors)
     assert t["model"].to_list() == ["M1", "M2"]
     assert t["sd_school"][1] == pytest.approx(posteriors["m2"].posterior["sd_school"].values.mean())
-    assert an.school_sd_figure(t)[:4] == b"\x89PNG"
+    assert figures.school_sd_png(t)[:4] == b"\x89PNG"
     elig = pl.DataFrame({"school_id": [f"S{j:03d}" for j in range(40)], "mean_n_trials": np.linspace(5, 200, 40)})
     re_ = an.school_random_effects(posteriors["m2"], elig)
     r = posteriors["m2"].posterior["r_school"].values.reshape(400, -1)
@@ -270,13 +272,13 @@ def test_school_sd_and_random_effects(posteriors):
     assert (np.diff(re_["mean"].to_numpy()) >= 0).all()
     row = re_.filter(pl.col("school_id") == "S005").row(0, named=True)
     assert row["mean"] == pytest.approx(r[:, 5].mean()) and row["upper"] == pytest.approx(np.quantile(r[:, 5], 0.975))
-    assert an.caterpillar_figure(re_)[:4] == b"\x89PNG"
+    assert figures.caterpillar_png(re_)[:4] == b"\x89PNG"
 
 
 def test_mcmc_diagnostics(posteriors):
-    t = an.mcmc_diagnostics(posteriors)
+    t = diagnostics.mcmc_diagnostics(posteriors)
     assert t["model"].to_list() == ["M1", "M2"]
-    s = an.convergence_summary(posteriors["m2"])
+    s = diagnostics.convergence_summary(posteriors["m2"])
     post = posteriors["m2"].posterior
     ref = max(float(az.rhat(post[[v]])[v].max()) for v in ("b_Intercept", "Intercept", "sd_school", "sd_cohort", "r_school"))
     assert s["max_rhat"] == pytest.approx(ref)
@@ -284,7 +286,7 @@ def test_mcmc_diagnostics(posteriors):
     assert s["min_bfmi"] == pytest.approx(float(np.min(az.bfmi(posteriors["m2"]))))
     assert s["r_profile_max_rhat"] is None and 0 <= s["r_cohort_share_rhat_gt_1_01"] <= 1
     assert s["min_ess_bulk_sd"] == pytest.approx(min(float(az.ess(post[[v]])[v]) for v in ("sd_school", "sd_cohort")))
-    assert an.trace_plot_png(posteriors["m2"], ["sd_school", "sd_cohort"])[:4] == b"\x89PNG"
+    assert figures.trace_png(posteriors["m2"], ["sd_school", "sd_cohort"])[:4] == b"\x89PNG"
 
 
 # ---------------------------------------------------------------- frequentist
@@ -304,13 +306,13 @@ def test_frequentist_comparison(sim):
 
 # ---------------------------------------------------------------- report
 def test_report_html():
-    png = an.figure_png(__import__("matplotlib.pyplot").pyplot.figure())
+    png = figures.figure_png(__import__("matplotlib.pyplot").pyplot.figure())
     tab = pl.DataFrame({"model": ["M1", "M2"], "elpd": [-1234.56789123, 0.000123456789], "k": [3, None]})
     sections = {name: {"text": f"About {name}.", "tables": [(f"{name} table", tab)], "figures": [(name, png)]}
-                for name in an.SECTIONS if name != "Stage 1 production model"}
-    out = an.report_html("subsample", sections)
+                for name in report.SECTIONS if name != "Stage 1 production model"}
+    out = report.report_html("subsample", sections)
     heads = re.findall(r"<h2>(.*?)</h2>", out)
-    assert heads == [__import__("html").escape(n) for n in an.SECTIONS if n != "Stage 1 production model"]
+    assert heads == [__import__("html").escape(n) for n in report.SECTIONS if n != "Stage 1 production model"]
     m = re.search(r'<table id="table-shrinkage-table">(.*?)</table>', out)
     cells = re.findall(r"<td>(.*?)</td>", m.group(1))
     assert float(cells[1]) == pytest.approx(-1234.56789123, rel=1e-5) and float(cells[4]) == pytest.approx(0.000123456789, rel=1e-5)

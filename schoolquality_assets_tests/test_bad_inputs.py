@@ -42,7 +42,7 @@ def _resources(root: Path, **warehouse) -> dict:
 def _materialize(root: Path, assets=INGEST, partition_key: str | None = None, **warehouse) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [*ASSETS, *CHECKS],
-        selection=dg.AssetSelection.assets(*assets),
+        selection=dg.AssetSelection.assets(*assets).required_multi_asset_neighbors(),
         resources=_resources(root, **warehouse),
         partition_key=partition_key,
         raise_on_error=False,
@@ -270,7 +270,7 @@ from schoolquality_assets.resources import ConvergenceResource, SamplerResource,
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 result = dg.materialize(
     [*ASSETS, *CHECKS],
-    selection=dg.AssetSelection.assets("raw_observations", "rejected_observations", "cleaned_observations"),
+    selection=dg.AssetSelection.assets("raw_observations", "rejected_observations", "cleaned_observations").required_multi_asset_neighbors(),
     resources={"warehouse": WarehouseResource(root=sys.argv[1]), "sampler": SamplerResource(),
                "convergence": ConvergenceResource()},
     raise_on_error=False,

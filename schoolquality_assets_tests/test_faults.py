@@ -19,7 +19,7 @@ from schoolquality_assets.resources import ConvergenceResource, SamplerResource,
 from schoolquality_assets.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = "raw_observations,rejected_observations,cleaned_observations,eligible_schools"
+DATA = "raw_observations,synthetic_truth,rejected_observations,valid_observations,cleaned_observations,filtered_observations,eligible_schools"
 
 
 def _cli(root: Path, select: str, partition: str | None = None, **env) -> subprocess.Popen:

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schoolquality_assets import analyses, models, synthetic
+from schoolquality_assets import analyses, diagnostics, models, synthetic
 from schoolquality_assets.stan_engine import SamplerSettings, cmdstan_available, sample
 
 from .conftest import province_sample
@@ -20,7 +20,7 @@ def _cbpp_input():
     d = pl.read_csv(FIXTURES / "cbpp.csv").with_columns(pl.col("herd", "period").cast(pl.Utf8))
     frame = d.select(school_id=pl.col("herd"), year_subject=pl.col("period"), n_trials="size", y_success="incidence",
                      year=pl.lit(0), subject=pl.lit(""))
-    spec = models.ModelSpec("cbpp", "m1_school.stan", "cbpp through M1", True, False, False)
+    spec = models.ModelSpec(key="cbpp", stan_file="m1_school.stan", description="cbpp through M1", fixed_effects=True)
     mi = models.model_input(spec, frame)
     return spec, mi
 
@@ -70,7 +70,7 @@ def test_recovery_cohort_models(small_province, key):
     if key == "m3":
         assert _inside(post["sd_profile"].values, truth.sd_profile)
     assert _school_correlation(idata, truth) > 0.9
-    summary = analyses.convergence_summary(idata)
+    summary = diagnostics.convergence_summary(idata)
     assert summary["divergences"] == 0
 
 

@@ -39,6 +39,7 @@ ASSETS = {
     "posterior_m0", "posterior_m1", "posterior_m2", "posterior_m3", "shrinkage", "variance_components",
     "school_sd_by_model", "school_random_effects", "loo_comparison", "mcmc_diagnostics",
     "frequentist_comparison", "report", "g3_school_quality",
+    "synthetic_truth", "valid_observations", "filtered_observations",
 }
 CHECKS = {
     ("cleaned_observations", "participation_at_least_half"),
@@ -264,13 +265,17 @@ def test_webserver_lists_assets_checks_jobs_schedule_sensor(stack):
     assert "new_results_sensor" in {s["name"] for s in repo["sensors"]}
 
 
+RAW_AND_REJECTED = ("raw_observations", "synthetic_truth", "rejected_observations", "valid_observations")
+
+
 def test_launch_raw_and_rejected_through_graphql(stack):
     params = {
         "selector": {
             "repositoryLocationName": LOCATION,
             "repositoryName": REPOSITORY,
             "pipelineName": "__ASSET_JOB",
-            "assetSelection": [{"path": ["raw_observations"]}, {"path": ["rejected_observations"]}],
+            # the multi-assets raw (+ synthetic_truth) and rejected (+ valid) are materialized whole
+            "assetSelection": [{"path": [k]} for k in RAW_AND_REJECTED],
         },
         "mode": "default",
         "runConfigData": {},
@@ -297,7 +302,7 @@ def test_launch_raw_and_rejected_through_graphql(stack):
     )
     assert status == "SUCCESS", f"run {run_id} ended {status} (seen {seen})\n{events}\n{stack.diagnostics()}"
     print(f"run {run_id}: statuses {seen}")
-    assert {"/".join(a["path"]) for a in run["assetSelection"]} == {"raw_observations", "rejected_observations"}
+    assert {"/".join(a["path"]) for a in run["assetSelection"]} == set(RAW_AND_REJECTED)
 
     database = stack.warehouse / "schoolquality.duckdb"
     assert database.exists()

@@ -1,38 +1,34 @@
-"""The page's tables and figures as partitioned assets, and the HTML report that gathers them."""
-
-
+"""The page's tables and figures as partitioned assets (thin wiring around analyses, loo, figures)."""
 
 import dagster as dg
 import polars as pl
 
-from schoolquality_assets import analyses, models
-from schoolquality_assets.assets.common import image_md, markdown, sample_partitions, table_metadata
-from schoolquality_assets.assets.ingest import OWNER
-from schoolquality_assets.assets.posteriors import posterior_path
+from schoolquality_assets import analyses, diagnostics, figures, loo, models
+from schoolquality_assets.assets.common import OWNER, image_md, markdown, table_metadata
+from schoolquality_assets.partitions import sample_partitions
 from schoolquality_assets.resources import WarehouseResource
 from schoolquality_assets.warehouse import Warehouse, atomic_path
 
-ANALYSES = dict(partitions_def=sample_partitions, group_name="analyses", owners=[OWNER], kinds={"duckdb", "polars"})
+ANALYSIS_ASSET = dict(partitions_def=sample_partitions, group_name="analyses", owners=[OWNER], kinds={"duckdb", "polars"})
 
 
 def _posteriors(wh: Warehouse, partition: str, keys) -> dict:
-    return {k: models.load_posterior(posterior_path(wh, k, partition)) for k in keys}
+    return {k: models.load_posterior(wh.posterior_path(k, partition)) for k in keys}
 
 
-def _publish(context, wh: Warehouse, table: str, frame: pl.DataFrame, figures: list[bytes], **extra) -> dg.MaterializeResult:
-    """Write the table's partition rows and the figures; return metadata the UI shows."""
+def _publish(context, wh: Warehouse, table: str, frame: pl.DataFrame, pngs: dict[str, bytes], **extra) -> dg.MaterializeResult:
+    """Write the table's partition rows and the figures (by name); return metadata the UI shows."""
     partition = context.partition_key
     wh.write_partition(table, partition, frame)
-    fig_dir = wh.ensure(wh.reports_dir / partition / "figures")
     meta = table_metadata(frame) | {"table": dg.MetadataValue.md(markdown(frame.head(30)))}
-    for i, png in enumerate(figures):
-        with atomic_path(fig_dir / f"{table}_{i + 1}.png") as tmp:
+    for name, png in pngs.items():
+        with atomic_path(wh.figure_path(partition, name)) as tmp:
             tmp.write_bytes(png)
-        meta[f"figure_{i + 1}"] = image_md(png, table)
+        meta[name] = image_md(png, name)
     return dg.MaterializeResult(metadata=meta | extra)
 
 
-@dg.asset(deps=["posterior_m0", "posterior_m1", "analysis_sample"], description="M0 vs M1 shrinkage per school and by sample-size band.", **ANALYSES)
+@dg.asset(deps=["posterior_m0", "posterior_m1", "analysis_sample"], description="M0 vs M1 shrinkage per school and by sample-size band.", **ANALYSIS_ASSET)
 def shrinkage(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
     p = _posteriors(wh, context.partition_key, ("m0", "m1"))
@@ -40,47 +36,48 @@ def shrinkage(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -
     by_band = analyses.shrinkage_by_band(table)
     wh.write_partition("shrinkage_by_band", context.partition_key, by_band)
     return _publish(context, wh, "shrinkage", table,
-                    [analyses.shrinkage_figures(table), analyses.shrinkage_vs_n_figure(table)],
+                    {"shrinkage_raw_vs_estimate": figures.raw_vs_estimate_png(table),
+                     "shrinkage_vs_n": figures.shrinkage_vs_n_png(table)},
                     by_band=dg.MetadataValue.md(markdown(by_band)))
 
 
-@dg.asset(deps=["posterior_m2", "posterior_m3"], description="Variance decomposition per posterior draw (full with pi^2/3, and latent), M3 and M2.", **ANALYSES)
+@dg.asset(deps=["posterior_m2", "posterior_m3"], description="Variance decomposition per posterior draw (full with pi^2/3, and latent), M3 and M2.", **ANALYSIS_ASSET)
 def variance_components(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
     p = _posteriors(wh, context.partition_key, ("m2", "m3"))
     table = pl.concat([analyses.variance_components(p[k]).with_columns(model=pl.lit(k.upper())) for k in ("m3", "m2")])
     m3 = table.filter(pl.col("model") == "M3")
-    return _publish(context, wh, "variance_components", table, [], page_tables=dg.MetadataValue.md(analyses.variance_markdown(m3)))
+    return _publish(context, wh, "variance_components", table, {}, page_tables=dg.MetadataValue.md(analyses.variance_markdown(m3)))
 
 
-@dg.asset(deps=["posterior_m1", "posterior_m2", "posterior_m3"], description="School SD (mean, 95% interval) under M1, M2, M3.", **ANALYSES)
+@dg.asset(deps=["posterior_m1", "posterior_m2", "posterior_m3"], description="School SD (mean, 95% interval) under M1, M2, M3.", **ANALYSIS_ASSET)
 def school_sd_by_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
-    keys = [k for k in ("m1", "m2", "m3") if posterior_path(wh, k, context.partition_key).exists()]
+    keys = [k for k in ("m1", "m2", "m3") if wh.posterior_path(k, context.partition_key).exists()]
     table = analyses.school_sd_by_model(_posteriors(wh, context.partition_key, keys))
-    return _publish(context, wh, "school_sd_by_model", table, [analyses.school_sd_figure(table)])
+    return _publish(context, wh, "school_sd_by_model", table, {"school_sd_by_model": figures.school_sd_png(table)})
 
 
-@dg.asset(deps=["posterior_m3", "eligible_schools"], description="M3 school effects, ranked, with 95% intervals (caterpillar).", **ANALYSES)
+@dg.asset(deps=["posterior_m3", "eligible_schools"], description="M3 school effects, ranked, with 95% intervals (caterpillar).", **ANALYSIS_ASSET)
 def school_random_effects(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
     table = analyses.school_random_effects(_posteriors(wh, context.partition_key, ("m3",))["m3"], wh.read_table("eligible_schools"))
-    return _publish(context, wh, "school_random_effects", table, [analyses.caterpillar_figure(table)])
+    return _publish(context, wh, "school_random_effects", table, {"school_effects_caterpillar": figures.caterpillar_png(table)})
 
 
 @dg.asset(deps=["posterior_m1", "posterior_m2", "posterior_m3", "analysis_sample"],
           description="PSIS-LOO (per observation) and integrated leave-one-cohort-out comparison of M1-M3 (M0 excluded).",
           check_specs=[dg.AssetCheckSpec("pareto_k_share", asset="loo_comparison",
                                          description="At most 1% of observation-level Pareto k above 0.7 (WARN)")],
-          **ANALYSES)
+          **ANALYSIS_ASSET)
 def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     wh = warehouse.get()
     p = _posteriors(wh, context.partition_key, ("m1", "m2", "m3"))
     sample = wh.read_partition("analysis_sample", context.partition_key).sort("school_id", "year", "subject")
-    obs = analyses.loo_table(p)
-    cohort = analyses.cohort_loo_table(p, groups=analyses.cohort_groups(sample))
+    obs = loo.loo_table(p)
+    cohort = loo.cohort_loo_table(p, groups=loo.cohort_groups(sample))
     table = pl.concat([obs, cohort], how="diagonal_relaxed")
-    result = _publish(context, wh, "loo_comparison", table, [])
+    result = _publish(context, wh, "loo_comparison", table, {})
     worst = float(obs.filter(pl.col("model") != "M0")["pareto_k_share"].max())
     yield result
     yield dg.AssetCheckResult(
@@ -90,26 +87,26 @@ def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     )
 
 
-@dg.asset(deps=["posterior_m0", "posterior_m1", "posterior_m2", "posterior_m3"], description="Convergence figures of every fitted model.", **ANALYSES)
+@dg.asset(deps=["posterior_m0", "posterior_m1", "posterior_m2", "posterior_m3"], description="Convergence figures of every fitted model.", **ANALYSIS_ASSET)
 def mcmc_diagnostics(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
-    keys = [k for k in models.MODELS if posterior_path(wh, k, context.partition_key).exists()]
+    keys = [k for k in models.MODELS if wh.posterior_path(k, context.partition_key).exists()]
     p = _posteriors(wh, context.partition_key, keys)
-    table = analyses.mcmc_diagnostics(p)
-    traces = [analyses.trace_plot_png(p[k], models.MODELS[k].sd_names) for k in keys]
+    table = diagnostics.mcmc_diagnostics(p)
+    traces = {f"trace_{k}": figures.trace_png(p[k], models.MODELS[k].sd_names) for k in keys}
     return _publish(context, wh, "mcmc_diagnostics", table, traces)
 
 
 @dg.asset(deps=["analysis_sample", "variance_components", "posterior_m2"],
-          description="The page's logit-normal mixed model (statsmodels) against the Bayesian fit, measured in this run.", **ANALYSES)
+          description="The page's logit-normal mixed model (statsmodels) against the Bayesian fit, measured in this run.", **ANALYSIS_ASSET)
 def frequentist_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
     partition = context.partition_key
     sample = wh.read_partition("analysis_sample", partition)
     components = wh.read_partition("variance_components", partition).filter(pl.col("model") == "M3")
-    m2 = models.load_posterior(posterior_path(wh, "m2", partition))
+    m2 = models.load_posterior(wh.posterior_path("m2", partition))
     table = analyses.frequentist_comparison(
         sample, components, bayes_seconds=float(m2.attrs.get("sample_seconds", 0.0)),
         bayes_sample=f"{sample['school_id'].n_unique()} schools, {sample.height} observations ({partition})",
     )
-    return _publish(context, wh, "frequentist_comparison", table, [])
+    return _publish(context, wh, "frequentist_comparison", table, {})

@@ -1,4 +1,4 @@
-"""Shared asset plumbing: partitions, table metadata, partitioned DuckDB writes, images."""
+"""Shared asset plumbing: the owner, table metadata for the UI, markdown previews, images."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import base64
 import dagster as dg
 import polars as pl
 
-from schoolquality_assets.filters import PARTITIONS
-
-sample_partitions = dg.StaticPartitionsDefinition(list(PARTITIONS))
+OWNER = "team:education-data"
 
 _DAGSTER_TYPES = {
     pl.Utf8: "string", pl.Int64: "int64", pl.Int32: "int32", pl.Float64: "float64",

@@ -1,24 +1,28 @@
-"""Ingest and sample: landing files -> raw -> rejected/valid -> cleaned -> eligible -> analysis sample."""
+"""Ingest and sample: landing files -> raw -> rejected/valid -> cleaned/filtered -> eligible -> analysis sample.
+
+Tables written together are one multi-asset each (raw + synthetic_truth, rejected + valid,
+cleaned + filtered), so every table appears in the asset graph and its lineage.
+"""
 
 
 import dagster as dg
 import polars as pl
 
 from schoolquality_assets import contract, filters, synthetic
-from schoolquality_assets.assets.common import markdown, sample_partitions, table_metadata
+from schoolquality_assets.assets.common import OWNER, markdown, table_metadata
+from schoolquality_assets.partitions import FULL, sample_partitions
 from schoolquality_assets.resources import WarehouseResource
 
-OWNER = "team:education-data"
 INGEST = dict(group_name="ingest", owners=[OWNER], kinds={"duckdb", "polars"})
 
 
-def _landing(warehouse: WarehouseResource) -> tuple[pl.DataFrame, str, list[str]]:
-    """Rows from the landing folder, or the synthetic province when it holds no files."""
+def _landing(warehouse: WarehouseResource) -> tuple[pl.DataFrame, str, list[str], pl.DataFrame | None]:
+    """Rows from the landing folder, or the synthetic province (and its truth) when it holds no files."""
     wh = warehouse.get()
     raw_dir = wh.ensure(wh.raw_dir)
     files = contract.list_landing_files(raw_dir)
     if files:
-        return contract.load_landing(raw_dir), f"landing files ({len(files)})", [f.name for f in files]
+        return contract.load_landing(raw_dir), f"landing files ({len(files)})", [f.name for f in files], None
     stray = contract.ignored_files(raw_dir)
     if stray:  # a delivery in the wrong format must not be replaced by synthetic data
         raise contract.LandingFileError(
@@ -30,14 +34,21 @@ def _landing(warehouse: WarehouseResource) -> tuple[pl.DataFrame, str, list[str]
         pl.lit(f"synthetic_province_seed_{warehouse.synthetic_seed}").alias("source_file"),
         pl.int_range(1, obs.height + 1, dtype=pl.Int64).alias("source_row"),
     )
-    wh.write_table("synthetic_truth", synthetic.truth_frame(province.truth))
-    return frame, f"synthetic province (seed {warehouse.synthetic_seed})", []
+    truth = synthetic.truth_frame(province.truth)
+    return frame, f"synthetic province (seed {warehouse.synthetic_seed})", [], truth
 
 
-@dg.asset(description="Every landing row, as text, with its source file and row number.", **INGEST)
-def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+@dg.multi_asset(
+    name="raw_observations",
+    specs=[
+        dg.AssetSpec("raw_observations", description="Every landing row, as text, with its source file and row number.", **INGEST),
+        dg.AssetSpec("synthetic_truth", skippable=True, description="True parameters of the synthetic province "
+                     "(written only when raw/ is empty and the synthetic province stands in).", **INGEST),
+    ],
+)
+def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     try:
-        frame, source, files = _landing(warehouse)
+        frame, source, files, truth = _landing(warehouse)
     except contract.LandingFileError as exc:
         raise dg.Failure(description=str(exc)) from exc
     except OSError as exc:
@@ -47,7 +58,11 @@ def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         context.log.warning(f"ignored non-landing files in raw/: {[p.name for p in ignored]}")
     warehouse.get().write_table("raw_observations", frame)
     context.log.info(f"loaded {frame.height} rows from {source}")
-    return dg.MaterializeResult(
+    if truth is not None:
+        warehouse.get().write_table("synthetic_truth", truth)
+        yield dg.MaterializeResult(asset_key="synthetic_truth", metadata=table_metadata(truth))
+    yield dg.MaterializeResult(
+        asset_key="raw_observations",
         metadata=table_metadata(frame) | {
             "source": source,
             "files": dg.MetadataValue.json(files),
@@ -56,12 +71,16 @@ def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     )
 
 
-@dg.asset(
-    deps=[raw_observations],
-    description="Rows that break the landing contract, with a reason code; valid rows go to valid_observations.",
-    **INGEST,
+@dg.multi_asset(
+    name="rejected_observations",
+    specs=[
+        dg.AssetSpec("rejected_observations", deps=["raw_observations"],
+                     description="Raw rows that break the landing contract, with a reason code and detail.", **INGEST),
+        dg.AssetSpec("valid_observations", deps=["raw_observations"],
+                     description="Typed rows that pass the landing contract, with derived columns.", **INGEST),
+    ],
 )
-def rejected_observations(warehouse: WarehouseResource) -> dg.MaterializeResult:
+def rejected_observations(warehouse: WarehouseResource):
     wh = warehouse.get()
     raw = wh.read_table("raw_observations")
     valid, rejected = contract.validate(raw)
@@ -70,7 +89,9 @@ def rejected_observations(warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh.write_table("valid_observations", valid)
     wh.write_table("rejected_observations", rejected)
     by_reason = rejected.group_by("reason").len().sort("reason") if rejected.height else pl.DataFrame()
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(asset_key="valid_observations", metadata=table_metadata(valid))
+    yield dg.MaterializeResult(
+        asset_key="rejected_observations",
         metadata=table_metadata(rejected) | {
             "valid_rows": valid.height,
             "raw_rows": raw.height,
@@ -79,19 +100,25 @@ def rejected_observations(warehouse: WarehouseResource) -> dg.MaterializeResult:
     )
 
 
-@dg.asset(
-    deps=[rejected_observations],
-    description="Valid observations with participation >= 0.50 from eligible schools, with model keys "
-    "year_subject, school_year_id (cohort) and school_subject_id (profile). Dropped rows go to filtered_observations.",
-    **INGEST,
+@dg.multi_asset(
+    name="cleaned_observations",
+    specs=[
+        dg.AssetSpec("cleaned_observations", deps=["valid_observations"],
+                     description="Valid observations with participation >= 0.50 from eligible schools, with model keys "
+                     "year_subject, school_year_id (cohort) and school_subject_id (profile).", **INGEST),
+        dg.AssetSpec("filtered_observations", deps=["valid_observations"],
+                     description="Valid observations dropped by the filters, with a reason.", **INGEST),
+    ],
 )
-def cleaned_observations(warehouse: WarehouseResource) -> dg.MaterializeResult:
+def cleaned_observations(warehouse: WarehouseResource):
     wh = warehouse.get()
     cleaned, filtered = filters.clean(wh.read_table("valid_observations"))
     wh.write_table("cleaned_observations", cleaned)
     wh.write_table("filtered_observations", filtered)
     by_reason = filtered.group_by("reason").len().sort("reason") if filtered.height else pl.DataFrame()
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(asset_key="filtered_observations", metadata=table_metadata(filtered))
+    yield dg.MaterializeResult(
+        asset_key="cleaned_observations",
         metadata=table_metadata(cleaned) | {"filtered_by_reason": dg.MetadataValue.md(markdown(by_reason))}
     )
 
@@ -108,7 +135,7 @@ def _check_result(passed: bool, rows: int, offending: pl.DataFrame, **extra) -> 
     )
 
 
-@dg.asset_check(asset=cleaned_observations, blocking=True, description="No cleaned observation has participation < 0.50.")
+@dg.asset_check(asset="cleaned_observations", blocking=True, description="No cleaned observation has participation < 0.50.")
 def participation_at_least_half(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     cleaned = warehouse.get().read_table("cleaned_observations")
     bad = cleaned.filter(pl.col("participation") < filters.MIN_PARTICIPATION)
@@ -119,7 +146,7 @@ MODEL_COLUMNS = ("school_id", "year", "subject", "n_trials", "y_success", "year_
 
 
 @dg.asset_check(
-    asset=cleaned_observations, blocking=True,
+    asset="cleaned_observations", blocking=True,
     description="Keys (school_id, year, subject) unique, 0 <= y_success <= n_trials, no nulls in model columns.",
 )
 def model_columns_valid(warehouse: WarehouseResource) -> dg.AssetCheckResult:
@@ -135,7 +162,7 @@ def model_columns_valid(warehouse: WarehouseResource) -> dg.AssetCheckResult:
 
 
 @dg.asset(
-    deps=[cleaned_observations],
+    deps=["cleaned_observations"],
     description="One row per eligible school: observation count, average n, years present.",
     **INGEST,
 )
@@ -187,7 +214,7 @@ def sample_size_as_configured(context: dg.AssetCheckExecutionContext, warehouse:
     partition = _partition(context)
     schools = wh.read_partition("analysis_sample", partition)["school_id"].n_unique()
     eligible = wh.read_table("eligible_schools").height
-    expected = eligible if partition == "full" else min(warehouse.subsample_size, eligible)
+    expected = eligible if partition == FULL else min(warehouse.subsample_size, eligible)
     return dg.AssetCheckResult(
         passed=schools == expected,
         metadata={"partition": partition, "schools": schools, "expected": expected, "eligible": eligible},

@@ -6,36 +6,20 @@ import shutil
 import subprocess
 
 import dagster as dg
-import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from schoolquality_assets import models
-from schoolquality_assets.assets.common import markdown, sample_partitions, table_metadata
-from schoolquality_assets.assets.ingest import OWNER
-from schoolquality_assets.assets.posteriors import posterior_path
+from schoolquality_assets import analyses, diagnostics, models
+from schoolquality_assets.assets.common import OWNER, markdown, table_metadata
+from schoolquality_assets.partitions import FULL, sample_partitions
 from schoolquality_assets.resources import ConvergenceResource, WarehouseResource
 from schoolquality_assets.warehouse import Warehouse, atomic_path
-
-OUTPUT_NAME = "g3_school_quality.parquet"
-
-
-def output_path(wh: Warehouse, partition: str):
-    if partition == "full":
-        return wh.outputs_dir / OUTPUT_NAME
-    return wh.outputs_dir / "dry_run" / f"g3_school_quality_{partition}.parquet"
 
 
 def school_quality_table(idata, eligible: pl.DataFrame, vintage: int) -> pl.DataFrame:
     """Posterior mean, SD and 95% interval of each school's random intercept (logit scale)."""
-    r = idata.posterior["r_school"].values.reshape(-1, idata.posterior.sizes["school"])
-    frame = pl.DataFrame({
-        "school_id": [str(s) for s in idata.posterior["school"].values],
-        "g3_school_re": r.mean(0),
-        "g3_re_sd": r.std(0, ddof=1),
-        "g3_re_lower_95": np.quantile(r, 0.025, axis=0),
-        "g3_re_upper_95": np.quantile(r, 0.975, axis=0),
-    })
+    frame = analyses.school_effect_summary(idata).rename({
+        "mean": "g3_school_re", "sd": "g3_re_sd", "lower": "g3_re_lower_95", "upper": "g3_re_upper_95"})
     info = eligible.select("school_id", "n_obs", "mean_n_trials")
     return frame.join(info, on="school_id", how="left").with_columns(data_vintage=pl.lit(vintage, pl.Int32)).sort("school_id")
 
@@ -53,14 +37,14 @@ def _code_version() -> str:
         return "unknown"
 
 
-def _archive_previous(target) -> str | None:
+def _archive_previous(wh: Warehouse, target) -> str | None:
     """Keep the previous vintage beside the latest: g3_school_quality_<vintage>_<run>.parquet."""
     if not target.exists():
         return None
     meta = pq.read_schema(target).metadata or {}
     vintage = meta.get(b"data_vintage", b"unknown").decode()
     run = meta.get(b"run_id", b"unknown").decode()[:8]
-    archive = target.parent / "archive" / f"g3_school_quality_{vintage}_{run}.parquet"
+    archive = wh.archive_path(vintage, run)
     archive.parent.mkdir(parents=True, exist_ok=True)
     if not archive.exists():
         shutil.copy2(target, archive)
@@ -82,17 +66,19 @@ def _archive_previous(target) -> str | None:
 def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource, convergence: ConvergenceResource):
     wh = warehouse.get()
     partition = context.partition_key
-    idata = models.load_posterior(posterior_path(wh, "m2", partition))
-    rhat, div = float(idata.attrs["diag_max_rhat"]), int(idata.attrs["diag_divergences"])
-    if rhat > convergence.max_rhat or div > convergence.max_divergences:
+    idata = models.load_posterior(wh.posterior_path("m2", partition))
+    summary = diagnostics.convergence_summary(idata)
+    rhat = summary["max_rhat"]
+    failed = diagnostics.failed_blocking(diagnostics.gate(summary, convergence.thresholds()))
+    if failed:
         raise dg.Failure(
-            f"posterior_m2[{partition}] failed its convergence gate (max R-hat {rhat:.4f}, {div} divergences): "
+            f"posterior_m2[{partition}] failed its convergence gate ({', '.join(f'{o.name}: {o.metadata}' for o in failed)}): "
             "g3_school_quality not written; the previous file is unchanged"
         )
     eligible = wh.read_table("eligible_schools")
     vintage = int(wh.read_table("cleaned_observations")["year"].max())
     table = school_quality_table(idata, eligible, vintage)
-    expected = set(eligible["school_id"]) if partition == "full" else set(map(str, idata.posterior["school"].values))
+    expected = set(eligible["school_id"]) if partition == FULL else set(map(str, idata.posterior["school"].values))
     problems = {
         "missing_schools": len(expected - set(table["school_id"])),
         "extra_schools": len(set(table["school_id"]) - expected),
@@ -101,7 +87,7 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
         "non_positive_sd": table.filter(pl.col("g3_re_sd") <= 0).height,
     }
     passed = not any(problems.values())
-    target = output_path(wh, partition)
+    target = wh.output_path(partition)
     archived = None
     if passed:
         file_meta = {
@@ -114,7 +100,7 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
         }
         arrow = table.to_arrow()
         arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **file_meta})
-        archived = _archive_previous(target) if partition == "full" else None
+        archived = _archive_previous(wh, target) if partition == FULL else None
         with atomic_path(target) as tmp:
             pq.write_table(arrow, tmp)
     else:

@@ -1,0 +1,217 @@
+"""Model comparison by leave-one-out: PSIS per observation, and leave-one-cohort-out with each
+cohort effect integrated out (adaptive Gauss-Hermite). Pure functions on arviz posteriors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import arviz as az
+import numpy as np
+import polars as pl
+from scipy.special import expit, gammaln, log_expit, logsumexp
+
+from schoolquality_assets import models
+from schoolquality_assets.models import draws_matrix as _flat
+
+M0_NOTE = "M0 excluded: a Normal density on proportions is not comparable with binomial probabilities"
+
+
+def _thin(idata: az.InferenceData, max_draws: int | None) -> az.InferenceData:
+    """Keep every k-th draw (per chain) so that at most ~max_draws remain."""
+    post = idata.posterior
+    total = post.sizes["chain"] * post.sizes["draw"]
+    groups = {g: idata[g] for g in ("constant_data", "observed_data") if g in idata.groups()}
+    if max_draws is None or total <= max_draws:
+        return az.InferenceData(posterior=post, **groups)
+    step = math.ceil(total / max_draws)
+    return az.InferenceData(posterior=post.isel(draw=slice(None, None, step)), **groups)
+
+
+def _n_draws(idata) -> int:
+    return idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+
+
+def _reff(idata) -> float:
+    """Relative efficiency for PSIS from the mean ESS of the SD hyperparameters.
+
+    ``az.loo`` averages ESS over *all* posterior variables (tens of thousands for M3); the
+    hyperparameters are the slowest-mixing quantities, so this is cheap and conservative.
+    """
+    post = idata.posterior
+    if post.sizes["chain"] == 1:
+        return 1.0
+    names = [n for n in ("sd_school", "sd_cohort", "sd_profile") if n in post]
+    ess = az.ess(post[names], method="mean")
+    return float(np.clip(np.mean([float(ess[n]) for n in names]) / _n_draws(idata), 0.01, 1.0))
+
+def _psis_loo(ll: np.ndarray, reff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ll: (units, S) -> (elpd_i, p_loo_i, pareto_k) with az.psislw (last axis = draws)."""
+    lw, k = az.psislw(-ll, reff)  # normalised, smoothed log weights
+    elpd = logsumexp(lw + ll, axis=-1)
+    lppd = logsumexp(ll, axis=-1) - math.log(ll.shape[-1])
+    return elpd, lppd - elpd, np.asarray(k)
+
+
+def pointwise_loo(idata, max_draws: int | None = 1000, chunk: int = 2000) -> dict:
+    """PSIS-LOO per observation, computing the log-likelihood in chunks of observations."""
+    thin = _thin(idata, max_draws)
+    reff, S = _reff(thin), _n_draws(thin)
+    N = idata.constant_data.sizes["obs"]
+    parts = []
+    for a in range(0, N, chunk):
+        ll = models.log_likelihood(thin, slice(a, min(a + chunk, N)))
+        parts.append(_psis_loo(ll.reshape(S, -1).T, reff))
+    elpd, p, k = (np.concatenate(x) for x in zip(*parts))
+    return {"elpd_i": elpd, "p_loo_i": p, "pareto_k": k, "draws_used": S, "reff": reff}
+
+
+def _compare(pointwise: dict[str, dict], unit: str, note: str = "") -> pl.DataFrame:
+    """loo_compare-style table from pointwise results keyed by model."""
+    sizes = {len(v["elpd_i"]) for v in pointwise.values()}
+    labels = [tuple(v["labels"]) for v in pointwise.values() if "labels" in v]
+    if len(sizes) > 1 or len(set(labels)) > 1:
+        raise ValueError(f"models were fitted to different data ({sizes} {unit}s): LOO not comparable")
+    elpd = {m: float(v["elpd_i"].sum()) for m, v in pointwise.items()}
+    best = max(elpd, key=elpd.get)
+    rows = []
+    for m, v in pointwise.items():
+        n = len(v["elpd_i"])
+        diff = v["elpd_i"] - pointwise[best]["elpd_i"]
+        rows.append({
+            "model": m.upper(), "description": models.MODELS[m].description if m in models.MODELS else m,
+            "unit": unit, "n_units": n, "elpd_loo": elpd[m], "se": float(np.sqrt(n * np.var(v["elpd_i"]))),
+            "p_loo": float(v["p_loo_i"].sum()), "elpd_diff": elpd[m] - elpd[best],
+            "se_diff": None if m == best else float(np.sqrt(n * np.var(diff))),
+            "pareto_k_gt_0_7": int((v["pareto_k"] > 0.7).sum()), "pareto_k_share": float((v["pareto_k"] > 0.7).mean()),
+            "draws_used": int(v["draws_used"]), "note": note,
+        })
+    t = pl.DataFrame(rows).sort("elpd_loo", descending=True)
+    return t.with_columns(pl.int_range(1, t.height + 1).alias("rank"))
+
+
+def _with_m0_row(table: pl.DataFrame, idatas: dict) -> pl.DataFrame:
+    if "m0" not in idatas:
+        return table
+    row = pl.DataFrame({"model": ["M0"], "description": [models.MODELS["m0"].description], "note": [M0_NOTE]})
+    return pl.concat([table, row], how="diagonal_relaxed")
+
+
+def loo_table(idatas: dict, max_draws: int | None = 1000, chunk: int = 2000) -> pl.DataFrame:
+    """PSIS-LOO per observation for the binomial models m1..m3 present, compared."""
+    pw = {m: pointwise_loo(idatas[m], max_draws, chunk) for m in ("m1", "m2", "m3") if m in idatas}
+    return _with_m0_row(_compare(pw, "observation", M0_NOTE), idatas)
+
+
+def cohort_groups(sample: pl.DataFrame) -> np.ndarray:
+    """Cohort label (school_year_id) of each observation in model order."""
+    return sample.sort("school_id", "year", "subject")["school_year_id"].to_numpy()
+
+
+def _group_index(idata, groups) -> tuple[np.ndarray, list]:
+    """The model's own cohorts when it has them, else ``groups`` (labels sorted, as models._index)."""
+    if "cohort_idx" in idata.constant_data:
+        return idata.constant_data["cohort_idx"].values, [str(c) for c in idata.posterior["cohort"].values]
+    if groups is None:
+        raise ValueError("model has no cohorts: pass groups (e.g. cohort_groups(sample))")
+    labels, idx = np.unique(np.asarray(groups), return_inverse=True)
+    return idx, [str(x) for x in labels]
+
+
+def _agh_log_marginal(eta, y, n, logc, gid, G, sd, u0, nodes, weights, newton=12):
+    """log ∫ Π_i Binom(y_i|n_i, expit(eta_i+u)) N(u|0,sd) du per (draw, group) by adaptive GH.
+
+    eta (S, n_obs); gid (n_obs,) local group ids 0..G-1; sd (S,); u0 (S, G) start values.
+    """
+    red = lambda a: _gsum(a, gid, G)  # noqa: E731
+    u = u0.copy()
+    prec = 1 / sd[:, None] ** 2
+    for _ in range(newton):  # Newton steps to the mode (strictly concave), step clipped for safety
+        p = expit(eta + u[:, gid])
+        grad = red(y - n * p) - u * prec
+        hess = -red(n * p * (1 - p)) - prec
+        step = np.clip(grad / hess, -1.0, 1.0)
+        u = u - step
+        if np.abs(step).max() < 1e-9:
+            break
+    p = expit(eta + u[:, gid])
+    scale = 1 / np.sqrt(red(n * p * (1 - p)) + prec)  # Laplace curvature scale
+    terms = []
+    for x, w in zip(nodes, weights):
+        v = u + math.sqrt(2) * scale * x
+        e = eta + v[:, gid]
+        f = red(logc + y * log_expit(e) + (n - y) * log_expit(-e))
+        f += -0.5 * v**2 * prec - np.log(sd)[:, None] - 0.5 * math.log(2 * math.pi)
+        terms.append(f + x * x + math.log(w))
+    return logsumexp(np.stack(terms), axis=0) + np.log(math.sqrt(2) * scale)
+
+
+def _gsum(a: np.ndarray, gid: np.ndarray, G: int) -> np.ndarray:
+    """Sum columns of a (S, n) into groups -> (S, G); gid sorted, every group 0..G-1 present."""
+    starts = np.flatnonzero(np.r_[True, gid[1:] != gid[:-1]])
+    assert len(starts) == G
+    return np.add.reduceat(np.broadcast_to(a, (a.shape[0], len(gid))), starts, axis=1)
+
+
+def cohort_log_marginal(idata, groups=None, n_nodes: int = 15, max_draws: int | None = 1000,
+                        chunk: int = 2000) -> tuple[list, np.ndarray, np.ndarray]:
+    """(labels, n_obs per group, log p_s(y_c) of shape (S, C)) with the cohort effect integrated out.
+
+    Models with cohorts use their own cohort index (``groups`` ignored); models without
+    ``r_cohort`` (M1) need ``groups`` and get the plain sum of binomial log-likelihoods per group.
+    Groups are processed in chunks of ~``chunk`` observations to bound memory.
+    """
+    thin = _thin(idata, max_draws)
+    S = _n_draws(thin)
+    gidx, labels = _group_index(thin, groups)
+    C = len(labels)
+    order = np.argsort(gidx, kind="stable")
+    bounds = np.searchsorted(gidx[order], np.arange(C + 1))
+    counts = np.diff(bounds)
+    post = thin.posterior
+    integrate = "r_cohort" in post
+    nodes, weights = np.polynomial.hermite.hermgauss(n_nodes)
+    if integrate:  # copied once (thinned views are not contiguous)
+        r, sd = post["r_cohort"].values.reshape(S, -1), _flat(post["sd_cohort"])
+    out = np.empty((S, C))
+    c0 = 0
+    while c0 < C:
+        c1 = int(np.searchsorted(bounds, bounds[c0] + chunk, side="right")) - 1
+        c1 = min(max(c1, c0 + 1), C)
+        obs = order[bounds[c0]:bounds[c1]]
+        gid = gidx[obs] - c0
+        if not integrate:
+            out[:, c0:c1] = _gsum(models.log_likelihood(thin, obs).reshape(S, -1), gid, c1 - c0)
+        else:
+            eta = models.linear_predictor(thin, obs).reshape(S, -1) - r[:, gidx[obs]]  # eta without cohort
+            y = thin.observed_data["y_success"].values[obs].astype(float)
+            n = thin.constant_data["n_trials"].values[obs].astype(float)
+            logc = gammaln(n + 1) - gammaln(y + 1) - gammaln(n - y + 1)
+            u0 = r[:, c0:c1]  # start Newton at the current draw of the cohort effect
+            out[:, c0:c1] = _agh_log_marginal(eta, y, n, logc, gid, c1 - c0, sd, u0, nodes, weights)
+        c0 = c1
+    return labels, counts, out
+
+
+def cohort_integrated_loo(idata, n_nodes: int = 15, groups=None, max_draws: int | None = 1000,
+                          chunk: int = 2000) -> pl.DataFrame:
+    """Leave-one-cohort-out PSIS with the cohort effect integrated out (adaptive GH)."""
+    labels, counts, logp = cohort_log_marginal(idata, groups, n_nodes, max_draws, chunk)
+    thin = _thin(idata, max_draws)
+    elpd, p, k = _psis_loo(logp.T, _reff(thin))
+    return pl.DataFrame({"cohort": [str(x) for x in labels], "n_obs": counts, "elpd": elpd, "p_loo": p,
+                         "pareto_k": k, "draws_used": np.full(len(labels), logp.shape[0])})
+
+
+def cohort_loo_table(idatas: dict, groups=None, n_nodes: int = 15, max_draws: int | None = 1000,
+                     chunk: int = 2000) -> pl.DataFrame:
+    """Leave-one-cohort-out comparison of m1..m3 (same shape as :func:`loo_table`, unit='cohort')."""
+    pw = {}
+    for m in ("m1", "m2", "m3"):
+        if m in idatas:
+            t = cohort_integrated_loo(idatas[m], n_nodes, groups, max_draws, chunk)
+            pw[m] = {"elpd_i": t["elpd"].to_numpy(), "p_loo_i": t["p_loo"].to_numpy(),
+                     "pareto_k": t["pareto_k"].to_numpy(), "draws_used": int(t["draws_used"][0]),
+                     "labels": t["cohort"].to_list()}
+    return _with_m0_row(_compare(pw, "cohort", M0_NOTE), idatas)
+

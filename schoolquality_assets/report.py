@@ -1,0 +1,113 @@
+"""The HTML report: the partition's tables and figures in the page's order, rendered with
+``templates/report.html.j2`` (jinja2, autoescaped). Reads the warehouse; no Dagster."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from pathlib import Path
+
+import duckdb
+import jinja2
+import polars as pl
+
+from schoolquality_assets.partitions import FULL
+from schoolquality_assets.warehouse import Warehouse
+
+SECTIONS = (
+    "Why the binomial likelihood matters",
+    "Shrinkage",
+    "Variance decomposition",
+    "School SD by model",
+    "School random effects",
+    "Model comparison (LOO-CV)",
+    "Stage 1 production model",
+    "MCMC diagnostics",
+    "Comparison with frequentist approach",
+)
+TEXT = {
+    "Why the binomial likelihood matters": "M0 treats each observed proportion as a Normal outcome and so shrinks a "
+    "school of 15 students as much as a school of 200. M1 uses y_success | trials(n_trials): the number of students "
+    "sets how far each school is pulled toward the mean.",
+    "Shrinkage": "Shrinkage (percentage points between the raw proportion and the posterior estimate) by average "
+    "number of students: flat for M0, falling with n for M1.",
+    "Variance decomposition": "Variances per posterior draw of M3 (and M2), as a share of the total including the "
+    "binomial constant pi^2/3, and of the latent (school + cohort + profile) variance; 95% intervals from the joint posterior.",
+    "School SD by model": "The school SD shrinks as cohort and subject-profile effects take their share.",
+    "School random effects": "M3 school effects ranked, with 95% credible intervals; colour is the average number of students.",
+    "Model comparison (LOO-CV)": "PSIS-LOO per observation, and leave-one-cohort-out with each cohort effect integrated "
+    "out (adaptive Gauss-Hermite). M0 is excluded: its density on proportions is not comparable with binomial probabilities.",
+    "Stage 1 production model": "M2 on every eligible school; g3_school_quality.parquet holds each school's posterior "
+    "mean and SD of the random intercept.",
+    "MCMC diagnostics": "R-hat, effective sample sizes, divergences and E-BFMI from arviz; trace plots of the SD hyperparameters.",
+    "Comparison with frequentist approach": "The logit-normal mixed model fitted in this run (statsmodels) beside the Bayesian fit.",
+}
+# section -> (DuckDB tables, figures by name: see warehouse.figure_path)
+CONTENT = {
+    "Shrinkage": (["shrinkage_by_band"], ["shrinkage_raw_vs_estimate", "shrinkage_vs_n"]),
+    "Variance decomposition": (["variance_components"], []),
+    "School SD by model": (["school_sd_by_model"], ["school_sd_by_model"]),
+    "School random effects": ([], ["school_effects_caterpillar"]),
+    "Model comparison (LOO-CV)": (["loo_comparison"], []),
+    "MCMC diagnostics": (["mcmc_diagnostics"], [f"trace_{k}" for k in ("m0", "m1", "m2", "m3")]),
+    "Comparison with frequentist approach": (["frequentist_comparison"], []),
+}
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def cell(v) -> str:
+    """Floats with 6 significant digits, nulls and NaN empty."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _table(wh: Warehouse, name: str, partition: str) -> pl.DataFrame | None:
+    try:
+        frame = wh.read_partition(name, partition)
+    except duckdb.CatalogException:
+        return None
+    return frame if frame.height else None
+
+
+def build_sections(wh: Warehouse, partition: str) -> dict:
+    """Section name -> text, tables and figures found in the warehouse for ``partition``."""
+    sections = {"Why the binomial likelihood matters": {"text": TEXT["Why the binomial likelihood matters"]}}
+    for name, (tables, figures) in CONTENT.items():
+        found = [(t, f) for t in tables if (f := _table(wh, t, partition)) is not None]
+        pngs = [(f, p.read_bytes()) for f in figures if (p := wh.figure_path(partition, f)).exists()]
+        if found or pngs:
+            sections[name] = {"text": TEXT[name], "tables": found, "figures": pngs}
+    production = wh.output_path(FULL)
+    if partition == FULL and production.exists():
+        q = pl.read_parquet(production)
+        summary = q.select(pl.len().alias("schools"), pl.col("g3_school_re").std().alias("sd_of_means"),
+                           pl.col("g3_re_sd").mean().alias("mean_posterior_sd"), pl.col("data_vintage").max())
+        sections["Stage 1 production model"] = {"text": TEXT["Stage 1 production model"],
+                                                "tables": [("g3_school_quality summary", summary)]}
+    return sections
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters |= {"slug": slug, "cell": cell, "b64": lambda b: base64.b64encode(b).decode()}
+    return env
+
+
+def report_html(partition: str, sections: dict) -> str:
+    """Self-contained report; sections are rendered in the page's order, missing ones skipped."""
+    ordered = [
+        {"name": name, "paragraphs": [p for p in sections[name].get("text", "").split("\n\n") if p],
+         "tables": [(t, {"columns": df.columns, "rows": list(df.iter_rows())}) for t, df in sections[name].get("tables", [])],
+         "figures": sections[name].get("figures", [])}
+        for name in SECTIONS if name in sections
+    ]
+    return _environment().get_template("report.html.j2").render(partition=partition, sections=ordered)
