@@ -1,10 +1,26 @@
-"""Benchmark M2 (not a test): compile time, wall time, min ESS/s, peak RSS.
+"""Benchmarks of M2 (not tests: they print figures). Run one at a time, with nothing else running.
 
-    .venv/bin/python benchmarks/bench_m2.py subsample full
+    .venv/bin/python benchmarks/bench_m2.py steps [subsample|full]
+        Cost per leapfrog step of each exact form of M2: one chain alone, no warmup, a fixed
+        small step size and a fixed tree depth (every iteration takes 2^depth - 1 steps), timed
+        as the difference between a long and a short run (start-up cancels). Also the per-draw
+        output cost (depth 1 against depth 5).
+    .venv/bin/python benchmarks/bench_m2.py converge [subsample|full]
+        The production rule (sample until the gate holds, default settings): warmup and sampling
+        seconds, draws per chain, leapfrog steps per iteration, min ESS per draw over the school
+        effects, max R-hat, wall time and peak RSS.
+    .venv/bin/python benchmarks/bench_m2.py brms
+        benchmarks/data/brms_m2_subsample.csv, the 11,487 rows brms fitted (README of
+        ../shared/data): the project's M2 at brms's settings 4 x (1000 + 1000) and under the
+        production rule, and the brms-style non-centred form in the same run, beside brms's
+        recorded figures. BENCH_NC_WARMUP / BENCH_NC_DRAWS shorten the non-centred run.
 
-On the subsample it also fits the brms-style non-centred M2 (m2_brms_noncentred.stan) in the
-same run. Settings: SCHOOLQUALITY_CHAINS/WARMUP/DRAWS (default 4 x (1000 + 1000)).
+Forms compared by ``steps``: stan/m2_cohort.stan (the project), benchmarks/m2_csr_first_release.stan
+(the first release: CSR products inside Stan), benchmarks/m2_plain_indexed.stan (one effect per
+cell, cohorts centred on schools, no multipliers) and benchmarks/m2_brms_noncentred.stan.
 """
+
+from __future__ import annotations
 
 import os
 import resource
@@ -14,11 +30,20 @@ from pathlib import Path
 
 import arviz as az
 import numpy as np
+import polars as pl
 
-from schoolquality_assets import contract, filters, models, synthetic
+from schoolquality_assets import contract, design, diagnostics, filters, models, synthetic
 from schoolquality_assets.stan_engine import SamplerSettings, compile_pystan, sample
 
-NONCENTRED = Path(__file__).parent / "m2_brms_noncentred.stan"
+HERE = Path(__file__).parent
+FORMS = {
+    "project (stan/m2_cohort.stan)": models.MODELS["m2"].path,
+    "first release (CSR products)": HERE / "m2_csr_first_release.stan",
+    "plain indexed": HERE / "m2_plain_indexed.stan",
+    "brms non-centred (sd * z, GLM)": HERE / "m2_brms_noncentred.stan",
+}
+BRMS = {"seconds": 4151.0, "ess_sd_school": 1991.0, "ess_sd_cohort": 1535.0, "sd_school": 0.62, "sd_cohort": 0.40}
+QUIET = lambda m: None  # noqa: E731
 
 
 def peak_rss_gb() -> float:
@@ -27,47 +52,128 @@ def peak_rss_gb() -> float:
     return max(own, kids) / 1024**2
 
 
-def cleaned():
-    import polars as pl
-
-    obs = synthetic.generate_province().observations.with_columns(pl.all().cast(pl.Utf8))
-    raw = obs.with_columns(source_file=pl.lit("synthetic"), source_row=pl.int_range(1, obs.height + 1, dtype=pl.Int64))
+def cleaned_from(frame: pl.DataFrame) -> pl.DataFrame:
+    raw = frame.with_columns(pl.all().cast(pl.Utf8)).with_columns(
+        source_file=pl.lit("bench"), source_row=pl.int_range(1, frame.height + 1, dtype=pl.Int64))
     return filters.clean(contract.validate(raw)[0])[0]
 
 
-def min_ess_per_second(posterior: dict, seconds: float) -> float:
-    ess = az.ess({k: v for k, v in posterior.items()}, method="bulk")
-    return float(min(float(np.min(ess[k].values)) for k in ess.data_vars)) / seconds
+def province_sample(partition: str) -> pl.DataFrame:
+    return filters.analysis_sample(cleaned_from(synthetic.generate_province().observations), partition)
 
 
-def run(label: str, stan_file: Path, mi, settings, inits, school_effects):
-    _, compile_s = compile_pystan(stan_file, progress=lambda m: None)
-    start = time.monotonic()
-    draws = sample(stan_file, mi.data, settings, inits=inits, progress=lambda m: None)
-    wall = time.monotonic() - start
-    p = draws.params
-    post = {k: p[k] for k in ("sd_school", "sd_cohort")} | {"school": school_effects(draws)}
-    print(f"{label:32s} compile {compile_s:6.1f} s  wall {wall:7.1f} s  "
-          f"min ESS/s (SDs + school effects) {min_ess_per_second(post, draws.sample_seconds):8.3f}  "
-          f"divergences {int(draws.sample_stats['diverging'].sum())}  peak RSS {peak_rss_gb():.2f} GB", flush=True)
+def form_data(name: str, mi: models.ModelInput) -> dict:
+    """Stan data of each form from the project's model input."""
+    d = mi.data
+    if name.startswith("project"):
+        return models.stan_data(models.MODELS["m2"], mi)
+    common = {k: d[k] for k in ("N", "n_trials", "y_success", "J_school", "J_cohort", "cohort_school", "cohort")}
+    if name.startswith("plain"):
+        cells = mi.frame["year_subject"]
+        levels = sorted(cells.unique().to_list())
+        return common | {"L": len(levels), "cell": np.array([levels.index(c) + 1 for c in cells.to_list()])}
+    common |= {"K": d["K"], "X": d["X"]}
+    if name.startswith("brms"):
+        return common
+    info, _ = design.information(d)
+    sds = d["group_sds"]
+    school_info = np.bincount(d["cohort_school"] - 1, weights=1 / (sds["cohort"] ** 2 + 1 / np.maximum(info, 1e-9)),
+                              minlength=d["J_school"])
+    return common | {"fixed_scale": d["fixed_scale"], "log_sd_scale": d["log_sd_scale"],
+                     "school_scale": 1 / np.sqrt(school_info + sds["school"] ** -2),
+                     "cohort_scale": 1 / np.sqrt(info + sds["cohort"] ** -2)}
 
 
-def main(partitions):
-    settings = SamplerSettings(
-        chains=int(os.environ.get("SCHOOLQUALITY_CHAINS", 4)), warmup=int(os.environ.get("SCHOOLQUALITY_WARMUP", 1000)),
-        draws=int(os.environ.get("SCHOOLQUALITY_DRAWS", 1000)), seed=1,
-    )
-    data = cleaned()
+def seconds_per_iteration(stan_file: Path, data: dict, depth: int, short: int = 10, long: int = 40) -> tuple[float, float]:
+    """(seconds per iteration, leapfrog steps per iteration) at a fixed depth and step size."""
+    timings = {}
+    for n in (short, long):
+        settings = SamplerSettings(chains=1, warmup=0, draws=n, seed=1, stepsize=1e-3, max_treedepth=depth,
+                                   until_converged=False)
+        start = time.monotonic()
+        draws = sample(stan_file, data, settings, progress=QUIET)
+        timings[n] = (time.monotonic() - start, float(draws.sample_stats["n_steps"].mean()))
+    return (timings[long][0] - timings[short][0]) / (long - short), timings[long][1]
+
+
+def steps(partition: str) -> None:
+    mi = models.model_input(models.MODELS["m2"], province_sample(partition))
+    n = mi.data["N"]
+    print(f"M2 cost per leapfrog step, {partition}: {n} observations, {mi.data['J_school']} schools, "
+          f"{mi.data['J_cohort']} cohorts; one chain alone, step size 0.001, depth 5 (31 steps) and 1")
+    print(f"{'form':34s} {'ms/step':>8s} {'ns/obs':>7s} {'output ms/draw':>15s}")
+    for name, path in FORMS.items():
+        compile_pystan(path, progress=QUIET)
+        data = form_data(name, mi)
+        per_iter, n_steps = seconds_per_iteration(path, data, depth=5)
+        per_step = per_iter / n_steps
+        one, _ = seconds_per_iteration(path, data, depth=1)
+        print(f"{name:34s} {1000 * per_step:8.2f} {1e9 * per_step / n:7.0f} {1000 * max(one - per_step, 0):15.2f}", flush=True)
+
+
+def converge(partition: str) -> None:
     spec = models.MODELS["m2"]
-    for partition in partitions:
-        mi = models.model_input(spec, filters.analysis_sample(data, partition))
-        inits = models.initial_values(spec, mi, settings.chains, settings.seed)
-        run(f"M2 project form [{partition}]", spec.path, mi, settings, inits,
-            lambda d: models.to_inference_data(spec, mi, d).posterior["r_school"].values)
-        if partition == "subsample":
-            run(f"M2 brms non-centred [{partition}]", NONCENTRED, mi, settings, None,
-                lambda d: d.params["sd_school"][..., None] * d.params["z_school"])
+    sample_ = province_sample(partition)
+    settings = SamplerSettings(warmup=300 if partition == "full" else 1000)
+    compile_pystan(spec.path, progress=QUIET)
+    start = time.monotonic()
+    idata = models.fit(spec, sample_, settings, progress=QUIET, limits=diagnostics.Thresholds())
+    wall = time.monotonic() - start
+    s = diagnostics.convergence_summary(idata)
+    post = idata.posterior
+    draws = post.sizes["chain"] * post.sizes["draw"]
+    bulk = az.ess(post[["r_school"]], method="bulk")["r_school"].values
+    tail = az.ess(post[["r_school"]], method="tail")["r_school"].values
+    stats = idata.sample_stats
+    print(f"M2 {partition}, production rule (warmup {settings.warmup}, checkpoints every {settings.check_every}): "
+          f"{idata.attrs.get('stop_status')}")
+    print(f"  wall {wall:.0f} s: warmup {idata.attrs['warmup_seconds']:.0f} s, sampling to the stop "
+          f"{idata.attrs['sample_seconds'] - idata.attrs['warmup_seconds']:.0f} s; {post.sizes['draw']} draws per chain")
+    print(f"  leapfrog steps per iteration {float(stats['n_steps'].mean()):.1f} (tree depth {float(stats['tree_depth'].mean()):.2f}); "
+          f"min ESS per draw over r_school: bulk {bulk.min() / draws:.3f}, tail {tail.min() / draws:.3f} "
+          f"(median bulk {np.median(bulk) / draws:.3f}); max R-hat {s['max_rhat']:.4f}; divergences {s['divergences']}")
+    print(f"  sd_school {float(post['sd_school'].mean()):.3f}, sd_cohort {float(post['sd_cohort'].mean()):.3f}; "
+          f"peak RSS {peak_rss_gb():.2f} GB", flush=True)
+
+
+def _ess_row(label: str, sd_school: np.ndarray, sd_cohort: np.ndarray, seconds: float) -> None:
+    ess = [float(az.ess(x)) for x in (sd_school, sd_cohort)]
+    rate = [e / seconds for e in ess]
+    brms = [BRMS["ess_sd_school"] / BRMS["seconds"], BRMS["ess_sd_cohort"] / BRMS["seconds"]]
+    print(f"{label:46s} {seconds:8.0f} {float(sd_school.mean()):6.3f} {float(sd_cohort.mean()):6.3f} "
+          f"{ess[0]:7.0f} {ess[1]:7.0f} {rate[0]:7.2f} {rate[1]:7.2f} {rate[0] / brms[0]:6.0f}x {rate[1] / brms[1]:6.0f}x",
+          flush=True)
+
+
+def brms() -> None:
+    sample_ = cleaned_from(pl.read_csv(HERE / "data" / "brms_m2_subsample.csv", infer_schema=False))
+    spec = models.MODELS["m2"]
+    mi = models.model_input(spec, sample_)
+    print(f"brms_m2_subsample.csv: {mi.data['N']} observations, {mi.data['J_school']} schools, {mi.data['J_cohort']} cohorts")
+    print(f"{'fit':46s} {'seconds':>8s} {'sd_s':>6s} {'sd_c':>6s} {'ESS_s':>7s} {'ESS_c':>7s} {'ESS/s':>7s} {'ESS/s':>7s} "
+          f"{'x brms (school, cohort)':>15s}")
+    print(f"{'brms 2.18 / rstan, 4 x (1000+1000), recorded':46s} {BRMS['seconds']:8.0f} {BRMS['sd_school']:6.3f} "
+          f"{BRMS['sd_cohort']:6.3f} {BRMS['ess_sd_school']:7.0f} {BRMS['ess_sd_cohort']:7.0f} "
+          f"{BRMS['ess_sd_school'] / BRMS['seconds']:7.2f} {BRMS['ess_sd_cohort'] / BRMS['seconds']:7.2f}      1x      1x")
+    compile_pystan(spec.path, progress=QUIET)
+    fixed = SamplerSettings(chains=4, warmup=1000, draws=1000, seed=1, until_converged=False)
+    idata = models.fit(spec, sample_, fixed, progress=QUIET)
+    _ess_row("project M2, 4 x (1000+1000)", idata.posterior["sd_school"].values, idata.posterior["sd_cohort"].values,
+             idata.attrs["sample_seconds"])
+    idata = models.fit(spec, sample_, SamplerSettings(seed=1), progress=QUIET, limits=diagnostics.Thresholds())
+    _ess_row(f"project M2, until converged ({idata.posterior.sizes['draw']}/chain)", idata.posterior["sd_school"].values,
+             idata.posterior["sd_cohort"].values, idata.attrs["sample_seconds"])
+    nc = FORMS["brms non-centred (sd * z, GLM)"]
+    compile_pystan(nc, progress=QUIET)
+    w, d = int(os.environ.get("BENCH_NC_WARMUP", 1000)), int(os.environ.get("BENCH_NC_DRAWS", 1000))
+    draws = sample(nc, form_data("brms", mi), SamplerSettings(chains=4, warmup=w, draws=d, seed=1, until_converged=False),
+                   progress=QUIET)
+    _ess_row(f"brms-style non-centred, 4 x ({w}+{d})", draws.params["sd_school"], draws.params["sd_cohort"],
+             draws.sample_seconds)
+    print("ESS: arviz bulk ESS; seconds: sampling (warmup + draws), compile excluded (brms: its total, compile included)")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["subsample"])
+    what = sys.argv[1] if len(sys.argv) > 1 else "steps"
+    partition = sys.argv[2] if len(sys.argv) > 2 else "subsample"
+    {"steps": lambda: steps(partition), "converge": lambda: converge(partition), "brms": brms}[what]()

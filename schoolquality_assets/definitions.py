@@ -16,8 +16,16 @@ from schoolquality_assets.resources import ConvergenceResource, SamplerResource,
 ASSETS = [*dg.load_assets_from_modules([ingest, analysis_assets, production, report]), *posteriors.posterior_assets]
 CHECKS = dg.load_asset_checks_from_modules([ingest])
 
+# Whatever instance runs the code (a fresh DAGSTER_HOME included): at most one Stan step at a
+# time (each samples 4 chains on the machine's cores), and at most two steps of any kind.
+EXECUTOR = dg.multiprocess_executor.configured({
+    "max_concurrent": 2,
+    "tag_concurrency_limits": [{"key": posteriors.STAN_TAG, "value": "true", "limit": 1}],
+})
+
 defs = dg.Definitions(
     assets=ASSETS,
+    executor=EXECUTOR,
     asset_checks=CHECKS,
     jobs=[comparison_job, production_job],
     schedules=[annual_rerun_schedule],

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 from scipy.special import gammaln, log_expit
 
+from schoolquality_assets import design
 from schoolquality_assets.stan_engine import Draws
 
 STAN_DIR = Path(__file__).resolve().parent.parent / "stan"
@@ -77,8 +78,12 @@ def _index(values: pl.Series) -> tuple[np.ndarray, list[str]]:
     return np.array([lookup[v] for v in values.to_list()], dtype=np.int64), levels
 
 
-def model_input(spec: ModelSpec, sample: pl.DataFrame) -> ModelInput:
-    """Stan data for ``spec`` from an analysis sample (cleaned observations)."""
+def model_input(spec: ModelSpec, sample: pl.DataFrame, prior_sds: dict[str, float] | None = None) -> ModelInput:
+    """Stan data for ``spec`` from an analysis sample (cleaned observations).
+
+    ``prior_sds`` (school and cohort SD, e.g. a previous posterior's means) steer the cohort
+    models' parameterisation and multipliers; by default they are estimated from the data.
+    """
     if sample.height == 0:
         raise ValueError("the analysis sample is empty: nothing to fit")
     frame = sample.sort("school_id", "year", "subject")
@@ -115,32 +120,21 @@ def model_input(spec: ModelSpec, sample: pl.DataFrame) -> ModelInput:
         data |= {"J_profile": len(profiles), "subject_profile": profile}
         coords["profile"] = profiles
     if spec.cohort:
-        data |= sampling_scales(data, profile=spec.profile)
+        data |= design.cohort_design(X, data["cohort"], data["cohort_school"], data["J_cohort"], len(schools))
+        sds = prior_sds or design.moment_sds(data)
+        choice, scales = design.parameterisation(data, sds)
+        log_sd = [1 / np.sqrt(2 * data["J_school"]), 1 / np.sqrt(2 * data["J_cohort"])] + [0.3] * spec.profile
+        data |= choice | scales | {"log_sd_scale": np.array(log_sd), "emit_eta": 0, "group_sds": sds}
     return ModelInput(data, coords, frame)
 
 
-NOMINAL_SD = {"school": 0.6, "cohort": 0.4}  # only for scale hints, never in the model
+STAN_ONLY_IN_PYTHON = ("X", "school", "group_sds")  # kept for Python, not read by the cohort programs
 
 
-def sampling_scales(data: dict, profile: bool) -> dict:
-    """Approximate posterior SDs used as Stan multipliers (sampling efficiency only).
-
-    Each observation carries Fisher information n p (1 - p) about its cohort's logit; a
-    cohort adds up its observations, a school its cohorts (each blurred by the cohort SD).
-    """
-    y, n = data["y_success"], data["n_trials"]
-    p = np.clip((y + 0.5) / (n + 1.0), 0.05, 0.95)
-    info = np.bincount(data["cohort"] - 1, weights=n * p * (1 - p), minlength=data["J_cohort"])
-    cohort_var = 1.0 / (info + NOMINAL_SD["cohort"] ** -2)
-    school_info = np.bincount(data["cohort_school"] - 1, weights=1.0 / (NOMINAL_SD["cohort"] ** 2 + 1.0 / np.maximum(info, 1e-9)),
-                              minlength=data["J_school"]) + NOMINAL_SD["school"] ** -2
-    log_sd = [1 / np.sqrt(2 * data["J_school"]), 1 / np.sqrt(2 * data["J_cohort"])] + [0.3] * profile
-    return {
-        "fixed_scale": NOMINAL_SD["school"] / np.sqrt(data["J_school"]),
-        "school_scale": 1.0 / np.sqrt(school_info),
-        "cohort_scale": np.sqrt(cohort_var),
-        "log_sd_scale": np.array(log_sd),
-    }
+def stan_data(spec: ModelSpec, mi: ModelInput) -> dict:
+    """The data block's variables (the cohort programs take the design in distinct rows, not X)."""
+    drop = STAN_ONLY_IN_PYTHON if spec.cohort else ("group_sds",)
+    return {k: v for k, v in mi.data.items() if k not in drop}
 
 
 def initial_values(spec: ModelSpec, mi: ModelInput, chains: int, seed: int) -> list[dict]:
@@ -173,8 +167,11 @@ def initial_values(spec: ModelSpec, mi: ModelInput, chains: int, seed: int) -> l
             cohort_mean = _group_mean(obs, d["cohort"], d["J_cohort"])
             parent = mu_school[d["cohort_school"] - 1]
             dev = cohort_mean - school_mean[d["cohort_school"] - 1]
-            init["mu_cohort"] = parent + 0.7 * dev + rng.normal(0.0, 0.05, d["J_cohort"])
-            init["sd_cohort"] = max(float(np.std(init["mu_cohort"] - parent)), 0.05)
+            mu_cohort = parent + 0.7 * dev + rng.normal(0.0, 0.05, d["J_cohort"])
+            init["sd_cohort"] = max(float(np.std(mu_cohort - parent)), 0.05)
+            # with b = 0 a school's prior mean is the intercept and a cohort's its school's mean
+            init |= _split(init.pop("mu_school"), intercept, init["sd_school"], d["school_c"], d["school_nc"], "school")
+            init |= _split(mu_cohort, parent, init["sd_cohort"], d["cohort_c"], d["cohort_nc"], "cohort")
         if spec.profile:
             init["sd_profile"] = 0.1 * np.exp(rng.normal(0.0, 0.2))
             init["z_profile"] = rng.normal(0.0, 0.5, d["J_profile"])
@@ -184,15 +181,11 @@ def initial_values(spec: ModelSpec, mi: ModelInput, chains: int, seed: int) -> l
     return inits
 
 
-def cohort_design(data: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Xbar (each cohort's mean design row) and Xss (each school's mean of its cohorts' rows),
-    as computed in the Stan programs' transformed data."""
-    def mean_rows(rows, index, groups):
-        total = np.zeros((groups, rows.shape[1]))
-        np.add.at(total, index, rows)
-        return total / np.bincount(index, minlength=groups)[:, None]
-    xbar = mean_rows(data["X"], data["cohort"] - 1, data["J_cohort"])
-    return xbar, mean_rows(xbar, data["cohort_school"] - 1, data["J_school"])
+def _split(mu: np.ndarray, mean, sd: float, centred: np.ndarray, noncentred: np.ndarray, level: str) -> dict:
+    """Initial values of a level's centred means and non-centred z from its group means."""
+    z = (mu - mean) / sd
+    out = {f"mu_{level}_c": mu[centred - 1], f"z_{level}": z[noncentred - 1]}
+    return {k: v for k, v in out.items() if v.size}  # httpstan misreads empty arrays in inits
 
 
 def draws_matrix(da) -> np.ndarray:
@@ -214,12 +207,11 @@ def to_inference_data(spec: ModelSpec, mi: ModelInput, draws: Draws) -> az.Infer
     intercept = p["Intercept"]
     posterior = {"Intercept": intercept}
     dims: dict[str, list[str]] = {"r_school": ["school"]}
-    posterior["r_school"] = p["mu_school"] - intercept[..., None]
-    if spec.cohort:  # the means carry their level's fixed effects (see m2_cohort.stan)
-        xbar, xss = cohort_design(d)
-        school_fixed = np.einsum("cdk,jk->cdj", p["b"], xss - d["X"].mean(axis=0))
-        cohort_fixed = np.einsum("cdk,jk->cdj", p["b"], xbar - xss[d["cohort_school"] - 1])
-        posterior["r_school"] = posterior["r_school"] - school_fixed
+    if spec.cohort:  # the group means carry their level's fixed effects (see m2_cohort.stan)
+        effects = design.group_effects(_with_empty(p, d), d)
+        posterior["r_school"] = effects["r_school"]
+    else:
+        posterior["r_school"] = p["mu_school"] - intercept[..., None]
     for name in spec.sd_names:
         posterior[name] = p[name]
     if spec.binomial:
@@ -228,7 +220,7 @@ def to_inference_data(spec: ModelSpec, mi: ModelInput, draws: Draws) -> az.Infer
             posterior["b"] = p["b"]
             dims["b"] = ["coef"]
     if spec.cohort:
-        posterior["r_cohort"] = p["mu_cohort"] - p["mu_school"][..., d["cohort_school"] - 1] - cohort_fixed
+        posterior["r_cohort"] = effects["r_cohort"]
         dims["r_cohort"] = ["cohort"]
     if spec.profile:
         posterior["r_profile"] = p["sd_profile"][..., None] * p["z_profile"]
@@ -267,6 +259,14 @@ def to_inference_data(spec: ModelSpec, mi: ModelInput, draws: Draws) -> az.Infer
     return idata
 
 
+def _with_empty(p: dict, d: dict) -> dict:
+    """Draws with the level vectors that have no columns (every group centred, say) as empty arrays."""
+    shape = p["Intercept"].shape
+    sizes = {"mu_school_c": len(d["school_c"]), "z_school": len(d["school_nc"]),
+             "mu_cohort_c": len(d["cohort_c"]), "z_cohort": len(d["cohort_nc"])}
+    return p | {k: np.empty(shape + (0,)) for k, n in sizes.items() if n == 0 and k not in p}
+
+
 def linear_predictor(idata: az.InferenceData, obs: slice | np.ndarray = slice(None)) -> np.ndarray:
     """Linear predictor, shape (chain, draw, obs), for the selected observations."""
     post, const = idata.posterior, idata.constant_data
@@ -298,14 +298,66 @@ def log_likelihood(idata: az.InferenceData, obs: slice | np.ndarray = slice(None
     return -0.5 * np.log(2 * np.pi) - np.log(sigma) - 0.5 * ((y - eta) / sigma) ** 2
 
 
-def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print) -> az.InferenceData:
-    """Fit ``spec`` to an analysis sample and return its posterior."""
-    from schoolquality_assets.stan_engine import sample as run_sampler
+def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print, limits=None,
+        prior_sds: dict[str, float] | None = None) -> az.InferenceData:
+    """Fit ``spec`` to an analysis sample and return its posterior.
 
-    mi = model_input(spec, sample)
+    With ``settings.until_converged`` and gate ``limits``, sampling stops at the first
+    checkpoint where the blocking gate holds (attrs ``converged`` / ``stop_status`` say how it
+    ended); otherwise it runs ``settings.draws`` per chain.
+    """
+    from schoolquality_assets.stan_engine import StopRule, sample as run_sampler
+
+    mi = model_input(spec, sample, prior_sds)
     inits = initial_values(spec, mi, settings.chains, settings.seed)
-    draws = run_sampler(spec.path, mi.data, settings, inits=inits, progress=progress)
-    return to_inference_data(spec, mi, draws)
+    stop = None
+    if settings.until_converged and limits is not None:
+        stop = StopRule(judge=convergence_judge(spec, mi, limits), min_draws=settings.min_draws,
+                        check_every=settings.check_every, max_draws=settings.max_draws,
+                        budget_seconds=settings.budget_seconds)
+    draws = run_sampler(spec.path, stan_data(spec, mi), settings, inits=inits, progress=progress, stop=stop)
+    idata = to_inference_data(spec, mi, draws)
+    if draws.verdict is not None:
+        idata.attrs |= {"converged": int(draws.verdict.passed), "stop_status": draws.verdict.status}
+    if draws.warmup_seconds is not None:
+        idata.attrs["warmup_seconds"] = draws.warmup_seconds
+    return idata
+
+
+GATED = ("Intercept", "b_Intercept", "b", "sd_school", "sd_cohort", "sd_profile", "sigma", "mu_school",
+         "mu_school_c", "z_school", "delta")
+
+
+def convergence_judge(spec: ModelSpec, mi: ModelInput, limits):
+    """The stop rule's judge: the blocking gate (diagnostics.gate) on the gated quantities so far."""
+    from schoolquality_assets import diagnostics
+    from schoolquality_assets.stan_engine import SAMPLE_STATS, Verdict, columns
+
+    def judge(views: dict, n: int, elapsed: float):
+        p = columns(views, list(GATED) + ["divergent__", "energy__", "treedepth__"])
+        post = {k: p[k] for k in ("Intercept", "b_Intercept", "b", "sigma", *spec.sd_names) if k in p}
+        if spec.cohort:
+            post["r_school"] = design.group_effects(_with_empty(p, mi.data), mi.data, cohorts=False)["r_school"]
+        else:
+            post["r_school"] = p["mu_school"] - p["Intercept"][..., None]
+        dims = {"r_school": ["school"]} | ({"b": ["coef"]} if "b" in post else {})
+        coords = {"school": mi.coords["school"], "coef": mi.coords.get("coef", [])}
+        stats = {SAMPLE_STATS[k]: p[k] for k in ("divergent__", "energy__")}
+        idata = az.from_dict(posterior=post, sample_stats=stats, coords=coords, dims=dims)
+        summary = diagnostics.convergence_summary(idata, limits)
+        failed = diagnostics.failed_blocking(diagnostics.gate(summary, limits))
+        where = (f"{n} draws/chain, {elapsed:.0f} s: max R-hat {summary['max_rhat']:.4f} "
+                 f"({summary['n_rhat_failing']} above {limits.max_rhat}), min ESS bulk {summary['min_ess_bulk']:.0f} / "
+                 f"tail {summary['min_ess_tail']:.0f} ({summary['n_ess_failing']} below {limits.min_ess:.0f})")
+        if (summary["divergences"] or 0) > limits.max_divergences:
+            return Verdict(False, True, f"{summary['divergences']} divergent transitions at {where}: more draws "
+                           "cannot remove them (raise adapt_delta or reparameterise)")
+        if not failed:
+            return Verdict(True, True, f"gate holds at {where}")
+        worst = "; worst: " + ", ".join(filter(None, [summary["worst_rhat"], summary["worst_ess"]]))
+        return Verdict(False, False, f"not yet at {where}{worst}")
+
+    return judge
 
 
 def save_posterior(idata: az.InferenceData, path: Path) -> None:
@@ -314,6 +366,30 @@ def save_posterior(idata: az.InferenceData, path: Path) -> None:
 
     with atomic_path(Path(path)) as tmp:
         idata.to_netcdf(str(tmp), engine="h5netcdf")
+
+
+class PosteriorRefused(RuntimeError):
+    """The latest fit of a model failed its convergence gate: nothing may be built from it."""
+
+
+def load_passed_posterior(path: Path, failed_path: Path) -> az.InferenceData:
+    """The last posterior that passed its gate, unless a later fit failed (then refuse, and say why)."""
+    if failed_path.exists():
+        attrs = az.from_netcdf(str(failed_path), engine="h5netcdf").attrs
+        raise PosteriorRefused(
+            f"the latest fit ({failed_path.name}, run {attrs.get('run_id', '?')}) failed its convergence gate: "
+            f"{attrs.get('gate_failures', '?')}. Failed draws: {failed_path}. Refit the model until it passes; "
+            f"the older posterior that passed ({path.name}) is kept but not used in its place."
+        )
+    return load_posterior(path)
+
+
+def previous_sds(path: Path) -> dict[str, float] | None:
+    """Posterior means of the school and cohort SDs of a passed posterior (to seed a rerun's scales)."""
+    post = load_posterior(path).posterior
+    if "sd_cohort" not in post:
+        return None
+    return {"school": float(post["sd_school"].mean()), "cohort": float(post["sd_cohort"].mean())}
 
 
 def load_posterior(path: Path) -> az.InferenceData:

@@ -35,19 +35,37 @@ class WarehouseResource(dg.ConfigurableResource):
         return Warehouse.from_env(self.root)
 
 
-class SamplerResource(dg.ConfigurableResource):
-    """Stan sampler settings; defaults can be set with SCHOOLQUALITY_CHAINS/WARMUP/DRAWS/SEED.
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be a number, got {value!r}") from exc
 
-    The ``full`` partition (the production fit, ~28k parameters) has its own warmup and draws
-    (SCHOOLQUALITY_FULL_WARMUP/FULL_DRAWS, default 300 / 300); None follows ``warmup``/``draws``.
+
+class SamplerResource(dg.ConfigurableResource):
+    """Stan sampler settings; defaults from SCHOOLQUALITY_* environment variables (README).
+
+    Sampling runs until the blocking convergence gate holds, judged every ``check_every`` draws
+    per chain from ``min_draws`` on, and fails when ``budget_seconds`` (warmup included) or
+    ``max_draws`` run out first. ``until_converged=False`` runs a fixed ``draws`` per chain.
+    The ``full`` partition (~28k parameters) has its own warmup (SCHOOLQUALITY_FULL_WARMUP).
     """
 
     chains: int = _env_int("SCHOOLQUALITY_CHAINS", 4)
     warmup: int = _env_int("SCHOOLQUALITY_WARMUP", 1000)
-    draws: int = _env_int("SCHOOLQUALITY_DRAWS", 1000)
-    # 4 x (300 + 300): the production M2 measured at 520 s in the asset on 2 cores (README).
     full_warmup: int | None = _env_int("SCHOOLQUALITY_FULL_WARMUP", 300)
-    full_draws: int | None = _env_int("SCHOOLQUALITY_FULL_DRAWS", 300)
+    draws: int = _env_int("SCHOOLQUALITY_DRAWS", 1000)
+    until_converged: bool = _env_int("SCHOOLQUALITY_UNTIL_CONVERGED", 1) == 1
+    min_draws: int = _env_int("SCHOOLQUALITY_MIN_DRAWS", 100)
+    check_every: int = _env_int("SCHOOLQUALITY_CHECK_EVERY", 100)
+    max_draws: int = _env_int("SCHOOLQUALITY_MAX_DRAWS", 5000)
+    budget_seconds: float = _env_float("SCHOOLQUALITY_BUDGET_SECONDS", 1200.0)
+    # off by default: a seeded rerun samples differently (same posterior, other draws), so the same
+    # seed and data would no longer give the same numbers
+    seed_from_previous: bool = _env_int("SCHOOLQUALITY_SEED_FROM_PREVIOUS", 0) == 1
     seed: int = _env_int("SCHOOLQUALITY_SEED", 20240601)
     adapt_delta: float = 0.8
     max_treedepth: int = 10
@@ -56,10 +74,11 @@ class SamplerResource(dg.ConfigurableResource):
     def settings(self, partition: str | None = None) -> SamplerSettings:
         full = partition == FULL
         warmup = self.full_warmup if full and self.full_warmup is not None else self.warmup
-        draws = self.full_draws if full and self.full_draws is not None else self.draws
         return SamplerSettings(
-            chains=self.chains, warmup=warmup, draws=draws, seed=self.seed,
+            chains=self.chains, warmup=warmup, draws=self.draws, seed=self.seed,
             adapt_delta=self.adapt_delta, max_treedepth=self.max_treedepth, engine=self.engine,
+            until_converged=self.until_converged, min_draws=self.min_draws, check_every=self.check_every,
+            max_draws=self.max_draws, budget_seconds=self.budget_seconds,
         )
 
 
@@ -70,6 +89,7 @@ class ConvergenceResource(dg.ConfigurableResource):
     max_divergences: int = 0
     min_ess: float = 400.0
     min_bfmi: float = 0.3
+    max_treedepth_share: float = 0.01
 
     def thresholds(self) -> Thresholds:
         return Thresholds(**self.model_dump())

@@ -16,12 +16,12 @@ Two engines share the same ``.stan`` files:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import multiprocessing as mp
 import os
 import queue
 import select
+import shutil
 import socket
 import tempfile
 import threading
@@ -53,13 +53,21 @@ class SamplerSettings:
     seed: int = 20240601
     adapt_delta: float = 0.8
     max_treedepth: int = 10
+    stepsize: float = 1.0   # initial step size (the step size itself when warmup = 0)
     engine: str = "auto"  # auto | pystan | cmdstanpy
     # Adaptation windows (Stan's defaults 75 / 25 / 50). The first metric update comes after
     # init_buffer + window iterations; before it the unit metric makes trees deep.
     init_buffer: int = 75
     window: int = 25
     term_buffer: int = 50
-    parallel_chains: int | None = None  # default: one chain per core
+    parallel_chains: int | None = None  # cmdstanpy only (default one per core); PyStan runs every chain at once
+    # Run length: until the convergence gate holds (checked every check_every draws per chain from
+    # min_draws on, at most max_draws, within budget_seconds of sampling), or a fixed ``draws``.
+    until_converged: bool = True
+    min_draws: int = 100
+    check_every: int = 100
+    max_draws: int = 5000
+    budget_seconds: float = 1200.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +84,34 @@ class Draws:
     sample_seconds: float
     settings: SamplerSettings
     messages: list[str] = field(default_factory=list)
+    verdict: "Verdict | None" = None  # set when sampling ran under a StopRule
+    warmup_seconds: float | None = None  # until every chain had its first kept draw (PyStan engine)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A stop rule's judgement of the draws so far."""
+
+    passed: bool   # the gate holds
+    final: bool    # stop sampling now (passed, or can no longer pass)
+    status: str    # where it stands, in words
+
+
+@dataclass
+class StopRule:
+    """Sample until ``judge`` says stop, at checkpoints of kept draws per chain.
+
+    ``judge(views, draws, elapsed)`` receives, per chain, the column names and the first
+    ``draws`` rows; it returns a :class:`Verdict`. The first checkpoint is ``min_draws``,
+    then every ``check_every`` draws up to ``max_draws``; the time budget counts from the
+    start of sampling (warmup included).
+    """
+
+    judge: Callable[[dict, int, float], Verdict]
+    min_draws: int = 100
+    check_every: int = 100
+    max_draws: int = 5000
+    budget_seconds: float = 1200.0
 
 
 class SamplingError(RuntimeError):
@@ -108,11 +144,15 @@ def sample(
     settings: SamplerSettings,
     inits: list[dict] | None = None,
     progress: Progress = print,
+    stop: StopRule | None = None,
 ) -> Draws:
-    """Compile (or reuse) ``stan_file`` and sample it."""
+    """Compile (or reuse) ``stan_file`` and sample it: ``settings.draws`` per chain, or, with a
+    ``stop`` rule, until the rule is satisfied. CmdStan writes its draws only at the end, so under
+    cmdstanpy the rule judges once, after ``stop.max_draws`` draws per chain."""
     engine = choose_engine(settings.engine)
-    run = _sample_cmdstanpy if engine == "cmdstanpy" else _sample_pystan
-    return run(Path(stan_file), dict(data), settings, inits, progress)
+    if engine == "cmdstanpy":
+        return _sample_cmdstanpy(Path(stan_file), dict(data), settings, inits, progress, stop)
+    return _sample_pystan(Path(stan_file), dict(data), settings, inits, progress, stop)
 
 
 # --------------------------------------------------------------------------- PyStan / httpstan
@@ -135,7 +175,7 @@ def compile_pystan(stan_file: Path, progress: Progress = print) -> tuple[str, fl
     done = threading.Event()
 
     def heartbeat():
-        while not done.wait(15):
+        while not done.wait(COMPILE_HEARTBEAT_SECONDS):
             progress(f"{stan_file.name}: still compiling ({time.monotonic() - start:.0f} s)")
 
     threading.Thread(target=heartbeat, daemon=True).start()
@@ -150,48 +190,147 @@ def compile_pystan(stan_file: Path, progress: Progress = print) -> tuple[str, fl
     return name, seconds
 
 
-def _sample_pystan(stan_file, data, settings, inits, progress) -> Draws:
+def _sample_pystan(stan_file, data, settings, inits, progress, stop) -> Draws:
+    """Every chain in its own process, all at once; draws land in memory-mapped tables that
+    this process reads at checkpoints (``stop``) or when the chains end."""
     model_name, compile_seconds = compile_pystan(stan_file, progress)
-    workers = settings.parallel_chains or os.cpu_count() or 1
     ctx = mp.get_context("fork")  # like httpstan; spawn would need a __main__ guard in callers
     manager = ctx.Manager()
     messages = manager.Queue()
+    workdir = Path(tempfile.mkdtemp(prefix="schoolquality_draws_"))
+    capacity = stop.max_draws if stop else settings.draws
+    procs = []
     start = time.monotonic()
-    chains: dict[int, dict] = {}
     try:
-        with concurrent.futures.ProcessPoolExecutor(min(workers, settings.chains), mp_context=ctx) as pool:
-            futures = {
-                pool.submit(
-                    _run_chain,
-                    model_name,
-                    data,
-                    (inits[c] if inits else {}),
-                    c + 1,
-                    settings,
-                    messages,
-                ): c
-                for c in range(settings.chains)
-            }
-            pending = set(futures)
-            while pending:
-                done, pending = concurrent.futures.wait(pending, timeout=1.0)
-                _drain(messages, progress)
-                for fut in done:
-                    chains[futures[fut]] = fut.result()
-        _drain(messages, progress)
+        for c in range(settings.chains):
+            proc = ctx.Process(target=_run_chain, daemon=True, args=(
+                model_name, data, (inits[c] if inits else {}), c + 1, settings, capacity, workdir, messages))
+            proc.start()
+            procs.append(proc)
+        tables = [_ChainTable(workdir, c + 1) for c in range(settings.chains)]
+        heartbeat = _Heartbeat(progress, settings.warmup, stop)
+        kept, verdict, warmup_seconds = _watch(procs, tables, capacity, stop, messages, heartbeat, start)
     finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
         manager.shutdown()
+    if kept == 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise SamplingError(f"{stan_file.name}: no draws kept: {verdict.status if verdict else 'sampling ended early'}")
+    try:
+        chains = {c: t.read(kept) for c, t in enumerate(tables)}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     seconds = time.monotonic() - start
-    progress(f"{stan_file.name}: {settings.chains} chains sampled in {seconds:.0f} s")
-    return _stack(chains, settings, "pystan", compile_seconds, seconds)
+    progress(f"{stan_file.name}: {settings.chains} chains x {kept} draws in {seconds:.0f} s"
+             + (f" ({verdict.status})" if verdict else ""))
+    draws = _stack(chains, settings, "pystan", compile_seconds, seconds)
+    draws.verdict, draws.warmup_seconds = verdict, warmup_seconds
+    return draws
 
 
-def _drain(messages, progress: Progress) -> None:
+def _watch(procs, tables, capacity, stop, messages, progress, start):
+    """Wait for the chains; with a stop rule, judge checkpoints of kept draws as they fill.
+
+    Checkpoints are fixed draw counts, so the draws kept do not depend on timing: the same
+    seed gives the same result on a fast or a slow machine (unless the budget runs out).
+    """
+    checkpoint = stop.min_draws if stop else capacity
+    verdict, warmup = None, None
+    while True:
+        _drain(messages, progress)
+        progress.tick(min(t.rows() for t in tables), checkpoint if stop else None)
+        if warmup is None and min(t.rows() for t in tables) > 0:
+            warmup = time.monotonic() - start
+        for proc in procs:
+            if proc.exitcode not in (None, 0):
+                _raise_chain_error(procs, tables[0].dir, messages, progress)
+        rows = min(t.rows() for t in tables)
+        if stop is None:
+            if rows >= capacity and all(p.exitcode == 0 for p in procs):
+                return capacity, None, warmup
+        elif rows >= min(checkpoint, capacity):
+            checkpoint = min(checkpoint, capacity)
+            verdict = stop.judge({i: t.view(checkpoint) for i, t in enumerate(tables)}, checkpoint,
+                                 time.monotonic() - start)
+            progress(f"checkpoint {checkpoint} draws per chain: {verdict.status}")
+            if verdict.final or checkpoint >= capacity:
+                return checkpoint, verdict, warmup
+            checkpoint += stop.check_every
+            continue
+        if stop is not None and time.monotonic() - start > stop.budget_seconds:
+            done = max(checkpoint - stop.check_every, 0) if verdict else 0
+            status = (f"time budget of {stop.budget_seconds:.0f} s ran out at {rows} draws per chain"
+                      + (f"; last checkpoint ({done} draws): {verdict.status}" if verdict else ""))
+            return done, Verdict(passed=False, final=True, status=status), warmup
+        if all(p.exitcode == 0 for p in procs) and rows < capacity:
+            raise SamplingError(f"chains ended with {rows} of {capacity} draws")
+        time.sleep(0.2)
+
+
+def _raise_chain_error(procs, workdir, messages, progress):
+    _drain(messages, progress)
+    failed = [i + 1 for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
+    errors = []
+    for c in failed:
+        path = _ChainTable.error_file(workdir, c)
+        errors.append(path.read_text() if path.exists() else f"chain {c} exited with code {procs[c - 1].exitcode}")
+    raise SamplingError("; ".join(errors))
+
+
+def _drain(messages, progress) -> None:
     while True:
         try:
-            progress(messages.get_nowait())
+            message = messages.get_nowait()
         except queue.Empty:
             return
+        if isinstance(progress, _Heartbeat):
+            progress.message(message)
+        elif isinstance(message, str):
+            progress(message)
+
+
+HEARTBEAT_SECONDS = 30.0          # sampling progress line
+COMPILE_HEARTBEAT_SECONDS = 15.0  # "still compiling" line
+
+
+class _Heartbeat:
+    """Turns the chains' iteration reports into one progress line every ``interval`` seconds:
+    elapsed time, each chain's phase and iteration, draws per second, and what remains."""
+
+    def __init__(self, progress: Progress, warmup: int, stop, interval: float = HEARTBEAT_SECONDS):
+        self.progress, self.warmup, self.stop, self.interval = progress, warmup, stop, interval
+        self.start = self.last = time.monotonic()
+        self.chains: dict[int, int] = {}
+
+    def __call__(self, text: str) -> None:
+        self.progress(text)
+
+    def message(self, message) -> None:
+        if isinstance(message, tuple):  # ("iteration", chain, iteration)
+            self.chains[message[1]] = message[2]
+        else:
+            self.progress(message)
+
+    def tick(self, kept: int, checkpoint: int | None) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval or not self.chains:
+            return
+        self.last = now
+        elapsed = now - self.start
+        slowest = min(self.chains.values())
+        rate = slowest / elapsed if elapsed > 0 else 0.0
+        phases = ", ".join(f"chain {c} {'warmup' if i <= self.warmup else 'sampling'} {i}" for c, i in sorted(self.chains.items()))
+        if slowest <= self.warmup:
+            todo = f"warmup ends in ~{(self.warmup - slowest) / max(rate, 1e-9):.0f} s"
+        elif checkpoint is not None:
+            todo = f"{kept} draws kept per chain; next convergence check at {checkpoint} in ~{max(checkpoint - kept, 0) / max(rate, 1e-9):.0f} s"
+        else:
+            todo = f"{kept} draws kept per chain"
+        budget = f", budget {self.stop.budget_seconds:.0f} s" if self.stop else ""
+        self.progress(f"sampling {elapsed:.0f} s{budget}: {phases}; {rate:.2f} iterations/s per chain; {todo}")
 
 
 def _stack(chains: dict[int, dict], settings, engine, compile_seconds, sample_seconds) -> Draws:
@@ -213,6 +352,19 @@ def _stack(chains: dict[int, dict], settings, engine, compile_seconds, sample_se
     return Draws(params, stats, engine, compile_seconds, sample_seconds, settings, msgs)
 
 
+def columns(views: dict[int, dict], bases: list[str]) -> dict[str, np.ndarray]:
+    """(chain, draw, ...) arrays of the named variables (and sampler columns) from chain views."""
+    names = views[0]["names"]
+    groups = _group_columns(names)
+    out = {}
+    for base in bases:
+        if base in groups:
+            cols = groups[base]
+            block = np.stack([np.asarray(v["table"][:, cols]) for _, v in sorted(views.items())])
+            out[base] = block[:, :, 0] if len(cols) == 1 and "." not in names[cols[0]] else block
+    return out
+
+
 def _group_columns(names: list[str]) -> dict[str, list[int]]:
     """'mu_school.3' -> base 'mu_school'; only vectors and scalars are used here."""
     groups: dict[str, list[int]] = {}
@@ -221,61 +373,104 @@ def _group_columns(names: list[str]) -> dict[str, list[int]]:
     return groups
 
 
-def _run_chain(model_name, data, init, chain, settings: SamplerSettings, messages) -> dict:
-    """One chain in its own process: run the sampler in a thread, read its socket here."""
+def _run_chain(model_name, data, init, chain, settings: SamplerSettings, capacity, workdir, messages) -> None:
+    """One chain in its own process: run the sampler, write each kept draw to this chain's table."""
     import httpstan.models
 
-    module = httpstan.models.import_services_extension_module(model_name)
-    workdir = tempfile.mkdtemp(prefix="schoolquality_chain_")
-    path = os.path.join(workdir, "writer.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen(4)
-    result: dict = {}
-
-    def run():
+    try:
+        module = httpstan.models.import_services_extension_module(model_name)
+        path = os.path.join(workdir, f"writer_{chain}.sock")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        server.listen(4)
+        result: dict = {}
+        reader = _ChainReader(_ChainTable(Path(workdir), chain), capacity, chain, messages)
+        done = threading.Event()
+        listener = threading.Thread(target=reader.serve, args=(server, done))
+        listener.start()
+        # The sampler runs in this process's main thread (it releases the GIL while it
+        # samples; in a worker thread httpstan's module crashes); the reader is a thread.
         try:
             result["code"] = module.hmc_nuts_diag_e_adapt_wrapper(
                 socket_filename=path, data=data, init=init, random_seed=settings.seed, chain=chain,
-                init_radius=2.0, num_warmup=settings.warmup, num_samples=settings.draws, num_thin=1,
-                save_warmup=False, refresh=max(1, (settings.warmup + settings.draws) // 20),
-                stepsize=1.0, stepsize_jitter=0.0, max_depth=settings.max_treedepth,
+                init_radius=2.0, num_warmup=settings.warmup, num_samples=capacity, num_thin=1,
+                save_warmup=False, refresh=max(1, min(25, settings.warmup // 20)),
+                stepsize=settings.stepsize, stepsize_jitter=0.0, max_depth=settings.max_treedepth,
                 delta=settings.adapt_delta, gamma=0.05, kappa=0.75, t0=10.0,
                 init_buffer=settings.init_buffer, term_buffer=settings.term_buffer, window=settings.window,
             )
         except Exception as exc:  # C++ exceptions arrive as RuntimeError
             result["error"] = str(exc)
+        finally:
+            done.set()
+            listener.join()
+            server.close()
+        if "error" in result or result.get("code", 1) != 0:
+            detail = result.get("error") or "; ".join(reader.errors[-4:]) or f"return code {result.get('code')}"
+            raise SamplingError(f"chain {chain} failed: {detail}")
+        reader.finish()
+    except BaseException as exc:
+        _ChainTable.error_file(workdir, chain).write_text(str(exc))
+        os._exit(1)
+    os._exit(0)
 
-    # The sampler runs in this process's main thread (it releases the GIL while it
-    # samples; in a worker thread httpstan's module crashes); the reader is a thread.
-    reader = _ChainReader(settings.draws, chain, messages)
-    done = threading.Event()
-    listener = threading.Thread(target=reader.serve, args=(server, done))
-    listener.start()
-    try:
-        run()
-    finally:
-        done.set()
-        listener.join()
-        server.close()
-        os.unlink(path)
-        os.rmdir(workdir)
-    if "error" in result or result.get("code", 1) != 0:
-        detail = result.get("error") or "; ".join(reader.errors[-4:]) or f"return code {result.get('code')}"
-        raise SamplingError(f"chain {chain} failed: {detail}")
-    return reader.finish()
+
+class _ChainTable:
+    """One chain's kept draws: a memory-mapped (capacity, column) float64 table, the column
+    names, and a row counter the chain bumps after writing each row."""
+
+    def __init__(self, workdir: Path, chain: int):
+        self.dir, self.chain = Path(workdir), chain
+        self.table: np.ndarray | None = None
+        self.counter: np.ndarray | None = None
+
+    @staticmethod
+    def error_file(workdir, chain) -> Path:
+        return Path(workdir) / f"error_{chain}.txt"
+
+    def _path(self, what: str) -> Path:
+        return self.dir / f"chain_{self.chain}.{what}"
+
+    def create(self, names: list[str], capacity: int) -> None:
+        self._path("names.json").write_text(json.dumps(names))
+        self.table = np.lib.format.open_memmap(self._path("npy"), mode="w+", shape=(capacity, len(names)))
+        self.counter = np.lib.format.open_memmap(self._path("rows.npy"), mode="w+", dtype=np.int64, shape=(1,))
+
+    def append(self, row: np.ndarray, index: int) -> None:
+        self.table[index] = row
+        self.counter[0] = index + 1
+
+    def rows(self) -> int:
+        if self.counter is None:
+            if not self._path("rows.npy").exists() or not self._path("names.json").exists():
+                return 0
+            try:
+                self.counter = np.load(self._path("rows.npy"), mmap_mode="r")
+            except (ValueError, OSError):  # header not written yet
+                return 0
+        return int(self.counter[0])
+
+    def view(self, rows: int) -> dict:
+        """Names and the first ``rows`` draws, without copying."""
+        if self.table is None:
+            self.table = np.load(self._path("npy"), mmap_mode="r")
+            self.names = json.loads(self._path("names.json").read_text())
+        return {"names": self.names, "table": self.table[:rows]}
+
+    def read(self, rows: int) -> dict:
+        view = self.view(rows)
+        return {"names": view["names"], "table": np.array(view["table"]), "messages": []}
 
 
 class _ChainReader:
     """Parse the writer messages of one chain as they arrive."""
 
-    def __init__(self, draws: int, chain: int, messages):
+    def __init__(self, table: _ChainTable, draws: int, chain: int, messages):
         import simdjson
 
         self.parser = simdjson.Parser()
-        self.draws, self.chain, self.messages = draws, chain, messages
-        self.table: np.ndarray | None = None
-        self.names: list[str] = []
+        self.store, self.draws, self.chain, self.messages = table, draws, chain, messages
+        self.names: list[str] | None = None
         self.row = 0
         self.log: list[str] = []
         self.errors: list[str] = []
@@ -327,7 +522,7 @@ class _ChainReader:
         if level == "error":
             self.errors.append(body)
         if body.startswith("Iteration:"):
-            self.messages.put(f"chain {self.chain}: {body}")
+            self.messages.put(("iteration", self.chain, int(body.split()[1])))
         elif level in ("warn", "error") or "Gradient evaluation" in body or "Adjust your" in body:
             self.log.append(f"chain {self.chain}: {body}")
             self.messages.put(f"chain {self.chain}: {body}")
@@ -335,34 +530,33 @@ class _ChainReader:
     def _draw(self, line: bytes) -> None:
         try:
             values = self.parser.parse(line)["values"]
-            if self.table is None:
+            if self.names is None:
                 self._start(list(values.keys()))
             row = np.fromiter(values.values(), float, len(self.all_names))
             del values
         except ValueError:  # NaN / Infinity: not JSON, Python's parser accepts them
             obj = json.loads(line)["values"]
-            if self.table is None:
+            if self.names is None:
                 self._start(list(obj))
             row = np.fromiter(obj.values(), float, len(self.all_names))
         if self.row >= self.draws:
             raise SamplingError(f"chain {self.chain}: more draws than requested")
-        self.table[self.row] = row
+        self.store.append(row, self.row)
         self.row += 1
 
     def _start(self, names: list[str]) -> None:
         self.all_names = self.names = names
-        self.table = np.empty((self.draws, len(names)))
+        self.store.create(names, self.draws)
 
-    def finish(self) -> dict:
+    def finish(self) -> None:
         if self.row != self.draws:
             raise SamplingError(f"chain {self.chain}: received {self.row} of {self.draws} draws")
-        return {"names": self.names, "table": self.table, "messages": self.log}
 
 
 # --------------------------------------------------------------------------- cmdstanpy
 
 
-def _sample_cmdstanpy(stan_file, data, settings, inits, progress) -> Draws:
+def _sample_cmdstanpy(stan_file, data, settings, inits, progress, stop) -> Draws:
     import cmdstanpy
 
     start = time.monotonic()
@@ -378,10 +572,10 @@ def _sample_cmdstanpy(stan_file, data, settings, inits, progress) -> Draws:
     fit = model.sample(
         data={k: np.asarray(v).tolist() for k, v in data.items()},
         chains=settings.chains, parallel_chains=settings.parallel_chains or os.cpu_count(),
-        iter_warmup=settings.warmup, iter_sampling=settings.draws, seed=settings.seed,
+        iter_warmup=settings.warmup, iter_sampling=stop.max_draws if stop else settings.draws, seed=settings.seed,
         adapt_delta=settings.adapt_delta, max_treedepth=settings.max_treedepth,
         adapt_init_phase=settings.init_buffer, adapt_metric_window=settings.window,
-        adapt_step_size=settings.term_buffer, inits=inits, show_progress=False,
+        adapt_step_size=settings.term_buffer, step_size=settings.stepsize, inits=inits, show_progress=False,
     )
     seconds = time.monotonic() - start
     progress(f"{stan_file.name}: {settings.chains} chains sampled in {seconds:.0f} s (CmdStan)")
@@ -394,4 +588,9 @@ def _sample_cmdstanpy(stan_file, data, settings, inits, progress) -> Draws:
             "table": np.ascontiguousarray(table[c]),
             "messages": [],
         }
-    return _stack(chains, settings, "cmdstanpy", compile_seconds, seconds)
+    draws = _stack(chains, settings, "cmdstanpy", compile_seconds, seconds)
+    if stop is not None:
+        n = chains[0]["table"].shape[0]
+        verdict = stop.judge(chains, n, seconds)
+        draws.verdict = verdict if verdict.passed else Verdict(False, True, verdict.status)
+    return draws

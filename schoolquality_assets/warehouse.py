@@ -62,6 +62,10 @@ class Warehouse:
         """The last posterior of model ``key`` that passed its blocking checks."""
         return self.posteriors_dir / partition / f"posterior_{key}.nc"
 
+    def failed_posterior_path(self, key: str, partition: str) -> Path:
+        """The draws of the latest fit of ``key`` when it failed a blocking check (for diagnosis)."""
+        return self.posteriors_dir / partition / f"posterior_{key}.FAILED.nc"
+
     def output_path(self, partition: str) -> Path:
         """``outputs/g3_school_quality.parquet`` for ``full``; other partitions are dry runs."""
         if partition == FULL:
@@ -128,10 +132,12 @@ class Warehouse:
         """Replace this partition's rows of table ``name``; other partitions are untouched."""
         name = _identifier(name)
         frame = frame.with_columns(pl.lit(partition).alias("partition"))
+        # UNION BY NAME: a table written by an earlier version with other columns is widened
+        # (its other partitions' rows keep their values, new columns are null for them).
         self._write(frame, [
             (f'CREATE TABLE IF NOT EXISTS "{name}" AS SELECT * FROM _incoming WHERE false', []),
-            (f'DELETE FROM "{name}" WHERE partition = ?', [partition]),
-            (f'INSERT INTO "{name}" BY NAME SELECT * FROM _incoming', []),
+            (f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM "{name}" WHERE partition <> ? '
+             f'UNION ALL BY NAME SELECT * FROM _incoming', [partition]),
         ])
         return frame
 

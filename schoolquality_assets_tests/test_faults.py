@@ -40,8 +40,7 @@ def _finish(proc: subprocess.Popen, timeout=600) -> str:
 
 
 def _posterior_written(proc: subprocess.Popen, timeout=600) -> str:
-    """The fit ran to the end and wrote its posterior (its convergence gate may still fail:
-    2 chains on ~55 schools give a noisy R-hat, and this test is about files, not convergence)."""
+    """The fit sampled until its gate held and wrote its posterior."""
     out, _ = proc.communicate(timeout=timeout)
     assert "ASSET_MATERIALIZATION" in out and "posterior_m2" in out, out[-3000:]
     return out
@@ -67,8 +66,7 @@ def test_two_runs_at_once_both_finish_and_database_is_sound(province_root):
 
 @pytest.mark.stan
 def test_run_killed_mid_sampling_keeps_previous_output_and_rerun_matches(province_root):
-    settings = {"SCHOOLQUALITY_CHAINS": "2", "SCHOOLQUALITY_WARMUP": "300", "SCHOOLQUALITY_DRAWS": "300",
-                "SCHOOLQUALITY_SEED": "5"}
+    settings = {"SCHOOLQUALITY_CHAINS": "2", "SCHOOLQUALITY_WARMUP": "300", "SCHOOLQUALITY_SEED": "5"}
     _finish(_cli(province_root, DATA))
     _finish(_cli(province_root, "analysis_sample", "subsample"))
     _posterior_written(_cli(province_root, "posterior_m2", "subsample", **settings))
@@ -76,11 +74,11 @@ def test_run_killed_mid_sampling_keeps_previous_output_and_rerun_matches(provinc
     before = path.read_bytes()
     reference = models.load_posterior(path).posterior["r_school"].values
 
-    long = settings | {"SCHOOLQUALITY_WARMUP": "4000", "SCHOOLQUALITY_DRAWS": "4000"}
+    long = settings | {"SCHOOLQUALITY_WARMUP": "20000"}
     proc = _cli(province_root, "posterior_m2", "subsample", **long)
     deadline = time.monotonic() + 300
-    for line in proc.stdout:                       # wait until the chains are sampling
-        if "Iteration" in line or time.monotonic() > deadline:
+    for line in proc.stdout:                       # wait until the chains are sampling (first heartbeat)
+        if "iterations/s per chain" in line or time.monotonic() > deadline:
             break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -96,8 +94,8 @@ def test_run_killed_mid_sampling_keeps_previous_output_and_rerun_matches(provinc
 def test_failed_gate_keeps_previous_production_file(province_root):
     resources = {
         "warehouse": WarehouseResource(root=str(province_root), subsample_size=30),
-        "sampler": SamplerResource(chains=4, warmup=300, draws=500, seed=3),
-        "convergence": ConvergenceResource(max_rhat=1.05, min_ess=100),
+        "sampler": SamplerResource(chains=4, warmup=300, seed=3),
+        "convergence": ConvergenceResource(),
     }
     everything = [*ASSETS, *CHECKS]
     upstream = dg.AssetSelection.groups("ingest") | dg.AssetSelection.assets("analysis_sample")
@@ -108,11 +106,11 @@ def test_failed_gate_keeps_previous_production_file(province_root):
     before = target.read_bytes()
     assert pq.read_schema(target).metadata[b"model"].startswith(b"M2")
 
-    resources["sampler"] = SamplerResource(chains=4, warmup=20, draws=20, seed=3)
+    resources["sampler"] = SamplerResource(chains=4, warmup=20, seed=3, min_draws=20, check_every=20, max_draws=20)
     bad = dg.materialize(everything, resources=resources, partition_key="subsample",
                          selection=dg.AssetSelection.assets("posterior_m2", "g3_school_quality"), raise_on_error=False)
     assert not bad.success
-    assert {e.check_name: e.passed for e in bad.get_asset_check_evaluations()}["rhat"] is False
+    assert "g3_school_quality" not in {e.asset_key.to_user_string() for e in bad.get_asset_materialization_events()}
     assert target.read_bytes() == before
     # Materializing g3_school_quality on its own refuses the unconverged posterior too.
     alone = dg.materialize(everything, resources=resources, partition_key="subsample",

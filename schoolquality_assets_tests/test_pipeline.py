@@ -16,13 +16,12 @@ from schoolquality_assets.warehouse import Warehouse
 pytestmark = pytest.mark.stan
 
 
-def _resources(root, warmup=300, draws=500):
+def _resources(root, warmup=300, **sampler):
     return {
         "warehouse": WarehouseResource(root=str(root), subsample_size=25),
-        "sampler": SamplerResource(chains=4, warmup=warmup, draws=draws, seed=11),
-        # 25 schools: the year_subject effects mix slowly against the cohort means (ESS ~200
-        # of 2,000 draws), so R-hat sits near 1.01-1.02; the wiring test allows 1.05.
-        "convergence": ConvergenceResource(max_rhat=1.05, min_ess=100),
+        # every posterior samples until the default gate holds (R-hat <= 1.01, ESS >= 400)
+        "sampler": SamplerResource(chains=4, warmup=warmup, seed=11, **sampler),
+        "convergence": ConvergenceResource(),
     }
 
 
@@ -64,15 +63,56 @@ def test_comparison_pipeline_on_subsample(small_province):
         assert evals[(f"posterior_{model}", "no_divergences")], model
 
 
-def test_short_run_fails_rhat_and_blocks_production(small_province):
-    res = _resources(small_province, warmup=20, draws=20)
+def test_budget_too_short_fails_cleanly_and_blocks_production(small_province):
+    """A fit whose time budget runs out before the gate holds fails with where it stood; the
+    previous posterior, the tables and the output stay byte-identical, and nothing downstream
+    builds from the failed fit, even materialized on its own."""
+    wh = Warehouse.from_env(small_province)
+    upstream = dg.AssetSelection.groups("ingest") | dg.AssetSelection.assets("analysis_sample")
+    good = dg.materialize(_assets(), resources=_resources(small_province), partition_key="subsample",
+                          selection=upstream | dg.AssetSelection.assets("posterior_m2", "g3_school_quality"))
+    assert good.success
+    files = [wh.posterior_path("m2", "subsample"), wh.output_path("subsample"), wh.database]
+    before = [f.read_bytes() for f in files]
+
+    res = _resources(small_province, warmup=20000, budget_seconds=3, min_draws=50, check_every=50)
     target = dg.AssetSelection.assets("posterior_m2", "g3_school_quality")
     result = dg.materialize(_assets(), resources=res, partition_key="subsample", selection=target, raise_on_error=False)
-    evals = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert evals["rhat"] is False
+    assert not result.success
+    failure = _failure_text(result)
+    assert "time budget of 3 s ran out" in failure
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert "g3_school_quality" not in materialized
-    assert not (Warehouse.from_env(small_province).outputs_dir / "dry_run" / "g3_school_quality_subsample.parquet").exists()
+    assert not materialized
+    assert [f.read_bytes() for f in files] == before
+
+    # a fit that ends with a failed gate keeps its draws beside the passed posterior ...
+    res = _resources(small_province, warmup=300, min_draws=20, check_every=20, max_draws=20)
+    result = dg.materialize(_assets(), resources=res, partition_key="subsample",
+                            selection=dg.AssetSelection.assets("posterior_m2"), raise_on_error=False)
+    assert not result.success and wh.failed_posterior_path("m2", "subsample").exists()
+    assert [f.read_bytes() for f in files] == before
+    # ... and every consumer refuses it, saying which check failed and where the draws are
+    for asset in ("g3_school_quality", "variance_components"):
+        alone = dg.materialize(_assets(), resources=_resources(small_province), partition_key="subsample",
+                               selection=dg.AssetSelection.assets(asset), raise_on_error=False)
+        assert not alone.success
+        text = _failure_text(alone)
+        assert "failed its convergence gate" in text and "posterior_m2.FAILED.nc" in text, text
+    assert [f.read_bytes() for f in files] == before
+
+
+def _failure_text(result) -> str:
+    parts = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            error = data.error
+            while error is not None:
+                parts.append(error.message)
+                error = error.cause
+            if data.user_failure_data is not None and data.user_failure_data.description:
+                parts.append(data.user_failure_data.description)
+    return "\n".join(parts)
 
 
 def _report_cells(html: str, table: str) -> list[str]:

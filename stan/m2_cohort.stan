@@ -1,95 +1,97 @@
 // M2: y_success | trials(n_trials) ~ year_subject + (1 | school) + (1 | school_year_id).
+// The design (treatment contrasts of year_subject) arrives in its distinct rows, built once in
+// Python (models.cohort_design): each cohort's mean row (Xbar), each school's mean cohort row
+// (Xss), and each observation's row minus its cohort's (X - Xbar).
+functions {
+  // Group means from the centred parameters (mu) and the non-centred ones (mean + sd * z).
+  vector assemble(vector mean, array[] int centred, vector mu, array[] int noncentred, real sd, vector z) {
+    vector[rows(mean)] out;
+    out[centred] = mu;
+    out[noncentred] = mean[noncentred] + sd * z;
+    return out;
+  }
+}
 data {
   int<lower=1> N;
   array[N] int<lower=0> n_trials;
   array[N] int<lower=0> y_success;
-  int<lower=1> K;                      // year_subject contrasts (intercept excluded)
-  matrix[N, K] X;
+  int<lower=1> K;                                   // year_subject contrasts (intercept excluded)
+  row_vector[K] X_mean;                             // mean design row: the intercept prior applies here (brms)
   int<lower=1> J_school;
   int<lower=1> J_cohort;
   array[J_cohort] int<lower=1, upper=J_school> cohort_school;   // school of each cohort
   array[N] int<lower=1, upper=J_cohort> cohort;
-  // Sampling scale hints (approximate posterior SDs, from the data: models.sampling_scales).
-  // They set the multipliers below and change nothing in the model.
+  int<lower=1> R_school;                            // distinct Xss rows
+  matrix[R_school, K] Xss_rows;
+  array[J_school] int<lower=1, upper=R_school> school_row;
+  int<lower=1> R_cohort;                            // distinct Xbar rows
+  matrix[R_cohort, K] Xbar_rows;
+  array[J_cohort] int<lower=1, upper=R_cohort> cohort_row;
+  int<lower=1> R_within;                            // distinct X - Xbar rows
+  matrix[R_within, K] Xw_rows;
+  array[N] int<lower=1, upper=R_within> within_row;
+  // Each school and cohort is centred where its data identify it sharply and non-centred where
+  // they do not (models.parameterisation); the model is the same either way.
+  int<lower=0, upper=J_school> J_school_c;
+  array[J_school_c] int<lower=1, upper=J_school> school_c;
+  array[J_school - J_school_c] int<lower=1, upper=J_school> school_nc;
+  int<lower=0, upper=J_cohort> J_cohort_c;
+  array[J_cohort_c] int<lower=1, upper=J_cohort> cohort_c;
+  array[J_cohort - J_cohort_c] int<lower=1, upper=J_cohort> cohort_nc;
+  // Sampling scales (approximate posterior SDs of each parameter, mu or z; models.sampling_scales):
+  // multipliers only.
   real<lower=0> fixed_scale;
-  vector<lower=0>[J_school] school_scale;
-  vector<lower=0>[J_cohort] cohort_scale;
+  vector<lower=0>[J_school_c] school_c_scale;
+  vector<lower=0>[J_school - J_school_c] school_nc_scale;
+  vector<lower=0>[J_cohort_c] cohort_c_scale;
+  vector<lower=0>[J_cohort - J_cohort_c] cohort_nc_scale;
   vector<lower=0>[2] log_sd_scale;
-}
-transformed data {
-  // As brms, the intercept prior applies at the mean design row X_mean.
-  row_vector[K] X_mean;
-  for (k in 1:K) {
-    X_mean[k] = mean(X[, k]);
-  }
-  // Xbar: each cohort's mean design row (its year effect, averaged over its subjects).
-  matrix[J_cohort, K] Xbar = rep_matrix(0, J_cohort, K);
-  vector[J_cohort] rows = rep_vector(0, J_cohort);
-  for (i in 1:N) {
-    Xbar[cohort[i]] += X[i];
-    rows[cohort[i]] += 1;
-  }
-  for (c in 1:J_cohort) {
-    Xbar[c] /= rows[c];
-  }
-  // Xss: each school's mean cohort design row (its years' effects, averaged).
-  matrix[J_school, K] Xss = rep_matrix(0, J_school, K);
-  vector[J_school] cohorts = rep_vector(0, J_school);
-  for (c in 1:J_cohort) {
-    Xss[cohort_school[c]] += Xbar[c];
-    cohorts[cohort_school[c]] += 1;
-  }
-  for (s in 1:J_school) {
-    Xss[s] /= cohorts[s];
-  }
-  // X, Xbar and Xss are sparse (treatment contrasts): multiply them in CSR form.
-  vector[num_elements(csr_extract_w(X))] X_w = csr_extract_w(X);
-  array[num_elements(X_w)] int X_v = csr_extract_v(X);
-  array[N + 1] int X_u = csr_extract_u(X);
-  vector[num_elements(csr_extract_w(Xbar))] Xbar_w = csr_extract_w(Xbar);
-  array[num_elements(Xbar_w)] int Xbar_v = csr_extract_v(Xbar);
-  array[J_cohort + 1] int Xbar_u = csr_extract_u(Xbar);
-  vector[num_elements(csr_extract_w(Xss))] Xss_w = csr_extract_w(Xss);
-  array[num_elements(Xss_w)] int Xss_v = csr_extract_v(Xss);
-  array[J_school + 1] int Xss_u = csr_extract_u(Xss);
+  int<lower=0, upper=1> emit_eta;                   // 1: write the linear predictor (tests)
 }
 parameters {
-  // Multipliers: Stan's first warmup phase uses a unit metric, and with 25k cohorts the
-  // posterior SDs span 0.005 (log sd_cohort) to 0.3; without them it runs ~100 iterations
-  // at tree depth 8-10 (measured) before the first metric update.
   real<multiplier=fixed_scale> Intercept;
-  // Cell effects as deviations from the mean year_subject cell: brms's treatment contrasts
-  // b all share the reference cell's uncertainty (posterior correlation ~0.5, measured).
+  // Cell effects as deviations from the mean year_subject cell: treatment contrasts all share
+  // the reference cell's uncertainty.
   vector<multiplier=fixed_scale>[K] delta;
   real<multiplier=log_sd_scale[1]> log_sd_school;
   real<multiplier=log_sd_scale[2]> log_sd_cohort;
-  // Nested-centred: a school's mean, and each cohort's mean around its school's. Both are
-  // sharply identified (3 subjects x ~50 students per cohort), where the non-centred sd * z
-  // form would leave the sampler fighting the data. Each mean also carries the fixed effects
-  // of its level (hierarchical centring: the school its years' average Xss * b, the cohort
-  // its year's Xbar * b): otherwise the year effects trade against thousands of cohort and
-  // school means along ridges the sampler crawls (full sample, measured: R-hat 1.09 for b
-  // with neither, 1.03 with the cohort level only).
-  vector<multiplier=school_scale>[J_school] mu_school;
-  vector<multiplier=cohort_scale>[J_cohort] mu_cohort;
+  vector<multiplier=school_c_scale>[J_school_c] mu_school_c;
+  vector<multiplier=school_nc_scale>[J_school - J_school_c] z_school;
+  vector<multiplier=cohort_c_scale>[J_cohort_c] mu_cohort_c;
+  vector<multiplier=cohort_nc_scale>[J_cohort - J_cohort_c] z_cohort;
 }
 transformed parameters {
-  vector[K] b = delta + sum(delta);   // treatment contrasts: cell minus reference cell
+  vector[K] b = delta + sum(delta);                 // treatment contrasts: cell minus reference cell
   real<lower=0> sd_school = exp(log_sd_school);
   real<lower=0> sd_cohort = exp(log_sd_cohort);
 }
 model {
-  vector[J_cohort] cohort_fixed = csr_matrix_times_vector(J_cohort, K, Xbar_w, Xbar_v, Xbar_u, b);
-  vector[J_school] school_fixed = csr_matrix_times_vector(J_school, K, Xss_w, Xss_v, Xss_u, b);
+  // Hierarchical centring: each school mean carries its years' fixed effects (Xss b), each
+  // cohort mean its year's (Xbar b), so the year effects do not trade against thousands of means.
+  vector[J_school] school_fixed = (Xss_rows * b)[school_row];
+  vector[J_school] school_mean = Intercept - X_mean * b + school_fixed;
+  vector[J_school] mu_school = assemble(school_mean, school_c, mu_school_c, school_nc, sd_school, z_school);
+  vector[J_cohort] cohort_mean = mu_school[cohort_school] + (Xbar_rows * b)[cohort_row] - school_fixed[cohort_school];
+  vector[J_cohort] mu_cohort = assemble(cohort_mean, cohort_c, mu_cohort_c, cohort_nc, sd_cohort, z_cohort);
+
   Intercept ~ student_t(3, 0, 2.5);
   sd_school ~ student_t(3, 0, 2.5);
   sd_cohort ~ student_t(3, 0, 2.5);
-  target += log_sd_school + log_sd_cohort;   // Jacobian: sd = exp(log sd)
-  mu_school ~ normal(Intercept + school_fixed - X_mean * b, sd_school);
-  mu_cohort ~ normal(mu_school[cohort_school] + cohort_fixed - school_fixed[cohort_school], sd_cohort);
-  y_success ~ binomial_logit(n_trials, mu_cohort[cohort] - cohort_fixed[cohort]
-                               + csr_matrix_times_vector(N, K, X_w, X_v, X_u, b));
+  target += log_sd_school + log_sd_cohort;          // Jacobian: sd = exp(log sd)
+  mu_school_c ~ normal(school_mean[school_c], sd_school);
+  z_school ~ std_normal();
+  mu_cohort_c ~ normal(cohort_mean[cohort_c], sd_cohort);
+  z_cohort ~ std_normal();
+  y_success ~ binomial_logit(n_trials, mu_cohort[cohort] + (Xw_rows * b)[within_row]);
 }
 generated quantities {
   real b_Intercept = Intercept - X_mean * b;
+  vector[emit_eta * N] eta;
+  if (emit_eta) {  // the model block's linear predictor, written out for tests
+    vector[J_school] school_fixed = (Xss_rows * b)[school_row];
+    vector[J_school] mu_school = assemble(Intercept - X_mean * b + school_fixed, school_c, mu_school_c, school_nc,
+                                          sd_school, z_school);
+    vector[J_cohort] cohort_mean = mu_school[cohort_school] + (Xbar_rows * b)[cohort_row] - school_fixed[cohort_school];
+    eta = assemble(cohort_mean, cohort_c, mu_cohort_c, cohort_nc, sd_cohort, z_cohort)[cohort] + (Xw_rows * b)[within_row];
+  }
 }

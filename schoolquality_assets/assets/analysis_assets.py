@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 
 from schoolquality_assets import analyses, diagnostics, figures, loo, models
-from schoolquality_assets.assets.common import OWNER, image_md, markdown, table_metadata
+from schoolquality_assets.assets.common import OWNER, image_md, load_posterior, markdown, table_metadata
 from schoolquality_assets.partitions import sample_partitions
 from schoolquality_assets.resources import WarehouseResource
 from schoolquality_assets.warehouse import Warehouse, atomic_path
@@ -13,7 +13,7 @@ ANALYSIS_ASSET = dict(partitions_def=sample_partitions, group_name="analyses", o
 
 
 def _posteriors(wh: Warehouse, partition: str, keys) -> dict:
-    return {k: models.load_posterior(wh.posterior_path(k, partition)) for k in keys}
+    return {k: load_posterior(wh, k, partition) for k in keys}
 
 
 def _publish(context, wh: Warehouse, table: str, frame: pl.DataFrame, pngs: dict[str, bytes], **extra) -> dg.MaterializeResult:
@@ -104,7 +104,7 @@ def frequentist_comparison(context: dg.AssetExecutionContext, warehouse: Warehou
     partition = context.partition_key
     sample = wh.read_partition("analysis_sample", partition)
     components = wh.read_partition("variance_components", partition).filter(pl.col("model") == "M3")
-    m2 = models.load_posterior(wh.posterior_path("m2", partition))
+    m2 = load_posterior(wh, "m2", partition)
     table = analyses.frequentist_comparison(
         sample, components, bayes_seconds=float(m2.attrs.get("sample_seconds", 0.0)),
         bayes_sample=f"{sample['school_id'].n_unique()} schools, {sample.height} observations ({partition})",

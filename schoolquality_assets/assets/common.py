@@ -7,6 +7,9 @@ import base64
 import dagster as dg
 import polars as pl
 
+from schoolquality_assets import models
+from schoolquality_assets.warehouse import Warehouse
+
 OWNER = "team:education-data"
 
 _DAGSTER_TYPES = {
@@ -40,3 +43,11 @@ def markdown(frame: pl.DataFrame, digits: int = 4) -> str:
 
 def image_md(png: bytes, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def load_posterior(wh: Warehouse, key: str, partition: str):
+    """The model's last passed posterior; fails the step when its latest fit failed the gate."""
+    try:
+        return models.load_passed_posterior(wh.posterior_path(key, partition), wh.failed_posterior_path(key, partition))
+    except models.PosteriorRefused as exc:
+        raise dg.Failure(description=f"posterior_{key}[{partition}]: {exc}") from exc

@@ -9,6 +9,10 @@ from schoolquality_assets.assets.common import OWNER, image_md
 from schoolquality_assets.assets.ingest import analysis_sample
 from schoolquality_assets.partitions import sample_partitions
 from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
+from schoolquality_assets.stan_engine import SamplingError
+
+
+STAN_TAG = "schoolquality/stan"  # the executor runs one step with this tag at a time
 
 
 def check_results(outcomes: list[diagnostics.CheckOutcome], limits: ConvergenceResource,
@@ -40,6 +44,7 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         check_specs=[dg.AssetCheckSpec(c, asset=key, description=d, blocking=blocking)
                      for c, (d, blocking) in diagnostics.GATE.items()],
         pool="stan",
+        op_tags={STAN_TAG: "true"},
     )
     def _posterior(
         context: dg.AssetExecutionContext,
@@ -51,19 +56,46 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         partition = context.partition_key
         sample = wh.read_partition("analysis_sample", partition)
         settings = sampler.settings(partition)
-        context.log.info(f"fitting {spec.key.upper()} on {sample.height} observations ({partition}) with {settings}")
+        limits = convergence.thresholds()
+        previous = wh.posterior_path(spec.key, partition)
+        prior_sds = models.previous_sds(previous) if sampler.seed_from_previous and previous.exists() else None
+        context.log.info(f"fitting {spec.key.upper()} on {sample.height} observations ({partition}) with {settings}"
+                         + (f"; scales seeded from the previous posterior {prior_sds}" if prior_sds else ""))
         start = time.monotonic()
-        idata = models.fit(spec, sample, settings, progress=context.log.info)
+        try:
+            idata = models.fit(spec, sample, settings, progress=context.log.info, limits=limits, prior_sds=prior_sds)
+        except SamplingError as exc:
+            raise dg.Failure(description=f"{name}[{partition}] did not produce a posterior: {exc}. Nothing was written; "
+                             "every published file is unchanged. Give the sampler more time "
+                             "(SCHOOLQUALITY_BUDGET_SECONDS) or check the data.") from exc
         wall = time.monotonic() - start
-        summary = diagnostics.convergence_summary(idata)
+        summary = diagnostics.convergence_summary(idata, limits)
+        outcomes = diagnostics.gate(summary, limits)
+        failed = diagnostics.failed_blocking(outcomes)
         idata.attrs.update({f"diag_{k}": v for k, v in summary.items() if v is not None}
-                           | {"partition": partition, "wall_seconds": wall, "run_id": context.run_id})
+                           | {"partition": partition, "wall_seconds": wall, "run_id": context.run_id,
+                              "gate_passed": int(not failed), "gate_failures": diagnostics.describe(outcomes)})
         path = wh.posterior_path(spec.key, partition)
+        failed_path = wh.failed_posterior_path(spec.key, partition)
+        if failed:
+            models.save_posterior(idata, failed_path)
+            raise dg.Failure(
+                description=f"{name}[{partition}] failed its convergence gate: {diagnostics.describe(outcomes)}. "
+                f"Sampling ended: {idata.attrs.get('stop_status', 'fixed length')}. The failed draws are in {failed_path} "
+                f"for diagnosis; {path} (the last posterior that passed) is unchanged, and every downstream asset "
+                "refuses to build until a fit passes. To converge: give the sampler more time "
+                "(SCHOOLQUALITY_BUDGET_SECONDS / SCHOOLQUALITY_MAX_DRAWS) or a longer warmup (SCHOOLQUALITY_WARMUP).",
+                metadata={"failed_draws": dg.MetadataValue.path(str(failed_path)), "wall_seconds": round(wall, 1),
+                          **{o.name: o.passed for o in outcomes}},
+            )
         models.save_posterior(idata, path)
+        failed_path.unlink(missing_ok=True)
         trace = figures.trace_png(idata, spec.sd_names)
         yield dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(path)),
+                "draws_per_chain": int(idata.posterior.sizes["draw"]),
+                "stop_status": str(idata.attrs.get("stop_status", "fixed length")),
                 "sampler": dg.MetadataValue.json(settings.as_dict()),
                 "engine": idata.attrs["engine"],
                 "wall_seconds": round(wall, 1),
@@ -71,6 +103,8 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
                 "observations": sample.height,
                 "schools": sample["school_id"].n_unique(),
                 "max_rhat": summary["max_rhat"],
+                "min_ess_bulk": summary["min_ess_bulk"],
+                "min_ess_tail": summary["min_ess_tail"],
                 "min_ess_bulk_sd": summary["min_ess_bulk_sd"],
                 "min_ess_tail_sd": summary["min_ess_tail_sd"],
                 "divergences": summary["divergences"],
@@ -78,7 +112,7 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
                 "max_treedepth_hits": summary["max_treedepth_hits"],
                 "trace_plot": image_md(trace, f"{name} SD hyperparameters"),
             },
-            check_results=check_results(diagnostics.gate(summary, convergence.thresholds()), convergence, key),
+            check_results=check_results(outcomes, convergence, key),
         )
 
     return _posterior

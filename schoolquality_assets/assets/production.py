@@ -10,7 +10,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from schoolquality_assets import analyses, diagnostics, models
-from schoolquality_assets.assets.common import OWNER, markdown, table_metadata
+from schoolquality_assets.assets.common import OWNER, load_posterior, markdown, table_metadata
 from schoolquality_assets.partitions import FULL, sample_partitions
 from schoolquality_assets.resources import ConvergenceResource, WarehouseResource
 from schoolquality_assets.warehouse import Warehouse, atomic_path
@@ -66,13 +66,13 @@ def _archive_previous(wh: Warehouse, target) -> str | None:
 def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource, convergence: ConvergenceResource):
     wh = warehouse.get()
     partition = context.partition_key
-    idata = models.load_posterior(wh.posterior_path("m2", partition))
-    summary = diagnostics.convergence_summary(idata)
+    idata = load_posterior(wh, "m2", partition)
+    summary = diagnostics.convergence_summary(idata, convergence.thresholds())
     rhat = summary["max_rhat"]
-    failed = diagnostics.failed_blocking(diagnostics.gate(summary, convergence.thresholds()))
-    if failed:
+    outcomes = diagnostics.gate(summary, convergence.thresholds())
+    if diagnostics.failed_blocking(outcomes):
         raise dg.Failure(
-            f"posterior_m2[{partition}] failed its convergence gate ({', '.join(f'{o.name}: {o.metadata}' for o in failed)}): "
+            f"posterior_m2[{partition}] fails the convergence gate ({diagnostics.describe(outcomes)}): "
             "g3_school_quality not written; the previous file is unchanged"
         )
     eligible = wh.read_table("eligible_schools")

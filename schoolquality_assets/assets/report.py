@@ -4,6 +4,7 @@ import dagster as dg
 
 from schoolquality_assets import report as report_html
 from schoolquality_assets.assets.common import OWNER
+from schoolquality_assets.models import MODELS
 from schoolquality_assets.partitions import sample_partitions
 from schoolquality_assets.resources import WarehouseResource
 from schoolquality_assets.warehouse import atomic_path
@@ -20,6 +21,11 @@ from schoolquality_assets.warehouse import atomic_path
 )
 def report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
+    failed = [p for k in MODELS if (p := wh.failed_posterior_path(k, context.partition_key)).exists()]
+    if failed:
+        raise dg.Failure(description="the latest fit of " + ", ".join(p.name.split(".")[0] for p in failed)
+                         + " failed its convergence gate (failed draws: " + ", ".join(map(str, failed))
+                         + "); the report is not rebuilt from tables of older fits")
     sections = report_html.build_sections(wh, context.partition_key)
     path = wh.report_path(context.partition_key)
     with atomic_path(path) as tmp:
