@@ -1,10 +1,9 @@
 """Benchmarks of M2 (not tests: they print figures). Run one at a time, with nothing else running.
 
     .venv/bin/python benchmarks/bench_m2.py steps [subsample|full]
-        Cost per leapfrog step of each exact form of M2: one chain alone, no warmup, a fixed
-        small step size and a fixed tree depth (every iteration takes 2^depth - 1 steps), timed
-        as the difference between a long and a short run (start-up cancels). Also the per-draw
-        output cost (depth 1 against depth 5).
+        Cost per leapfrog step of each exact form of M2 in the sampling phase: one chain alone,
+        150 warmup iterations (tree depth capped at 6), then two runs of 20 and 60 draws with the
+        same seed, differenced (start-up, data load and warmup cancel).
     .venv/bin/python benchmarks/bench_m2.py converge [subsample|full]
         The production rule (sample until the gate holds, default settings): warmup and sampling
         seconds, draws per chain, leapfrog steps per iteration, min ESS per draw over the school
@@ -84,31 +83,31 @@ def form_data(name: str, mi: models.ModelInput) -> dict:
                      "cohort_scale": 1 / np.sqrt(info + sds["cohort"] ** -2)}
 
 
-def seconds_per_iteration(stan_file: Path, data: dict, depth: int, short: int = 10, long: int = 40) -> tuple[float, float]:
-    """(seconds per iteration, leapfrog steps per iteration) at a fixed depth and step size."""
-    timings = {}
+def seconds_per_step(stan_file: Path, data: dict, inits, warmup: int = 150, short: int = 20, long: int = 60) -> tuple[float, float]:
+    """(seconds per leapfrog step, steps per iteration) of the sampling phase: two runs with the
+    same seed (so the same warmup and the same first draws), timed, differenced over the extra
+    draws and their leapfrog steps. Tree depth capped at 6."""
+    runs = {}
     for n in (short, long):
-        settings = SamplerSettings(chains=1, warmup=0, draws=n, seed=1, stepsize=1e-3, max_treedepth=depth,
-                                   until_converged=False)
+        settings = SamplerSettings(chains=1, warmup=warmup, draws=n, seed=1, max_treedepth=6, until_converged=False)
         start = time.monotonic()
-        draws = sample(stan_file, data, settings, progress=QUIET)
-        timings[n] = (time.monotonic() - start, float(draws.sample_stats["n_steps"].mean()))
-    return (timings[long][0] - timings[short][0]) / (long - short), timings[long][1]
+        draws = sample(stan_file, data, settings, inits=inits, progress=QUIET)
+        runs[n] = (time.monotonic() - start, int(draws.sample_stats["n_steps"].sum()))
+    extra_steps = runs[long][1] - runs[short][1]
+    return (runs[long][0] - runs[short][0]) / extra_steps, extra_steps / (long - short)
 
 
 def steps(partition: str) -> None:
     mi = models.model_input(models.MODELS["m2"], province_sample(partition))
     n = mi.data["N"]
     print(f"M2 cost per leapfrog step, {partition}: {n} observations, {mi.data['J_school']} schools, "
-          f"{mi.data['J_cohort']} cohorts; one chain alone, step size 0.001, depth 5 (31 steps) and 1")
-    print(f"{'form':34s} {'ms/step':>8s} {'ns/obs':>7s} {'output ms/draw':>15s}")
+          f"{mi.data['J_cohort']} cohorts; one chain alone, sampling phase after 150 warmup iterations")
+    print(f"{'form':34s} {'ms/step':>8s} {'ns/obs':>7s} {'steps/iteration':>16s}")
     for name, path in FORMS.items():
         compile_pystan(path, progress=QUIET)
-        data = form_data(name, mi)
-        per_iter, n_steps = seconds_per_iteration(path, data, depth=5)
-        per_step = per_iter / n_steps
-        one, _ = seconds_per_iteration(path, data, depth=1)
-        print(f"{name:34s} {1000 * per_step:8.2f} {1e9 * per_step / n:7.0f} {1000 * max(one - per_step, 0):15.2f}", flush=True)
+        inits = models.initial_values(models.MODELS["m2"], mi, 1, 1) if name.startswith("project") else None
+        per_step, per_iter = seconds_per_step(path, form_data(name, mi), inits)
+        print(f"{name:34s} {1000 * per_step:8.2f} {1e9 * per_step / n:7.0f} {per_iter:16.1f}", flush=True)
 
 
 def converge(partition: str) -> None:

@@ -39,14 +39,24 @@ def band_of(mean_n: pl.Expr) -> pl.Expr:
     return pl.when(mean_n <= 25).then(pl.lit(BANDS[0])).when(mean_n <= 100).then(pl.lit(BANDS[1])).otherwise(pl.lit(BANDS[2]))
 
 # ---------------------------------------------------------------- shrinkage
+SHRINKAGE_DEFINITION = (
+    "Shrinkage of a model = |its no-pooling estimate - its posterior mean|, in percentage points, each model "
+    "against its own no-pooling estimate: M1 (binomial) against the pooled proportion sum(y)/sum(n) "
+    "(raw_proportion); M0 (Normal on each observation's proportion, one sigma) against the unweighted mean of the "
+    "school's observed proportions (raw_mean_proportion)."
+)
+
+
 def shrinkage(sample: pl.DataFrame, idata_m0, idata_m1) -> pl.DataFrame:
-    """Per school: raw pooled proportion vs M0 / M1 posterior estimates (proportion scale)."""
+    """Per school: each model's no-pooling estimate vs its posterior mean (proportion scale);
+    see SHRINKAGE_DEFINITION."""
     raw = (
         sample.group_by("school_id")
         .agg(
             pl.len().alias("n_obs"),
             pl.col("n_trials").mean().alias("mean_n"),
             (pl.col("y_success").sum() / pl.col("n_trials").sum()).alias("raw_proportion"),
+            (pl.col("y_success") / pl.col("n_trials")).mean().alias("raw_mean_proportion"),
         )
         .with_columns(band_of(pl.col("mean_n")).alias("band"))
     )
@@ -58,10 +68,11 @@ def shrinkage(sample: pl.DataFrame, idata_m0, idata_m1) -> pl.DataFrame:
     est1 = pl.DataFrame({"school_id": [str(s) for s in p1["school"].values], "m1_estimate": m1})
     out = raw.join(est0, on="school_id", how="left").join(est1, on="school_id", how="left")
     return out.with_columns(
-        (100 * (pl.col("raw_proportion") - pl.col(f"m{k}_estimate")).abs()).alias(f"m{k}_shrinkage_pp") for k in (0, 1)
+        (100 * (pl.col("raw_mean_proportion") - pl.col("m0_estimate")).abs()).alias("m0_shrinkage_pp"),
+        (100 * (pl.col("raw_proportion") - pl.col("m1_estimate")).abs()).alias("m1_shrinkage_pp"),
     ).select(
         "school_id", "n_obs", "mean_n", "band", "raw_proportion", "m0_estimate", "m1_estimate",
-        "m0_shrinkage_pp", "m1_shrinkage_pp",
+        "m0_shrinkage_pp", "m1_shrinkage_pp", "raw_mean_proportion",
     ).sort("school_id")
 
 
@@ -75,6 +86,10 @@ def shrinkage_by_band(table: pl.DataFrame) -> pl.DataFrame:
             pl.col("mean_n").mean().alias("mean_n"),
             pl.col("m0_shrinkage_pp").mean().alias("mean_shrinkage_m0_pp"),
             pl.col("m1_shrinkage_pp").mean().alias("mean_shrinkage_m1_pp"),
+            pl.col("m0_shrinkage_pp").quantile(0.9).alias("p90_shrinkage_m0_pp"),
+            pl.col("m1_shrinkage_pp").quantile(0.9).alias("p90_shrinkage_m1_pp"),
+            pl.col("m0_shrinkage_pp").max().alias("max_shrinkage_m0_pp"),
+            pl.col("m1_shrinkage_pp").max().alias("max_shrinkage_m1_pp"),
         )
         .join(order, on="band")
         .sort("_o")

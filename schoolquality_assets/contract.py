@@ -14,6 +14,8 @@ Decisions:
 
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 
 import polars as pl
@@ -289,3 +291,31 @@ def validate(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     dup_bad = raw.join(dups.filter(pl.col("reason").is_not_null()), on="_row")
     rejected = pl.concat([row_bad, dup_bad.select(row_bad.columns)]).sort("_row")
     return _derive(valid.drop("_row")), rejected.drop("_row")
+
+
+def landing_fingerprint(raw_dir: Path) -> str | None:
+    """SHA-256 over the names and contents of the landing files (None when there are none)."""
+    files = list_landing_files(raw_dir) if Path(raw_dir).exists() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_landing_file(path: Path) -> dict:
+    """Name, size, SHA-256, rows and year range of one landing file (rows/years when readable)."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    info = {"name": path.name, "bytes": path.stat().st_size, "sha256": digest[:16]}
+    try:
+        frame = read_landing_file(path)
+        years = pl.Series(frame["year"]).cast(pl.Int64, strict=False) if "year" in frame.columns else None
+        info |= {"rows": frame.height,
+                 "years": f"{years.min()}-{years.max()}" if years is not None and years.drop_nulls().len() else "?"}
+    except Exception as exc:  # the contract's own errors surface in raw_observations
+        info |= {"rows": None, "years": None, "unreadable": str(exc)[:200]}
+    return info

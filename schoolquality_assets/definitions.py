@@ -13,7 +13,8 @@ from schoolquality_assets.orchestration import (
 )
 from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
 
-ASSETS = [*dg.load_assets_from_modules([ingest, analysis_assets, production, report]), *posteriors.posterior_assets]
+ASSETS = [ingest.landing_files, *dg.load_assets_from_modules([ingest, analysis_assets, production, report]),
+          *posteriors.posterior_assets]
 CHECKS = dg.load_asset_checks_from_modules([ingest])
 
 # Whatever instance runs the code (a fresh DAGSTER_HOME included): at most one Stan step at a

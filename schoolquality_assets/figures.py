@@ -30,7 +30,8 @@ def raw_vs_estimate_png(table: pl.DataFrame) -> bytes:
     for ax, key, title in zip(axes, ("m0", "m1"), ("M0: Normal (ignores n)", "M1: Binomial")):
         for band in BANDS:
             t = table.filter(pl.col("band") == band)
-            ax.scatter(t["raw_proportion"], t[f"{key}_estimate"], s=8, alpha=0.6, color=BAND_COLOURS[band], label=f"n {band}")
+            raw = t["raw_mean_proportion" if key == "m0" else "raw_proportion"]  # each model's no-pooling estimate
+            ax.scatter(raw, t[f"{key}_estimate"], s=8, alpha=0.6, color=BAND_COLOURS[band], label=f"n {band}")
         ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
         ax.set(title=title, xlabel="raw proportion", ylabel="posterior estimate")
     axes[1].legend(title="mean n")

@@ -32,18 +32,30 @@ def _n_draws(idata) -> int:
     return idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
 
 
-def _reff(idata) -> float:
-    """Relative efficiency for PSIS from the mean ESS of the SD hyperparameters.
+def relative_efficiency(ll: np.ndarray) -> tuple[float, int]:
+    """(sum, count) of ESS(exp(log-likelihood)) / draws over units; ll is (chain, draw, unit)."""
+    if ll.shape[0] == 1:
+        return float(ll.shape[2]), ll.shape[2]
+    lik = np.exp(ll - ll.max(axis=(0, 1), keepdims=True))
+    ess = az.ess(az.convert_to_dataset(lik), method="mean")["x"].values / (ll.shape[0] * ll.shape[1])
+    return float(np.nansum(np.clip(ess, 0.01, 1.0))), int(np.isfinite(ess).sum())
 
-    ``az.loo`` averages ESS over *all* posterior variables (tens of thousands for M3); the
-    hyperparameters are the slowest-mixing quantities, so this is cheap and conservative.
-    """
-    post = idata.posterior
-    if post.sizes["chain"] == 1:
-        return 1.0
-    names = [n for n in ("sd_school", "sd_cohort", "sd_profile") if n in post]
-    ess = az.ess(post[names], method="mean")
-    return float(np.clip(np.mean([float(ess[n]) for n in names]) / _n_draws(idata), 0.01, 1.0))
+
+def _reff(idata, chunk: int = 2000) -> float:
+    """Relative efficiency for PSIS: the mean over observations of ESS(exp(log-likelihood)) / draws
+    (as the loo package's relative_eff), from the log-likelihood draws in chunks."""
+    n_obs = idata.constant_data.sizes["obs"]
+    total, count = 0.0, 0
+    for a in range(0, n_obs, chunk):
+        t, c = relative_efficiency(models.log_likelihood(idata, slice(a, min(a + chunk, n_obs))))
+        total, count = total + t, count + c
+    return total / max(count, 1)
+
+
+def k_threshold(draws: int) -> float:
+    """arviz's sample-size dependent Pareto k threshold: min(1 - 1/log10(S), 0.7)."""
+    return float(min(1 - 1 / np.log10(draws), 0.7))
+
 
 def _psis_loo(ll: np.ndarray, reff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ll: (units, S) -> (elpd_i, p_loo_i, pareto_k) with az.psislw (last axis = draws)."""
@@ -53,7 +65,7 @@ def _psis_loo(ll: np.ndarray, reff: float) -> tuple[np.ndarray, np.ndarray, np.n
     return elpd, lppd - elpd, np.asarray(k)
 
 
-def pointwise_loo(idata, max_draws: int | None = 1000, chunk: int = 2000) -> dict:
+def pointwise_loo(idata, max_draws: int | None = None, chunk: int = 2000) -> dict:
     """PSIS-LOO per observation, computing the log-likelihood in chunks of observations."""
     thin = _thin(idata, max_draws)
     reff, S = _reff(thin), _n_draws(thin)
@@ -84,6 +96,8 @@ def _compare(pointwise: dict[str, dict], unit: str, note: str = "") -> pl.DataFr
             "p_loo": float(v["p_loo_i"].sum()), "elpd_diff": elpd[m] - elpd[best],
             "se_diff": None if m == best else float(np.sqrt(n * np.var(diff))),
             "pareto_k_gt_0_7": int((v["pareto_k"] > 0.7).sum()), "pareto_k_share": float((v["pareto_k"] > 0.7).mean()),
+            "k_threshold": k_threshold(v["draws_used"]),
+            "share_k_above_threshold": float((v["pareto_k"] > k_threshold(v["draws_used"])).mean()),
             "draws_used": int(v["draws_used"]), "note": note,
         })
     t = pl.DataFrame(rows).sort("elpd_loo", descending=True)
@@ -97,7 +111,42 @@ def _with_m0_row(table: pl.DataFrame, idatas: dict) -> pl.DataFrame:
     return pl.concat([table, row], how="diagonal_relaxed")
 
 
-def loo_table(idatas: dict, max_draws: int | None = 1000, chunk: int = 2000) -> pl.DataFrame:
+RELIABLE_SHARE = 0.01  # a comparison is reliable when at most 1% of its units exceed the k threshold
+
+
+def comparison(obs: pl.DataFrame, cohort: pl.DataFrame, idatas: dict) -> pl.DataFrame:
+    """Both comparisons in one table, one M0 row at the end. ``reliable`` per row: at most 1% of
+    that model's units exceed the k threshold. The comparison whose two best models are both
+    reliable comes first (it decides the ranking at the top)."""
+    parts = []
+    for t in (obs, cohort):
+        ranked = t.filter(pl.col("rank").is_not_null()).with_columns(
+            reliable=pl.col("share_k_above_threshold") <= RELIABLE_SHARE)
+        top = bool(ranked.filter(pl.col("rank") <= 2)["reliable"].all())
+        parts.append((not top, ranked))
+    table = pl.concat([t for _, t in sorted(parts, key=lambda r: r[0])], how="diagonal_relaxed").drop("note")
+    return _with_m0_row(table, idatas)
+
+
+def loo_finding(table: pl.DataFrame) -> str:
+    """Which comparison to read and why, from the table."""
+    ranked = table.filter(pl.col("rank").is_not_null())
+    parts = []
+    for unit in ranked["unit"].unique(maintain_order=True).to_list():
+        t = ranked.filter(pl.col("unit") == unit).sort("rank")
+        top = t.head(2).rows(named=True)
+        gap = ""
+        if len(top) == 2:
+            gap = f" ahead of {top[1]['model']} by {-top[1]['elpd_diff']:.1f} (SE {top[1]['se_diff']:.1f})"
+        ok = all(r["reliable"] for r in top)
+        shares = ", ".join(f"{r['model']} {100 * r['share_k_above_threshold']:.1f}%" for r in top)
+        verdict = "reliable" if ok else "not reliable"
+        parts.append(f"Leave-one-{unit}-out: {top[0]['model']} best{gap}; {verdict} (share of {unit}s with Pareto k "
+                     f"above the threshold {top[0]['k_threshold']:.2f}: {shares}; limit {100 * RELIABLE_SHARE:.0f}%).")
+    return " ".join(parts) + " " + M0_NOTE + "."
+
+
+def loo_table(idatas: dict, max_draws: int | None = None, chunk: int = 2000) -> pl.DataFrame:
     """PSIS-LOO per observation for the binomial models m1..m3 present, compared."""
     pw = {m: pointwise_loo(idatas[m], max_draws, chunk) for m in ("m1", "m2", "m3") if m in idatas}
     return _with_m0_row(_compare(pw, "observation", M0_NOTE), idatas)
@@ -153,7 +202,7 @@ def _gsum(a: np.ndarray, gid: np.ndarray, G: int) -> np.ndarray:
     return np.add.reduceat(np.broadcast_to(a, (a.shape[0], len(gid))), starts, axis=1)
 
 
-def cohort_log_marginal(idata, groups=None, n_nodes: int = 15, max_draws: int | None = 1000,
+def cohort_log_marginal(idata, groups=None, n_nodes: int = 15, max_draws: int | None = None,
                         chunk: int = 2000) -> tuple[list, np.ndarray, np.ndarray]:
     """(labels, n_obs per group, log p_s(y_c) of shape (S, C)) with the cohort effect integrated out.
 
@@ -193,17 +242,19 @@ def cohort_log_marginal(idata, groups=None, n_nodes: int = 15, max_draws: int | 
     return labels, counts, out
 
 
-def cohort_integrated_loo(idata, n_nodes: int = 15, groups=None, max_draws: int | None = 1000,
+def cohort_integrated_loo(idata, n_nodes: int = 15, groups=None, max_draws: int | None = None,
                           chunk: int = 2000) -> pl.DataFrame:
     """Leave-one-cohort-out PSIS with the cohort effect integrated out (adaptive GH)."""
     labels, counts, logp = cohort_log_marginal(idata, groups, n_nodes, max_draws, chunk)
     thin = _thin(idata, max_draws)
-    elpd, p, k = _psis_loo(logp.T, _reff(thin))
+    C = thin.posterior.sizes["chain"]
+    total, count = relative_efficiency(logp.reshape(C, -1, logp.shape[1]))
+    elpd, p, k = _psis_loo(logp.T, total / max(count, 1))
     return pl.DataFrame({"cohort": [str(x) for x in labels], "n_obs": counts, "elpd": elpd, "p_loo": p,
                          "pareto_k": k, "draws_used": np.full(len(labels), logp.shape[0])})
 
 
-def cohort_loo_table(idatas: dict, groups=None, n_nodes: int = 15, max_draws: int | None = 1000,
+def cohort_loo_table(idatas: dict, groups=None, n_nodes: int = 15, max_draws: int | None = None,
                      chunk: int = 2000) -> pl.DataFrame:
     """Leave-one-cohort-out comparison of m1..m3 (same shape as :func:`loo_table`, unit='cohort')."""
     pw = {}

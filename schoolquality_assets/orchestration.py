@@ -1,11 +1,12 @@
 """Jobs, the annual schedule and the new-results sensor."""
 
 
-import hashlib
-
 import dagster as dg
 
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+
 from schoolquality_assets import contract
+from schoolquality_assets.assets.ingest import landing_observation
 from schoolquality_assets.partitions import FULL, SUBSAMPLE
 from schoolquality_assets.resources import WarehouseResource
 
@@ -67,31 +68,22 @@ annual_comparison_after_failure = dg.run_failure_sensor(
 )(_follow_up)
 
 
-def landing_fingerprint(raw_dir) -> str | None:
-    """SHA-256 over the names and contents of the landing files (None when there are none)."""
-    files = contract.list_landing_files(raw_dir) if raw_dir.exists() else []
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 @dg.sensor(
     jobs=[comparison_job, production_job],
     minimum_interval_seconds=300,
-    description="Launches both jobs once when the landing files' content changes (fingerprint kept in the cursor).",
+    description="Observes landing_files (content fingerprint as its data version, so the UI marks what is stale) "
+    "and launches production_job (full) and comparison_job (subsample) once per new content.",
     default_status=dg.DefaultSensorStatus.STOPPED,
 )
 def new_results_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
-    fingerprint = landing_fingerprint(warehouse.get().raw_dir)
+    fingerprint = contract.landing_fingerprint(warehouse.get().raw_dir)
     if fingerprint is None:
         return dg.SkipReason("no landing files in raw/")
     if fingerprint == context.cursor:
         return dg.SkipReason("landing files unchanged since the last launch")
-    context.update_cursor(fingerprint)
-    return _run_requests(f"landing-{fingerprint[:16]}")
+    version, metadata = landing_observation(warehouse)
+    observation = dg.AssetObservation("landing_files", metadata=metadata, tags={DATA_VERSION_TAG: version})
+    # The run keys carry the fingerprint: Dagster itself never launches the same key twice,
+    # so one content gives one run per job even if the cursor were lost.
+    return dg.SensorResult(run_requests=_run_requests(f"landing-{fingerprint[:16]}"), asset_events=[observation],
+                           cursor=fingerprint)

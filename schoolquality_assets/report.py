@@ -30,14 +30,14 @@ TEXT = {
     "Why the binomial likelihood matters": "M0 treats each observed proportion as a Normal outcome and so shrinks a "
     "school of 15 students as much as a school of 200. M1 uses y_success | trials(n_trials): the number of students "
     "sets how far each school is pulled toward the mean.",
-    "Shrinkage": "Shrinkage (percentage points between the raw proportion and the posterior estimate) by average "
-    "number of students: flat for M0, falling with n for M1.",
+    "Shrinkage": "Shrinkage (percentage points between each model's no-pooling estimate and its posterior "
+    "estimate) by average number of students per observation.",
     "Variance decomposition": "Variances per posterior draw of M3 (and M2), as a share of the total including the "
     "binomial constant pi^2/3, and of the latent (school + cohort + profile) variance; 95% intervals from the joint posterior.",
-    "School SD by model": "The school SD shrinks as cohort and subject-profile effects take their share.",
+    "School SD by model": "Posterior mean and 95% interval of the school SD under M1, M2 and M3.",
     "School random effects": "M3 school effects ranked, with 95% credible intervals; colour is the average number of students.",
     "Model comparison (LOO-CV)": "PSIS-LOO per observation, and leave-one-cohort-out with each cohort effect integrated "
-    "out (adaptive Gauss-Hermite). M0 is excluded: its density on proportions is not comparable with binomial probabilities.",
+    "out (adaptive Gauss-Hermite); the comparison whose Pareto k diagnostics pass comes first.",
     "Stage 1 production model": "M2 on every eligible school; g3_school_quality.parquet holds each school's posterior "
     "mean and SD of the random intercept.",
     "MCMC diagnostics": "R-hat, effective sample sizes, divergences and E-BFMI from arviz; trace plots of the SD hyperparameters.",
@@ -69,6 +69,49 @@ def cell(v) -> str:
     return str(v)
 
 
+def school_sd_finding(table: pl.DataFrame) -> str:
+    """What the school-SD table shows, in words (the page expects the SD to fall from M1 to M3)."""
+    rows = list(table.iter_rows(named=True))
+    if len(rows) < 2:
+        return ""
+    first, last = rows[0], rows[-1]
+    change = last["sd_school"] - first["sd_school"]
+    overlap = last["upper"] >= first["lower"] and first["upper"] >= last["lower"]
+    values = ", ".join(f"{r['model']} {r['sd_school']:.3f} [{r['lower']:.3f}, {r['upper']:.3f}]" for r in rows)
+    if change < 0 and not overlap:
+        verdict = (f"The school SD falls from {first['model']} to {last['model']} ({change:+.3f}): part of what "
+                   f"{first['model']} called persistent school quality is cohort or profile variation, as the page found.")
+    else:
+        verdict = (f"The school SD does not fall clearly from {first['model']} to {last['model']} ({change:+.3f}, "
+                   "95% intervals overlap): these data do not show the decrease the page reports.")
+    return f"{verdict} ({values})"
+
+
+def shrinkage_finding(by_band: pl.DataFrame) -> str:
+    """Whether M1's shrinkage falls with school size and M0's does not, from the band means."""
+    rows = list(by_band.iter_rows(named=True))
+    if len(rows) < 2:
+        return ""
+    m0 = [r["mean_shrinkage_m0_pp"] for r in rows]
+    m1 = [r["mean_shrinkage_m1_pp"] for r in rows]
+    bands = " / ".join(r["band"] for r in rows)
+    text = (f"Mean shrinkage by band ({bands} students): M0 {' / '.join(f'{x:.2f}' for x in m0)} pp, "
+            f"M1 {' / '.join(f'{x:.2f}' for x in m1)} pp. ")
+    m1_falls = all(a > b for a, b in zip(m1, m1[1:]))
+    m0_ratio, m1_ratio = m0[0] / max(m0[-1], 1e-12), m1[0] / max(m1[-1], 1e-12)
+    text += ("M1 shrinks small schools most and large schools least, as the page says. " if m1_falls
+             else "M1's shrinkage does not fall steadily with size here, unlike the page. ")
+    ratios = f"smallest/largest band {m0_ratio:.1f}x for M0 against {m1_ratio:.1f}x for M1"
+    if m0_ratio <= 1.25:
+        text += f"M0's is nearly flat across sizes ({ratios}): it ignores n, as the page says."
+    elif m0_ratio < m1_ratio:
+        text += (f"M0's also falls with size, though less than M1's ({ratios}), so these data do not show the "
+                 "flat M0 shrinkage the page describes.")
+    else:
+        text += f"M0's falls with size as much as M1's ({ratios}), unlike the page."
+    return text
+
+
 def _table(wh: Warehouse, name: str, partition: str) -> pl.DataFrame | None:
     try:
         frame = wh.read_partition(name, partition)
@@ -84,7 +127,8 @@ def build_sections(wh: Warehouse, partition: str) -> dict:
         found = [(t, f) for t in tables if (f := _table(wh, t, partition)) is not None]
         pngs = [(f, p.read_bytes()) for f in figures if (p := wh.figure_path(partition, f)).exists()]
         if found or pngs:
-            sections[name] = {"text": TEXT[name], "tables": found, "figures": pngs}
+            sections[name] = {"text": "\n\n".join(filter(None, [TEXT[name], _finding(name, dict(found))])),
+                              "tables": found, "figures": pngs}
     production = wh.output_path(FULL)
     if partition == FULL and production.exists():
         q = pl.read_parquet(production)
@@ -93,6 +137,17 @@ def build_sections(wh: Warehouse, partition: str) -> dict:
         sections["Stage 1 production model"] = {"text": TEXT["Stage 1 production model"],
                                                 "tables": [("g3_school_quality summary", summary)]}
     return sections
+
+
+def _finding(section: str, tables: dict[str, pl.DataFrame]) -> str:
+    if section == "School SD by model" and "school_sd_by_model" in tables:
+        return school_sd_finding(tables["school_sd_by_model"])
+    if section == "Model comparison (LOO-CV)" and "loo_comparison" in tables:
+        from schoolquality_assets.loo import loo_finding
+        return loo_finding(tables["loo_comparison"])
+    if section == "Shrinkage" and "shrinkage_by_band" in tables:
+        return shrinkage_finding(tables["shrinkage_by_band"])
+    return ""
 
 
 def _environment() -> jinja2.Environment:

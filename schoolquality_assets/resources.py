@@ -13,14 +13,16 @@ from schoolquality_assets.stan_engine import SamplerSettings
 from schoolquality_assets.warehouse import Warehouse
 
 
-def _env_int(name: str, default: int | None) -> int | None:
+def _env(name: str, default, kind=int):
+    """Setting from the environment variable ``name`` (``kind``: int or float), else ``default``."""
     value = os.environ.get(name)
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        return kind(value)
     except ValueError as exc:
-        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from exc
+        raise ValueError(f"environment variable {name} must be {'an integer' if kind is int else 'a number'}, "
+                         f"got {value!r}") from exc
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -35,16 +37,6 @@ class WarehouseResource(dg.ConfigurableResource):
         return Warehouse.from_env(self.root)
 
 
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return float(value)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name} must be a number, got {value!r}") from exc
-
-
 class SamplerResource(dg.ConfigurableResource):
     """Stan sampler settings; defaults from SCHOOLQUALITY_* environment variables (README).
 
@@ -54,19 +46,19 @@ class SamplerResource(dg.ConfigurableResource):
     The ``full`` partition (~28k parameters) has its own warmup (SCHOOLQUALITY_FULL_WARMUP).
     """
 
-    chains: int = _env_int("SCHOOLQUALITY_CHAINS", 4)
-    warmup: int = _env_int("SCHOOLQUALITY_WARMUP", 1000)
-    full_warmup: int | None = _env_int("SCHOOLQUALITY_FULL_WARMUP", 300)
-    draws: int = _env_int("SCHOOLQUALITY_DRAWS", 1000)
-    until_converged: bool = _env_int("SCHOOLQUALITY_UNTIL_CONVERGED", 1) == 1
-    min_draws: int = _env_int("SCHOOLQUALITY_MIN_DRAWS", 100)
-    check_every: int = _env_int("SCHOOLQUALITY_CHECK_EVERY", 100)
-    max_draws: int = _env_int("SCHOOLQUALITY_MAX_DRAWS", 5000)
-    budget_seconds: float = _env_float("SCHOOLQUALITY_BUDGET_SECONDS", 1200.0)
+    chains: int = _env("SCHOOLQUALITY_CHAINS", 4)
+    warmup: int = _env("SCHOOLQUALITY_WARMUP", 1000)
+    full_warmup: int | None = _env("SCHOOLQUALITY_FULL_WARMUP", 300)
+    draws: int = _env("SCHOOLQUALITY_DRAWS", 1000)
+    until_converged: bool = _env("SCHOOLQUALITY_UNTIL_CONVERGED", 1) == 1
+    min_draws: int = _env("SCHOOLQUALITY_MIN_DRAWS", 100)
+    check_every: int = _env("SCHOOLQUALITY_CHECK_EVERY", 100)
+    max_draws: int = _env("SCHOOLQUALITY_MAX_DRAWS", 5000)
+    budget_seconds: float = _env("SCHOOLQUALITY_BUDGET_SECONDS", 1200.0, float)
     # off by default: a seeded rerun samples differently (same posterior, other draws), so the same
     # seed and data would no longer give the same numbers
-    seed_from_previous: bool = _env_int("SCHOOLQUALITY_SEED_FROM_PREVIOUS", 0) == 1
-    seed: int = _env_int("SCHOOLQUALITY_SEED", 20240601)
+    seed_from_previous: bool = _env("SCHOOLQUALITY_SEED_FROM_PREVIOUS", 0) == 1
+    seed: int = _env("SCHOOLQUALITY_SEED", 20240601)
     adapt_delta: float = 0.8
     max_treedepth: int = 10
     engine: str = os.environ.get("SCHOOLQUALITY_ENGINE", "auto")

@@ -102,9 +102,9 @@ class StopRule:
     """Sample until ``judge`` says stop, at checkpoints of kept draws per chain.
 
     ``judge(views, draws, elapsed)`` receives, per chain, the column names and the first
-    ``draws`` rows; it returns a :class:`Verdict`. The first checkpoint is ``min_draws``,
-    then every ``check_every`` draws up to ``max_draws``; the time budget counts from the
-    start of sampling (warmup included).
+    ``draws`` rows; it returns a :class:`Verdict`. The first checkpoint is ``min_draws``, the
+    next ones at least ``check_every`` and about 25% more draws apart, up to ``max_draws``; the
+    time budget counts from the start of sampling (warmup included).
     """
 
     judge: Callable[[dict, int, float], Verdict]
@@ -112,6 +112,13 @@ class StopRule:
     check_every: int = 100
     max_draws: int = 5000
     budget_seconds: float = 1200.0
+    growth: float = 1.25
+
+    def next_checkpoint(self, current: int) -> int:
+        """Checkpoints grow by ``growth`` (in multiples of ``check_every``): a cheap model that
+        needs many draws is judged a few times, not every ``check_every`` draws."""
+        grown = -(-int(current * self.growth) // self.check_every) * self.check_every
+        return max(current + self.check_every, grown)
 
 
 class SamplingError(RuntimeError):
@@ -256,12 +263,13 @@ def _watch(procs, tables, capacity, stop, messages, progress, start):
             verdict = stop.judge({i: t.view(checkpoint) for i, t in enumerate(tables)}, checkpoint,
                                  time.monotonic() - start)
             progress(f"checkpoint {checkpoint} draws per chain: {verdict.status}")
+            last = checkpoint
             if verdict.final or checkpoint >= capacity:
                 return checkpoint, verdict, warmup
-            checkpoint += stop.check_every
+            checkpoint = stop.next_checkpoint(checkpoint)
             continue
         if stop is not None and time.monotonic() - start > stop.budget_seconds:
-            done = max(checkpoint - stop.check_every, 0) if verdict else 0
+            done = last if verdict else 0
             status = (f"time budget of {stop.budget_seconds:.0f} s ran out at {rows} draws per chain"
                       + (f"; last checkpoint ({done} draws): {verdict.status}" if verdict else ""))
             return done, Verdict(passed=False, final=True, status=status), warmup

@@ -143,12 +143,20 @@ class Warehouse:
 
     def read_table(self, name: str) -> pl.DataFrame:
         with self.connect(read_only=True) as con:
-            return pl.from_arrow(con.execute(f'SELECT * FROM "{_identifier(name)}"').to_arrow_table())
+            return pl.from_arrow(con.sql(f'SELECT * FROM "{_identifier(name)}"').to_arrow_table())
 
     def read_partition(self, name: str, partition: str) -> pl.DataFrame:
         with self.connect(read_only=True) as con:
             sql = f'SELECT * FROM "{_identifier(name)}" WHERE partition = ?'
-            return pl.from_arrow(con.execute(sql, [partition]).to_arrow_table()).drop("partition")
+            return pl.from_arrow(con.sql(sql, params=[partition]).to_arrow_table()).drop("partition")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -182,7 +190,9 @@ def atomic_path(target: Path):
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are for other readers
+        _fsync(tmp_path)                        # the bytes are on disk before the name points at them
         os.replace(tmp_path, target)
+        _fsync(target.parent)                   # and the rename itself survives a crash
     except OSError as exc:
         raise WarehouseError(f"cannot write {target}: {exc.strerror}") from exc
     finally:

@@ -1,3 +1,4 @@
+import dagster as dg
 import polars as pl
 import pytest
 
@@ -17,3 +18,19 @@ def province_sample(province: synthetic.Province) -> pl.DataFrame:
 def small_province():
     province = synthetic.generate_province(seed=7, n_schools=160)
     return province, province_sample(province)
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    """Every step failure's error message (and causes, and a Failure's description)."""
+    parts = []
+    for event in result.all_events:
+        if not event.is_step_failure:
+            continue
+        data = event.step_failure_data
+        error = data.error
+        while error is not None:
+            parts.append(error.message)
+            error = error.cause
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            parts.append(data.user_failure_data.description)
+    return "\n".join(parts)

@@ -319,3 +319,43 @@ def test_report_html():
     assert cells[5] == "" and cells[2] == "3"
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', out)
     assert len(imgs) == 8 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
+
+
+# ---------------------------------------------------------------- findings follow the numbers
+def test_school_sd_finding_says_when_the_sd_does_not_fall():
+    flat = pl.DataFrame({"model": ["M1", "M2", "M3"], "sd_school": [0.615, 0.616, 0.615],
+                         "lower": [0.59, 0.59, 0.59], "upper": [0.64, 0.64, 0.64]})
+    text = report.school_sd_finding(flat)
+    assert "does not fall" in text and "do not show the decrease" in text
+    falling = flat.with_columns(sd_school=pl.Series([0.75, 0.62, 0.61]), lower=pl.Series([0.72, 0.60, 0.59]),
+                                upper=pl.Series([0.78, 0.64, 0.63]))
+    assert report.school_sd_finding(falling).startswith("The school SD falls from M1 to M3")
+
+
+def test_shrinkage_finding_follows_the_band_means():
+    by_band = pl.DataFrame({"band": list(an.BANDS), "mean_shrinkage_m0_pp": [0.98, 0.62, 0.48],
+                            "mean_shrinkage_m1_pp": [0.38, 0.13, 0.04]})
+    text = report.shrinkage_finding(by_band)
+    assert "M1 shrinks small schools most" in text
+    assert "M0's also falls with size" in text and "ignores n" not in text   # 0.98 -> 0.48 is not flat
+    flat_m0 = by_band.with_columns(mean_shrinkage_m0_pp=pl.Series([0.50, 0.46, 0.43]))
+    assert "it ignores n" in report.shrinkage_finding(flat_m0)
+
+
+def test_loo_comparison_leads_with_the_reliable_unit(posteriors, sim):
+    sample, _ = sim
+    obs = loo.loo_table(posteriors, chunk=100)
+    cohort = loo.cohort_loo_table(posteriors, groups=loo.cohort_groups(sample))
+    # make the observation-level comparison unreliable and the cohort one reliable
+    obs = obs.with_columns(share_k_above_threshold=pl.lit(0.03))
+    cohort = cohort.with_columns(share_k_above_threshold=pl.lit(0.0))
+    table = loo.comparison(obs, cohort, posteriors | {"m0": None})
+    ranked = table.filter(pl.col("rank").is_not_null())
+    assert ranked["unit"][0] == "cohort" and ranked["reliable"][0] is True
+    assert ranked.filter(pl.col("unit") == "observation")["reliable"].to_list() == [False, False]
+    assert table.filter(pl.col("model") == "M0").height == 1
+    text = loo.loo_finding(table)
+    assert text.index("Leave-one-cohort-out") < text.index("Leave-one-observation-out")
+    assert "observation-out: M2 best" in text and "not reliable (share of observations" in text and "M2 3.0%" in text
+    assert loo.k_threshold(4000) == pytest.approx(min(1 - 1 / np.log10(4000), 0.7))
+    assert loo.k_threshold(100) == pytest.approx(0.5)

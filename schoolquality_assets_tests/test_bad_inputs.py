@@ -24,6 +24,8 @@ from schoolquality_assets.definitions import ASSETS, CHECKS
 from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
 from schoolquality_assets.warehouse import Warehouse
 
+from .conftest import failure_text
+
 CORPUS = Path(__file__).parent / "fixtures" / "bad_inputs"
 EXPECTED = json.loads((CORPUS / "expected.json").read_text())
 INGEST = ("raw_observations", "rejected_observations", "cleaned_observations")
@@ -47,22 +49,6 @@ def _materialize(root: Path, assets=INGEST, partition_key: str | None = None, **
         partition_key=partition_key,
         raise_on_error=False,
     )
-
-
-def _failure_text(result: dg.ExecuteInProcessResult) -> str:
-    """Every step failure's error message (and causes, and a Failure's description)."""
-    parts = []
-    for event in result.all_events:
-        if not event.is_step_failure:
-            continue
-        data = event.step_failure_data
-        error = data.error
-        while error is not None:
-            parts.append(error.message)
-            error = error.cause
-        if data.user_failure_data is not None and data.user_failure_data.description:
-            parts.append(data.user_failure_data.description)
-    return "\n".join(parts)
 
 
 def _tables(root: Path) -> set[str]:
@@ -115,7 +101,7 @@ def test_bad_input(tmp_path, name):
         assert not result.success
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         assert failed == ["raw_observations"], failed
-        message = _failure_text(result)
+        message = failure_text(result)
         for fragment in case["message_contains"]:
             assert fragment in message, f"{fragment!r} not in failure message:\n{message}"
         assert wh.read_table("raw_observations").equals(SENTINEL), "raw_observations changed by a refused file"
@@ -124,7 +110,7 @@ def test_bad_input(tmp_path, name):
         return
 
     result = _materialize(tmp_path)
-    assert result.success, _failure_text(result)
+    assert result.success, failure_text(result)
     wh = Warehouse.from_env(tmp_path)
     raw = wh.read_table("raw_observations")
     valid = wh.read_table("valid_observations")
@@ -161,7 +147,7 @@ def test_rerun_is_idempotent(tmp_path):
     def run_both_partitions():
         for partition in ("full", "subsample"):
             result = _materialize(tmp_path, selection, partition_key=partition, subsample_size=10)
-            assert result.success, _failure_text(result)
+            assert result.success, failure_text(result)
 
     run_both_partitions()
     first = _snapshot(tmp_path)
@@ -200,7 +186,7 @@ def test_unwritable_warehouse_root_fails_with_path(tmp_path):
         if os.geteuid() != 0:
             blocker.chmod(0o755)
     assert not result.success
-    message = _failure_text(result)
+    message = failure_text(result)
     assert "WarehouseError" in message, message
     assert str(root / "raw") in message, message
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "nothing partial written"
@@ -214,7 +200,7 @@ def test_unopenable_database_fails_with_path(tmp_path):
     database.mkdir()  # a folder where the DuckDB file should be: works even as root
     result = _materialize(tmp_path)
     assert not result.success
-    message = _failure_text(result)
+    message = failure_text(result)
     assert "WarehouseError" in message and str(database) in message, message
     assert list(database.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", database.name], "no partial table/file"
@@ -234,7 +220,7 @@ def test_symlink_outside_raw_is_refused(tmp_path):
     Warehouse.from_env(tmp_path).write_table("raw_observations", SENTINEL)
     result = _materialize(tmp_path)
     assert not result.success
-    message = _failure_text(result)
+    message = failure_text(result)
     assert "link.csv" in message and "outside the raw folder" in message, message
     assert Warehouse.from_env(tmp_path).read_table("raw_observations").equals(SENTINEL)
 
@@ -247,7 +233,7 @@ def test_odd_file_names_load_normally(tmp_path):
         (raw_dir / name).write_text(f"{HEADER}\nS00{i}1,2015,math,20,18,10\nS00{i}2,2015,math,30,28,15\n")
     (raw_dir / names[2]).write_text(f"{HEADER}\nS0091,2015,math,20,18,10\n")  # hidden (leading dot): skipped
     result = _materialize(tmp_path)
-    assert result.success, _failure_text(result)
+    assert result.success, failure_text(result)
     wh = Warehouse.from_env(tmp_path)
     raw = wh.read_table("raw_observations")
     assert raw.height == 4

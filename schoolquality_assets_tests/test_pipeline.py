@@ -13,6 +13,8 @@ from schoolquality_assets.definitions import ASSETS, CHECKS
 from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
 from schoolquality_assets.warehouse import Warehouse
 
+from .conftest import failure_text
+
 pytestmark = pytest.mark.stan
 
 
@@ -79,7 +81,7 @@ def test_budget_too_short_fails_cleanly_and_blocks_production(small_province):
     target = dg.AssetSelection.assets("posterior_m2", "g3_school_quality")
     result = dg.materialize(_assets(), resources=res, partition_key="subsample", selection=target, raise_on_error=False)
     assert not result.success
-    failure = _failure_text(result)
+    failure = failure_text(result)
     assert "time budget of 3 s ran out" in failure
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert not materialized
@@ -96,23 +98,9 @@ def test_budget_too_short_fails_cleanly_and_blocks_production(small_province):
         alone = dg.materialize(_assets(), resources=_resources(small_province), partition_key="subsample",
                                selection=dg.AssetSelection.assets(asset), raise_on_error=False)
         assert not alone.success
-        text = _failure_text(alone)
+        text = failure_text(alone)
         assert "failed its convergence gate" in text and "posterior_m2.FAILED.nc" in text, text
     assert [f.read_bytes() for f in files] == before
-
-
-def _failure_text(result) -> str:
-    parts = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            data = event.step_failure_data
-            error = data.error
-            while error is not None:
-                parts.append(error.message)
-                error = error.cause
-            if data.user_failure_data is not None and data.user_failure_data.description:
-                parts.append(data.user_failure_data.description)
-    return "\n".join(parts)
 
 
 def _report_cells(html: str, table: str) -> list[str]:

@@ -39,7 +39,7 @@ ASSETS = {
     "posterior_m0", "posterior_m1", "posterior_m2", "posterior_m3", "shrinkage", "variance_components",
     "school_sd_by_model", "school_random_effects", "loo_comparison", "mcmc_diagnostics",
     "frequentist_comparison", "report", "g3_school_quality",
-    "synthetic_truth", "valid_observations", "filtered_observations",
+    "synthetic_truth", "valid_observations", "filtered_observations", "landing_files",
 }
 CHECKS = {
     ("cleaned_observations", "participation_at_least_half"),

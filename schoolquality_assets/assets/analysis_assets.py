@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 
 from schoolquality_assets import analyses, diagnostics, figures, loo, models
-from schoolquality_assets.assets.common import OWNER, image_md, load_posterior, markdown, table_metadata
+from schoolquality_assets.assets.common import OWNER, image_md, load_posterior, markdown, rounded, table_metadata
 from schoolquality_assets.partitions import sample_partitions
 from schoolquality_assets.resources import WarehouseResource
 from schoolquality_assets.warehouse import Warehouse, atomic_path
@@ -14,6 +14,14 @@ ANALYSIS_ASSET = dict(partitions_def=sample_partitions, group_name="analyses", o
 
 def _posteriors(wh: Warehouse, partition: str, keys) -> dict:
     return {k: load_posterior(wh, k, partition) for k in keys}
+
+
+def _sources(p: dict, partition: str) -> dict:
+    """Which posteriors a table came from: model, partition, the run that fitted it, draws."""
+    return {"posteriors": dg.MetadataValue.json({
+        k.upper(): {"partition": partition, "run_id": str(v.attrs.get("run_id", "")),
+                    "draws": int(v.posterior.sizes["chain"] * v.posterior.sizes["draw"]),
+                    "stop_status": str(v.attrs.get("stop_status", ""))} for k, v in p.items()})}
 
 
 def _publish(context, wh: Warehouse, table: str, frame: pl.DataFrame, pngs: dict[str, bytes], **extra) -> dg.MaterializeResult:
@@ -38,7 +46,7 @@ def shrinkage(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -
     return _publish(context, wh, "shrinkage", table,
                     {"shrinkage_raw_vs_estimate": figures.raw_vs_estimate_png(table),
                      "shrinkage_vs_n": figures.shrinkage_vs_n_png(table)},
-                    by_band=dg.MetadataValue.md(markdown(by_band)))
+                    by_band=dg.MetadataValue.md(markdown(by_band)), definition=analyses.SHRINKAGE_DEFINITION)
 
 
 @dg.asset(deps=["posterior_m2", "posterior_m3"], description="Variance decomposition per posterior draw (full with pi^2/3, and latent), M3 and M2.", **ANALYSIS_ASSET)
@@ -47,28 +55,33 @@ def variance_components(context: dg.AssetExecutionContext, warehouse: WarehouseR
     p = _posteriors(wh, context.partition_key, ("m2", "m3"))
     table = pl.concat([analyses.variance_components(p[k]).with_columns(model=pl.lit(k.upper())) for k in ("m3", "m2")])
     m3 = table.filter(pl.col("model") == "M3")
-    return _publish(context, wh, "variance_components", table, {}, page_tables=dg.MetadataValue.md(analyses.variance_markdown(m3)))
+    return _publish(context, wh, "variance_components", table, {}, page_tables=dg.MetadataValue.md(analyses.variance_markdown(m3)),
+                    **_sources(p, context.partition_key))
 
 
 @dg.asset(deps=["posterior_m1", "posterior_m2", "posterior_m3"], description="School SD (mean, 95% interval) under M1, M2, M3.", **ANALYSIS_ASSET)
 def school_sd_by_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
     keys = [k for k in ("m1", "m2", "m3") if wh.posterior_path(k, context.partition_key).exists()]
-    table = analyses.school_sd_by_model(_posteriors(wh, context.partition_key, keys))
-    return _publish(context, wh, "school_sd_by_model", table, {"school_sd_by_model": figures.school_sd_png(table)})
+    p = _posteriors(wh, context.partition_key, keys)
+    table = analyses.school_sd_by_model(p)
+    return _publish(context, wh, "school_sd_by_model", table, {"school_sd_by_model": figures.school_sd_png(table)},
+                    **_sources(p, context.partition_key))
 
 
 @dg.asset(deps=["posterior_m3", "eligible_schools"], description="M3 school effects, ranked, with 95% intervals (caterpillar).", **ANALYSIS_ASSET)
 def school_random_effects(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
-    table = analyses.school_random_effects(_posteriors(wh, context.partition_key, ("m3",))["m3"], wh.read_table("eligible_schools"))
-    return _publish(context, wh, "school_random_effects", table, {"school_effects_caterpillar": figures.caterpillar_png(table)})
+    p = _posteriors(wh, context.partition_key, ("m3",))
+    table = analyses.school_random_effects(p["m3"], wh.read_table("eligible_schools"))
+    return _publish(context, wh, "school_random_effects", table, {"school_effects_caterpillar": figures.caterpillar_png(table)},
+                    **_sources(p, context.partition_key))
 
 
 @dg.asset(deps=["posterior_m1", "posterior_m2", "posterior_m3", "analysis_sample"],
           description="PSIS-LOO (per observation) and integrated leave-one-cohort-out comparison of M1-M3 (M0 excluded).",
           check_specs=[dg.AssetCheckSpec("pareto_k_share", asset="loo_comparison",
-                                         description="At most 1% of observation-level Pareto k above 0.7 (WARN)")],
+                                         description="At most 1% of observation-level Pareto k above arviz's sample-size threshold (WARN)")],
           **ANALYSIS_ASSET)
 def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     wh = warehouse.get()
@@ -76,14 +89,15 @@ def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     sample = wh.read_partition("analysis_sample", context.partition_key).sort("school_id", "year", "subject")
     obs = loo.loo_table(p)
     cohort = loo.cohort_loo_table(p, groups=loo.cohort_groups(sample))
-    table = pl.concat([obs, cohort], how="diagonal_relaxed")
-    result = _publish(context, wh, "loo_comparison", table, {})
-    worst = float(obs.filter(pl.col("model") != "M0")["pareto_k_share"].max())
+    table = loo.comparison(obs, cohort, p | {"m0": None})
+    result = _publish(context, wh, "loo_comparison", table, {}, finding=loo.loo_finding(table),
+                      **_sources(p, context.partition_key))
+    worst = float(obs.filter(pl.col("model") != "M0")["share_k_above_threshold"].max())
     yield result
     yield dg.AssetCheckResult(
-        check_name="pareto_k_share", passed=worst <= 0.01, severity=dg.AssetCheckSeverity.WARN,
-        metadata={"max_share_k_gt_0_7": worst, "threshold": 0.01,
-                  "reliable_estimate": "see the unit='cohort' rows (cohort effects integrated out)"},
+        check_name="pareto_k_share", passed=worst <= loo.RELIABLE_SHARE, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"max_share_k_above_threshold": rounded(worst), "threshold": loo.RELIABLE_SHARE,
+                  "k_threshold": rounded(float(obs["k_threshold"].max())), "finding": loo.loo_finding(table)},
     )
 
 

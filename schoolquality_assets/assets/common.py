@@ -8,6 +8,7 @@ import dagster as dg
 import polars as pl
 
 from schoolquality_assets import models
+from schoolquality_assets.columns import DESCRIPTIONS
 from schoolquality_assets.warehouse import Warehouse
 
 OWNER = "team:education-data"
@@ -19,9 +20,10 @@ _DAGSTER_TYPES = {
 
 
 def table_metadata(frame: pl.DataFrame, preview_rows: int = 5) -> dict:
-    schema = dg.TableSchema(
-        columns=[dg.TableColumn(name, _DAGSTER_TYPES.get(dtype, str(dtype))) for name, dtype in frame.schema.items()]
-    )
+    schema = dg.TableSchema(columns=[
+        dg.TableColumn(name, _DAGSTER_TYPES.get(dtype, str(dtype)), description=DESCRIPTIONS.get(name))
+        for name, dtype in frame.schema.items()
+    ])
     return {
         "dagster/row_count": frame.height,
         "dagster/column_schema": schema,
@@ -51,3 +53,10 @@ def load_posterior(wh: Warehouse, key: str, partition: str):
         return models.load_passed_posterior(wh.posterior_path(key, partition), wh.failed_posterior_path(key, partition))
     except models.PosteriorRefused as exc:
         raise dg.Failure(description=f"posterior_{key}[{partition}]: {exc}") from exc
+
+
+def rounded(value, digits: int = 4):
+    """A float for display in the UI (4 significant digits); tables keep full precision."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    return value

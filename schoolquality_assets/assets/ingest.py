@@ -6,6 +6,7 @@ cleaned + filtered), so every table appears in the asset graph and its lineage.
 
 
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 import polars as pl
 
 from schoolquality_assets import contract, filters, synthetic
@@ -38,15 +39,40 @@ def _landing(warehouse: WarehouseResource) -> tuple[pl.DataFrame, str, list[str]
     return frame, f"synthetic province (seed {warehouse.synthetic_seed})", [], truth
 
 
+def landing_observation(warehouse: WarehouseResource) -> tuple[str, dict]:
+    """Data version (content fingerprint) and per-file metadata of the landing folder."""
+    wh = warehouse.get()
+    fingerprint = contract.landing_fingerprint(wh.raw_dir)
+    if fingerprint is None:  # the synthetic province stands in; its seed is its version
+        return f"synthetic-province-seed-{warehouse.synthetic_seed}", {"source": "synthetic province (raw/ is empty)"}
+    files = [contract.describe_landing_file(p) for p in contract.list_landing_files(wh.raw_dir)]
+    return fingerprint, {
+        "source": f"landing files ({len(files)})", "fingerprint": fingerprint, "folder": dg.MetadataValue.path(str(wh.raw_dir)),
+        "files": dg.MetadataValue.md(markdown(pl.DataFrame(files, infer_schema_length=None))),
+    }
+
+
+# An external asset: Dagster does not produce it; new_results_sensor and raw_observations record
+# observations of it whose data version is the content fingerprint.
+landing_files = dg.AssetSpec(
+    "landing_files", group_name="ingest", owners=[OWNER], kinds={"csv", "parquet"},
+    description="The landing folder warehouse/raw/ (CSV/Parquet files of the landing contract). Its data version "
+    "is a SHA-256 over file names and contents, so raw_observations shows as stale when new results land.",
+)
+
+
 @dg.multi_asset(
     name="raw_observations",
     specs=[
-        dg.AssetSpec("raw_observations", description="Every landing row, as text, with its source file and row number.", **INGEST),
+        dg.AssetSpec("raw_observations", deps=["landing_files"],
+                     description="Every landing row, as text, with its source file and row number.", **INGEST),
         dg.AssetSpec("synthetic_truth", skippable=True, description="True parameters of the synthetic province "
                      "(written only when raw/ is empty and the synthetic province stands in).", **INGEST),
     ],
 )
 def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    version, landing_metadata = landing_observation(warehouse)
+    context.log_event(dg.AssetObservation("landing_files", metadata=landing_metadata, tags={DATA_VERSION_TAG: version}))
     try:
         frame, source, files, truth = _landing(warehouse)
     except contract.LandingFileError as exc:

@@ -5,7 +5,7 @@ import time
 import dagster as dg
 
 from schoolquality_assets import diagnostics, figures, models
-from schoolquality_assets.assets.common import OWNER, image_md
+from schoolquality_assets.assets.common import OWNER, image_md, rounded
 from schoolquality_assets.assets.ingest import analysis_sample
 from schoolquality_assets.partitions import sample_partitions
 from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
@@ -22,7 +22,7 @@ def check_results(outcomes: list[diagnostics.CheckOutcome], limits: ConvergenceR
         dg.AssetCheckResult(
             asset_key=asset_key, check_name=o.name, passed=o.passed,
             severity=dg.AssetCheckSeverity.ERROR if o.blocking else dg.AssetCheckSeverity.WARN,
-            metadata=o.metadata | {"all_thresholds": thresholds},
+            metadata={k: rounded(v) for k, v in o.metadata.items()} | {"all_thresholds": thresholds},
         )
         for o in outcomes
     ]
@@ -102,13 +102,13 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
                 "compile_seconds": round(float(idata.attrs["compile_seconds"]), 1),
                 "observations": sample.height,
                 "schools": sample["school_id"].n_unique(),
-                "max_rhat": summary["max_rhat"],
-                "min_ess_bulk": summary["min_ess_bulk"],
-                "min_ess_tail": summary["min_ess_tail"],
-                "min_ess_bulk_sd": summary["min_ess_bulk_sd"],
-                "min_ess_tail_sd": summary["min_ess_tail_sd"],
+                "max_rhat": rounded(summary["max_rhat"]),
+                "min_ess_bulk": rounded(summary["min_ess_bulk"]),
+                "min_ess_tail": rounded(summary["min_ess_tail"]),
+                "min_ess_bulk_sd": rounded(summary["min_ess_bulk_sd"]),
+                "min_ess_tail_sd": rounded(summary["min_ess_tail_sd"]),
                 "divergences": summary["divergences"],
-                "min_bfmi": summary["min_bfmi"],
+                "min_bfmi": rounded(summary["min_bfmi"]),
                 "max_treedepth_hits": summary["max_treedepth_hits"],
                 "trace_plot": image_md(trace, f"{name} SD hyperparameters"),
             },

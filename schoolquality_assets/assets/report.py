@@ -3,7 +3,7 @@
 import dagster as dg
 
 from schoolquality_assets import report as report_html
-from schoolquality_assets.assets.common import OWNER
+from schoolquality_assets.assets.common import OWNER, image_md, markdown
 from schoolquality_assets.models import MODELS
 from schoolquality_assets.partitions import sample_partitions
 from schoolquality_assets.resources import WarehouseResource
@@ -33,4 +33,35 @@ def report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> d
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(path)),
         "sections": dg.MetadataValue.json(list(sections)),
+        "summary": dg.MetadataValue.md(_summary(sections)),
+        **{f"figure: {name}": image_md(png, name) for name, png in _key_figures(sections)},
     })
+
+
+SUMMARY_TABLES = {  # table -> columns shown in the UI summary
+    "variance_components": ["model", "component", "pct_latent", "pct_latent_lower", "pct_latent_upper"],
+    "school_sd_by_model": ["model", "sd_school", "lower", "upper"],
+    "loo_comparison": ["model", "unit", "elpd_diff", "se_diff", "pareto_k_gt_0_7"],
+    "mcmc_diagnostics": ["model", "max_rhat", "min_ess_bulk", "min_ess_tail", "divergences", "min_bfmi"],
+    "shrinkage_by_band": ["band", "schools", "mean_shrinkage_m0_pp", "mean_shrinkage_m1_pp", "max_shrinkage_m1_pp"],
+}
+
+
+def _summary(sections: dict) -> str:
+    """The report's findings and headline tables, for the asset page in the UI."""
+    parts = []
+    for name, section in sections.items():
+        tables = dict(section.get("tables", []))
+        shown = [(t, tables[t]) for t in SUMMARY_TABLES if t in tables]
+        if not shown:
+            continue
+        parts.append(f"### {name}\n\n" + section.get("text", "").split("\n\n", 1)[-1])
+        for t, frame in shown:
+            cols = [c for c in SUMMARY_TABLES[t] if c in frame.columns]
+            parts.append(markdown(frame.select(cols), digits=3))
+    return "\n\n".join(parts) or "(no tables yet)"
+
+
+def _key_figures(sections: dict) -> list[tuple[str, bytes]]:
+    wanted = ("shrinkage_vs_n", "school_effects_caterpillar", "school_sd_by_model")
+    return [(n, png) for s in sections.values() for n, png in s.get("figures", []) if n in wanted]

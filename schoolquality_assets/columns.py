@@ -1,0 +1,81 @@
+"""What every column of every table means: units, scale (logit or proportion) and direction.
+Shown as column descriptions in the Dagster UI (``dagster/column_schema``)."""
+
+COLUMNS = {
+    # landing contract and ingest
+    "school_id": "School identifier (text, as delivered).",
+    "year": "Assessment year.",
+    "subject": "reading, writing or math (lower case).",
+    "n_eligible": "Grade 3 students eligible for the assessment.",
+    "n_participating": "Students who took part.",
+    "n_l3l4": "Students at level 3 or 4 (meeting the standard).",
+    "n_trials": "Binomial trials = n_participating.",
+    "y_success": "Binomial successes = n_l3l4.",
+    "participation": "n_participating / n_eligible (proportion, 0-1).",
+    "source_file": "Landing file the row came from (or the synthetic province).",
+    "source_row": "Row number within its landing file (1 = first data row).",
+    "reason": "Why the row was rejected or filtered (reason code, see README).",
+    "detail": "Every per-row problem found, in words.",
+    "year_subject": "Fixed-effect cell: year and subject, e.g. 2015_math.",
+    "school_year_id": "Cohort key: school and year.",
+    "school_subject_id": "Subject-profile key: school and subject.",
+    "partition": "Model partition the row belongs to: full or subsample.",
+    # eligible_schools / g3_school_quality
+    "n_obs": "Observations (year x subject) of the school after filtering.",
+    "n_obs_high_participation": "Observations with participation >= 0.70.",
+    "mean_n_trials": "Average participating students per observation.",
+    "total_n_trials": "Participating students summed over observations.",
+    "g3_school_re": "Posterior mean of the school random intercept r_school in M2 (logit scale; > 0 = above the "
+                    "province at the same year and subject).",
+    "g3_re_sd": "Posterior SD of that intercept (logit scale): its measurement error for Stage 2.",
+    "g3_re_lower_95": "2.5% posterior quantile of the intercept (logit).",
+    "g3_re_upper_95": "97.5% posterior quantile of the intercept (logit).",
+    "data_vintage": "Latest year in the cleaned data.",
+    # shrinkage
+    "mean_n": "Average participating students per observation.",
+    "band": "School size band by mean_n: <=25, 26-100, >100 students.",
+    "raw_proportion": "Pooled proportion sum(y)/sum(n): M1's no-pooling estimate (proportion, 0-1).",
+    "raw_mean_proportion": "Unweighted mean of the school's observed proportions: M0's no-pooling estimate (0-1).",
+    "m0_estimate": "M0 posterior mean of the school's proportion (0-1).",
+    "m1_estimate": "M1 posterior mean of the school's proportion, inverse logit (0-1).",
+    "m0_shrinkage_pp": "|raw_mean_proportion - m0_estimate| in percentage points.",
+    "m1_shrinkage_pp": "|raw_proportion - m1_estimate| in percentage points.",
+    # variance, school SD, school effects
+    "component": "Variance component (logit scale).",
+    "variance": "Posterior mean variance on the logit scale (observation: pi^2/3, fixed).",
+    "pct_total": "Share of the total variance including pi^2/3, in percent.",
+    "pct_latent": "Share of the latent variance (school + cohort + profile), in percent.",
+    "model": "Model: M0-M3.",
+    "description": "What the model contains.",
+    "sd_school": "Posterior mean school SD (logit scale).",
+    "lower": "2.5% posterior quantile (same scale as the estimate).",
+    "upper": "97.5% posterior quantile (same scale as the estimate).",
+    "mean": "Posterior mean of r_school, M3 (logit scale; > 0 = above average).",
+    "sd": "Posterior SD of r_school (logit scale).",
+    "rank": "Rank of the posterior mean: 1 = lowest school effect.",
+    # LOO and diagnostics
+    "unit": "What is left out: one observation, or one cohort with its effect integrated out.",
+    "elpd_loo": "Expected log predictive density (higher is better).",
+    "elpd_diff": "Difference to the best model (0 for the best; negative = worse).",
+    "se_diff": "Standard error of elpd_diff.",
+    "pareto_k_gt_0_7": "Units whose PSIS Pareto k exceeds 0.7 (unreliable importance weights).",
+    "max_rhat": "Largest rank-normalised split R-hat over the gated quantities (<= 1.01 passes).",
+    "min_ess_bulk": "Smallest bulk ESS over the gated quantities (>= 400 passes).",
+    "min_ess_tail": "Smallest tail ESS over the gated quantities (>= 400 passes).",
+    "divergences": "Divergent transitions after warmup (0 passes).",
+    "min_bfmi": "Smallest E-BFMI over chains (>= 0.3 is fine).",
+}
+
+
+def _with_stats() -> dict:
+    out = dict(COLUMNS)
+    for base in ("variance", "pct_total", "pct_latent"):
+        out[f"{base}_lower"] = f"2.5% posterior quantile of {base}."
+        out[f"{base}_upper"] = f"97.5% posterior quantile of {base}."
+    for m in ("m0", "m1"):
+        for stat, word in (("mean", "Mean"), ("p90", "90th percentile of"), ("max", "Largest")):
+            out[f"{stat}_shrinkage_{m}_pp"] = f"{word} {m.upper()} shrinkage in the band, percentage points."
+    return out
+
+
+DESCRIPTIONS = _with_stats()
