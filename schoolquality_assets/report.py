@@ -16,6 +16,7 @@ from schoolquality_assets.partitions import FULL
 from schoolquality_assets.warehouse import Warehouse
 
 SECTIONS = (
+    "Key findings",
     "Why the binomial likelihood matters",
     "Shrinkage",
     "Variance decomposition",
@@ -129,6 +130,17 @@ def build_sections(wh: Warehouse, partition: str) -> dict:
         if found or pngs:
             sections[name] = {"text": "\n\n".join(filter(None, [TEXT[name], _finding(name, dict(found))])),
                               "tables": found, "figures": pngs}
+    findings = [_finding(name, dict(sections[name].get("tables", []))) for name in CONTENT if name in sections]
+    variance = _table(wh, "variance_components", partition)
+    sample = _table(wh, "analysis_sample", partition)
+    lead = []
+    if sample is not None:
+        lead.append(f"{sample['school_id'].n_unique():,} schools, {sample.height:,} observations "
+                    f"({sample['year'].min()}-{sample['year'].max()}; data vintage {sample['year'].max()}).")
+    if variance is not None:
+        lead.append(variance_finding(variance))
+    if any(findings) or lead:
+        sections["Key findings"] = {"text": "\n\n".join(filter(None, lead + findings))}
     production = wh.output_path(FULL)
     if partition == FULL and production.exists():
         q = pl.read_parquet(production)
@@ -137,6 +149,15 @@ def build_sections(wh: Warehouse, partition: str) -> dict:
         sections["Stage 1 production model"] = {"text": TEXT["Stage 1 production model"],
                                                 "tables": [("g3_school_quality summary", summary)]}
     return sections
+
+
+def variance_finding(table: pl.DataFrame) -> str:
+    """The latent variance shares of the fullest model in the table, with 95% intervals."""
+    model = "M3" if "M3" in table["model"].to_list() else table["model"][0]
+    rows = table.filter((pl.col("model") == model) & pl.col("pct_latent").is_not_null()).iter_rows(named=True)
+    shares = "; ".join(f"{r['component']} {r['pct_latent']:.1f}% [{r['pct_latent_lower']:.1f}%, {r['pct_latent_upper']:.1f}%]"
+                       for r in rows)
+    return f"Latent variance ({model}, 95% intervals from the joint posterior): {shares}."
 
 
 def _finding(section: str, tables: dict[str, pl.DataFrame]) -> str:
@@ -157,12 +178,14 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def report_html(partition: str, sections: dict) -> str:
-    """Self-contained report; sections are rendered in the page's order, missing ones skipped."""
+def report_html(partition: str, sections: dict, run: dict | None = None) -> str:
+    """Self-contained report; sections are rendered in the page's order, missing ones skipped;
+    ``run`` (run id, date, code version, ...) is shown under the title."""
     ordered = [
         {"name": name, "paragraphs": [p for p in sections[name].get("text", "").split("\n\n") if p],
          "tables": [(t, {"columns": df.columns, "rows": list(df.iter_rows())}) for t, df in sections[name].get("tables", [])],
          "figures": sections[name].get("figures", [])}
         for name in SECTIONS if name in sections
     ]
-    return _environment().get_template("report.html.j2").render(partition=partition, sections=ordered)
+    return _environment().get_template("report.html.j2").render(partition=partition, sections=ordered,
+                                                                 run=run or {})

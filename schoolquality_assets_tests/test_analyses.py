@@ -318,7 +318,7 @@ def test_report_html():
     assert float(cells[1]) == pytest.approx(-1234.56789123, rel=1e-5) and float(cells[4]) == pytest.approx(0.000123456789, rel=1e-5)
     assert cells[5] == "" and cells[2] == "3"
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', out)
-    assert len(imgs) == 8 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
+    assert len(imgs) == len(report.SECTIONS) - 1 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
 
 
 # ---------------------------------------------------------------- findings follow the numbers
@@ -359,3 +359,18 @@ def test_loo_comparison_leads_with_the_reliable_unit(posteriors, sim):
     assert "observation-out: M2 best" in text and "not reliable (share of observations" in text and "M2 3.0%" in text
     assert loo.k_threshold(4000) == pytest.approx(min(1 - 1 / np.log10(4000), 0.7))
     assert loo.k_threshold(100) == pytest.approx(0.5)
+
+
+def test_report_has_run_metadata_and_a_table_of_contents():
+    sections = {"Key findings": {"text": "School 72.8% [69.9%, 75.6%]."}, "Shrinkage": {"text": "About shrinkage."}}
+    out = report.report_html("subsample", sections, {"run": "abc123", "code version": "deadbeef"})
+    assert "run: abc123" in out and "code version: deadbeef" in out
+    assert re.findall(r'<li><a href="#(section-[a-z-]+)">', out) == ["section-key-findings", "section-shrinkage"]
+    assert out.index("Key findings") < out.index("About shrinkage")
+
+
+def test_variance_finding_quotes_the_m3_latent_shares():
+    t = pl.DataFrame({"model": ["M3", "M3", "M2"], "component": ["School (persistent)", "Cohort (school×year)", "School (persistent)"],
+                      "pct_latent": [72.8, 27.2, 70.0], "pct_latent_lower": [69.9, 24.0, 1.0], "pct_latent_upper": [75.6, 30.0, 99.0]})
+    text = report.variance_finding(t)
+    assert text.startswith("Latent variance (M3") and "School (persistent) 72.8% [69.9%, 75.6%]" in text and "70.0" not in text

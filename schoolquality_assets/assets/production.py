@@ -29,7 +29,7 @@ def _json(values: dict) -> str:
     return json.dumps(values, default=lambda v: v.item() if hasattr(v, "item") else str(v))
 
 
-def _code_version() -> str:
+def code_version() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                               cwd=models.STAN_DIR.parent).stdout.strip()
@@ -95,7 +95,7 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
             "stan_code_version": models.stan_code_version(models.MODELS["m2"]),
             "sampler": _json({k[8:]: v for k, v in idata.attrs.items() if k.startswith("sampler_")}),
             "diagnostics": _json({k[5:]: v for k, v in idata.attrs.items() if k.startswith("diag_")}),
-            "code_version": _code_version(), "run_id": context.run_id, "posterior_run_id": str(idata.attrs.get("run_id", "")),
+            "code_version": code_version(), "run_id": context.run_id, "posterior_run_id": str(idata.attrs.get("run_id", "")),
             "data_vintage": str(vintage), "partition": partition, "scale": "logit",
         }
         arrow = table.to_arrow()

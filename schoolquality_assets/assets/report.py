@@ -1,9 +1,12 @@
 """report: warehouse/reports/<partition>/index.html, built from the partition's tables and figures."""
 
+import datetime
+
 import dagster as dg
 
 from schoolquality_assets import report as report_html
 from schoolquality_assets.assets.common import OWNER, image_md, markdown
+from schoolquality_assets.assets.production import code_version
 from schoolquality_assets.models import MODELS
 from schoolquality_assets.partitions import sample_partitions
 from schoolquality_assets.resources import WarehouseResource
@@ -29,7 +32,10 @@ def report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> d
     sections = report_html.build_sections(wh, context.partition_key)
     path = wh.report_path(context.partition_key)
     with atomic_path(path) as tmp:
-        tmp.write_text(report_html.report_html(context.partition_key, sections), encoding="utf-8")
+        run = {"partition": context.partition_key, "run": context.run_id,
+               "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "code version": code_version()}
+        tmp.write_text(report_html.report_html(context.partition_key, sections, run), encoding="utf-8")
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(path)),
         "sections": dg.MetadataValue.json(list(sections)),
