@@ -207,11 +207,8 @@ def to_inference_data(spec: ModelSpec, mi: ModelInput, draws: Draws) -> az.Infer
     intercept = p["Intercept"]
     posterior = {"Intercept": intercept}
     dims: dict[str, list[str]] = {"r_school": ["school"]}
-    if spec.cohort:  # the group means carry their level's fixed effects (see m2_cohort.stan)
-        effects = design.group_effects(_with_empty(p, d), d)
-        posterior["r_school"] = effects["r_school"]
-    else:
-        posterior["r_school"] = p["mu_school"] - intercept[..., None]
+    effects = group_effects(spec, p, d)
+    posterior["r_school"] = effects["r_school"]
     for name in spec.sd_names:
         posterior[name] = p[name]
     if spec.binomial:
@@ -257,6 +254,13 @@ def to_inference_data(spec: ModelSpec, mi: ModelInput, draws: Draws) -> az.Infer
         },
     )
     return idata
+
+
+def group_effects(spec: ModelSpec, p: dict, d: dict, cohorts: bool = True) -> dict[str, np.ndarray]:
+    """r_school (and, for the cohort models with ``cohorts``, r_cohort) from a model's draws."""
+    if spec.cohort:  # the group means carry their level's fixed effects (see m2_cohort.stan)
+        return design.group_effects(_with_empty(p, d), d, cohorts=cohorts)
+    return {"r_school": p["mu_school"] - p["Intercept"][..., None]}
 
 
 def _with_empty(p: dict, d: dict) -> dict:
@@ -312,9 +316,7 @@ def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print, limits=
     inits = initial_values(spec, mi, settings.chains, settings.seed)
     stop = None
     if settings.until_converged and limits is not None:
-        stop = StopRule(judge=convergence_judge(spec, mi, limits), min_draws=settings.min_draws,
-                        check_every=settings.check_every, max_draws=settings.max_draws,
-                        budget_seconds=settings.budget_seconds)
+        stop = StopRule.for_settings(settings, convergence_judge(spec, mi, limits))
     draws = run_sampler(spec.path, stan_data(spec, mi), settings, inits=inits, progress=progress, stop=stop)
     idata = to_inference_data(spec, mi, draws)
     if draws.verdict is not None:
@@ -325,7 +327,7 @@ def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print, limits=
 
 
 GATED = ("Intercept", "b_Intercept", "b", "sd_school", "sd_cohort", "sd_profile", "sigma", "mu_school",
-         "mu_school_c", "z_school", "delta")
+         "mu_school_c", "z_school")
 
 
 def convergence_judge(spec: ModelSpec, mi: ModelInput, limits):
@@ -334,12 +336,9 @@ def convergence_judge(spec: ModelSpec, mi: ModelInput, limits):
     from schoolquality_assets.stan_engine import SAMPLE_STATS, Verdict, columns
 
     def judge(views: dict, n: int, elapsed: float):
-        p = columns(views, list(GATED) + ["divergent__", "energy__", "treedepth__"])
+        p = columns(views, list(GATED) + ["divergent__", "energy__"])
         post = {k: p[k] for k in ("Intercept", "b_Intercept", "b", "sigma", *spec.sd_names) if k in p}
-        if spec.cohort:
-            post["r_school"] = design.group_effects(_with_empty(p, mi.data), mi.data, cohorts=False)["r_school"]
-        else:
-            post["r_school"] = p["mu_school"] - p["Intercept"][..., None]
+        post["r_school"] = group_effects(spec, p, mi.data, cohorts=False)["r_school"]
         dims = {"r_school": ["school"]} | ({"b": ["coef"]} if "b" in post else {})
         coords = {"school": mi.coords["school"], "coef": mi.coords.get("coef", [])}
         stats = {SAMPLE_STATS[k]: p[k] for k in ("divergent__", "energy__")}

@@ -108,11 +108,16 @@ class StopRule:
     """
 
     judge: Callable[[dict, int, float], Verdict]
-    min_draws: int = 100
-    check_every: int = 100
-    max_draws: int = 5000
-    budget_seconds: float = 1200.0
+    min_draws: int = SamplerSettings.min_draws
+    check_every: int = SamplerSettings.check_every
+    max_draws: int = SamplerSettings.max_draws
+    budget_seconds: float = SamplerSettings.budget_seconds
     growth: float = 1.25
+
+    @classmethod
+    def for_settings(cls, settings: SamplerSettings, judge) -> "StopRule":
+        return cls(judge=judge, min_draws=settings.min_draws, check_every=settings.check_every,
+                   max_draws=settings.max_draws, budget_seconds=settings.budget_seconds)
 
     def next_checkpoint(self, current: int) -> int:
         """Checkpoints grow by ``growth`` (in multiples of ``check_every``): a cheap model that
@@ -223,10 +228,9 @@ def _sample_pystan(stan_file, data, settings, inits, progress, stop) -> Draws:
                 proc.kill()
             proc.join()
         manager.shutdown()
-    if kept == 0:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise SamplingError(f"{stan_file.name}: no draws kept: {verdict.status if verdict else 'sampling ended early'}")
     try:
+        if kept == 0:
+            raise SamplingError(f"{stan_file.name}: no draws kept: {verdict.status if verdict else 'sampling ended early'}")
         chains = {c: t.read(kept) for c, t in enumerate(tables)}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -245,16 +249,16 @@ def _watch(procs, tables, capacity, stop, messages, progress, start):
     seed gives the same result on a fast or a slow machine (unless the budget runs out).
     """
     checkpoint = stop.min_draws if stop else capacity
-    verdict, warmup = None, None
+    verdict, warmup, last = None, None, 0
     while True:
         _drain(messages, progress)
-        progress.tick(min(t.rows() for t in tables), checkpoint if stop else None)
-        if warmup is None and min(t.rows() for t in tables) > 0:
-            warmup = time.monotonic() - start
         for proc in procs:
             if proc.exitcode not in (None, 0):
                 _raise_chain_error(procs, tables[0].dir, messages, progress)
         rows = min(t.rows() for t in tables)
+        progress.tick(rows, checkpoint if stop else None)
+        if warmup is None and rows > 0:
+            warmup = time.monotonic() - start
         if stop is None:
             if rows >= capacity and all(p.exitcode == 0 for p in procs):
                 return capacity, None, warmup
@@ -269,7 +273,7 @@ def _watch(procs, tables, capacity, stop, messages, progress, start):
             checkpoint = stop.next_checkpoint(checkpoint)
             continue
         if stop is not None and time.monotonic() - start > stop.budget_seconds:
-            done = last if verdict else 0
+            done = last
             status = (f"time budget of {stop.budget_seconds:.0f} s ran out at {rows} draws per chain"
                       + (f"; last checkpoint ({done} draws): {verdict.status}" if verdict else ""))
             return done, Verdict(passed=False, final=True, status=status), warmup
@@ -342,22 +346,14 @@ class _Heartbeat:
 
 
 def _stack(chains: dict[int, dict], settings, engine, compile_seconds, sample_seconds) -> Draws:
-    ordered = [chains[c] for c in sorted(chains)]
-    names = ordered[0]["names"]
-    table = np.stack([c["table"] for c in ordered])  # (chain, draw, column)
-    params, stats = {}, {}
-    for base, cols in _group_columns(names).items():
-        block = table[:, :, cols]
-        if base in SAMPLE_STATS:
-            stats[SAMPLE_STATS[base]] = block[:, :, 0]
-        else:
-            params[base] = block[:, :, 0] if len(cols) == 1 and "." not in names[cols[0]] else block
+    blocks = columns(chains, list(_group_columns(chains[0]["names"])))
+    stats = {SAMPLE_STATS[k]: v for k, v in blocks.items() if k in SAMPLE_STATS}
+    params = {k: v for k, v in blocks.items() if k not in SAMPLE_STATS}
     stats["diverging"] = stats["diverging"].astype(bool)
     stats["tree_depth"] = stats["tree_depth"].astype(np.int64)
     stats["n_steps"] = stats["n_steps"].astype(np.int64)
     stats["max_treedepth_hit"] = stats["tree_depth"] >= settings.max_treedepth
-    msgs = [m for c in ordered for m in c["messages"]]
-    return Draws(params, stats, engine, compile_seconds, sample_seconds, settings, msgs)
+    return Draws(params, stats, engine, compile_seconds, sample_seconds, settings)
 
 
 def columns(views: dict[int, dict], bases: list[str]) -> dict[str, np.ndarray]:
@@ -467,7 +463,7 @@ class _ChainTable:
 
     def read(self, rows: int) -> dict:
         view = self.view(rows)
-        return {"names": view["names"], "table": np.array(view["table"]), "messages": []}
+        return {"names": view["names"], "table": np.array(view["table"])}
 
 
 class _ChainReader:
@@ -480,7 +476,6 @@ class _ChainReader:
         self.store, self.draws, self.chain, self.messages = table, draws, chain, messages
         self.names: list[str] | None = None
         self.row = 0
-        self.log: list[str] = []
         self.errors: list[str] = []
 
     def serve(self, server: socket.socket, finished: threading.Event) -> None:
@@ -532,7 +527,6 @@ class _ChainReader:
         if body.startswith("Iteration:"):
             self.messages.put(("iteration", self.chain, int(body.split()[1])))
         elif level in ("warn", "error") or "Gradient evaluation" in body or "Adjust your" in body:
-            self.log.append(f"chain {self.chain}: {body}")
             self.messages.put(f"chain {self.chain}: {body}")
 
     def _draw(self, line: bytes) -> None:
@@ -540,20 +534,20 @@ class _ChainReader:
             values = self.parser.parse(line)["values"]
             if self.names is None:
                 self._start(list(values.keys()))
-            row = np.fromiter(values.values(), float, len(self.all_names))
+            row = np.fromiter(values.values(), float, len(self.names))
             del values
         except ValueError:  # NaN / Infinity: not JSON, Python's parser accepts them
             obj = json.loads(line)["values"]
             if self.names is None:
                 self._start(list(obj))
-            row = np.fromiter(obj.values(), float, len(self.all_names))
+            row = np.fromiter(obj.values(), float, len(self.names))
         if self.row >= self.draws:
             raise SamplingError(f"chain {self.chain}: more draws than requested")
         self.store.append(row, self.row)
         self.row += 1
 
     def _start(self, names: list[str]) -> None:
-        self.all_names = self.names = names
+        self.names = names
         self.store.create(names, self.draws)
 
     def finish(self) -> None:
@@ -594,7 +588,6 @@ def _sample_cmdstanpy(stan_file, data, settings, inits, progress, stop) -> Draws
         chains[c] = {
             "names": [n.replace("[", ".").rstrip("]") for n in names],
             "table": np.ascontiguousarray(table[c]),
-            "messages": [],
         }
     draws = _stack(chains, settings, "cmdstanpy", compile_seconds, seconds)
     if stop is not None:
