@@ -11,6 +11,7 @@ from schoolquality_assets.orchestration import (
     new_results_sensor,
     production_job,
 )
+from schoolquality_assets.run_liveness import schoolquality_executor
 from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
 
 ASSETS = [ingest.landing_files, *dg.load_assets_from_modules([ingest, analysis_assets, production, report]),
@@ -18,8 +19,9 @@ ASSETS = [ingest.landing_files, *dg.load_assets_from_modules([ingest, analysis_a
 CHECKS = dg.load_asset_checks_from_modules([ingest])
 
 # Whatever instance runs the code (a fresh DAGSTER_HOME included): at most one Stan step at a
-# time (each samples 4 chains on the machine's cores), and at most two steps of any kind.
-EXECUTOR = dg.multiprocess_executor.configured({
+# time (each samples 4 chains on the machine's cores), and at most two steps of any kind. Before
+# any step, pool slots left by dead runs are freed (run_liveness).
+EXECUTOR = schoolquality_executor.configured({
     "max_concurrent": 2,
     "tag_concurrency_limits": [{"key": posteriors.STAN_TAG, "value": "true", "limit": 1}],
 })

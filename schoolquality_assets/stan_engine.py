@@ -250,8 +250,11 @@ def _watch(procs, tables, capacity, stop, messages, progress, start):
     """
     checkpoint = stop.min_draws if stop else capacity
     verdict, warmup, last = None, None, 0
+    parent = os.getppid()
     while True:
         _drain(messages, progress)
+        if os.getppid() != parent:  # orphaned: the run worker that started this step was killed
+            raise SamplingError(f"the process that started this fit (pid {parent}) is gone; chains stopped")
         for proc in procs:
             if proc.exitcode not in (None, 0):
                 _raise_chain_error(procs, tables[0].dir, messages, progress)
