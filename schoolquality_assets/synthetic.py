@@ -12,13 +12,23 @@ plus N(0, 0.15^2) deviations per year.
 Structure:
 - school size (Grade 3 eligible) ~ lognormal, median 45, clipped to [5, 260], varying
   +-10% by year; all three subjects share a year's eligible count;
+- 12% of the regular schools are *small*: 3-15 Grade 3 students, reporting in only 1-2
+  consecutive years (tiny rural schools, schools that open or close, years whose results were
+  suppressed), so they have the 3-6 observations that the eligibility filter lets through and
+  are shrunk hardest;
 - participation ~ Beta(mean 0.93), with ~3% of rows at low participation (0.2-0.6);
 - ~8% of regular schools open late / close early (at least 3 years present);
 - ~6% "fringe" schools exist for only 1-2 years with low participation, so they are
   not eligible; the default ``n_schools`` is tuned so ~3,250 schools are eligible;
 - successes ~ Binomial(n_participating, inv_logit(eta)).
 
-Everything comes from ``np.random.default_rng(seed)``: same seed, identical frame.
+Everything comes from ``np.random.default_rng(seed)`` (the small-school segment from a second
+stream seeded by ``(seed, 1)``): same seed, identical frame.
+
+The sizes are assumptions, not measurements: no real assessment file is reachable here. The
+body is chosen so that a typical Grade 3 cohort has 30-60 students. The small segment stands
+for the many schools that a real province has with a handful of Grade 3 students. Drop real
+landing files into ``warehouse/raw/`` and they replace this generator.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ SIZE_MEDIAN, SIZE_SIGMA, SIZE_RANGE = 45.0, 0.8, (5, 260)
 PARTICIPATION_BETA = (28.0, 2.1)  # mean 0.93
 LOW_ROW_SHARE, LOW_RANGE = 0.03, (0.2, 0.6)
 PARTIAL_SPAN_SHARE, FRINGE_SHARE = 0.08, 0.06
+SMALL_SHARE, SMALL_RANGE, SMALL_MAX_YEARS = 0.12, (3, 15), 2
 YEAR_SUBJECT_SD = 0.15
 
 
@@ -85,6 +96,19 @@ def _presence(rng: np.random.Generator, n_schools: int, n_years: int, fringe: np
     return (idx >= start[:, None]) & (idx < (start + length)[:, None])
 
 
+def _add_small_schools(rng: np.random.Generator, present: np.ndarray, size: np.ndarray,
+                       fringe: np.ndarray) -> None:
+    """Turn SMALL_SHARE of the regular schools into small ones, in place: 3-15 students,
+    present in 1-SMALL_MAX_YEARS consecutive years."""
+    n_schools, ny = present.shape
+    small = np.nonzero((rng.random(n_schools) < SMALL_SHARE) & ~fringe)[0]
+    length = rng.integers(1, min(SMALL_MAX_YEARS, ny) + 1, small.size)
+    start = rng.integers(0, ny - length + 1)
+    years = np.arange(ny)
+    present[small] = (years >= start[:, None]) & (years < (start + length)[:, None])
+    size[small] = rng.integers(SMALL_RANGE[0], SMALL_RANGE[1] + 1, small.size)[:, None]
+
+
 def _participation(rng: np.random.Generator, n_elig: np.ndarray, low: np.ndarray) -> np.ndarray:
     """Participants: binomial around Beta(mean 0.93); low rows get floor(n * U(0.2, 0.6))."""
     p = rng.beta(*PARTICIPATION_BETA, n_elig.size)
@@ -125,6 +149,7 @@ def generate_province(
     present = _presence(rng, n_schools, ny, fringe)
     base = np.exp(rng.normal(np.log(SIZE_MEDIAN), SIZE_SIGMA, n_schools))
     size = np.clip(np.rint(base[:, None] * rng.uniform(0.9, 1.1, (n_schools, ny))), *SIZE_RANGE).astype(np.int64)
+    _add_small_schools(np.random.default_rng((seed, 1)), present, size, fringe)
 
     # one row per (school, year, subject) present
     si, yi = np.nonzero(present)

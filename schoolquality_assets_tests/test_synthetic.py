@@ -49,11 +49,20 @@ def test_structure(province):
     obs = province.observations
     sizes = obs.group_by("school_id").agg(pl.col("n_eligible").mean())["n_eligible"]
     assert sizes.min() < 15 and sizes.max() > 200
-    assert obs["n_eligible"].min() >= 5 and obs["n_eligible"].max() <= 260
+    assert obs["n_eligible"].min() >= 3 and obs["n_eligible"].max() <= 260
     assert not set(obs["year"]) & {2020, 2021}
     years_per_school = obs.group_by("school_id").agg(pl.col("year").n_unique())["year"]
     assert years_per_school.min() <= 2 and (years_per_school < 8).mean() > 0.05
     assert 0.88 < (obs["n_participating"] / obs["n_eligible"]).mean() < 0.95
+
+
+def test_many_small_schools_with_few_observations_are_eligible(landed):
+    """The small end a real province has: a handful of students, only the observations the filter requires."""
+    cleaned, _ = clean(validate(landed)[0])
+    schools = eligible_schools(cleaned)
+    tiny = schools.filter((pl.col("mean_n_trials") <= 15) & (pl.col("n_obs") <= 6))
+    assert tiny.height / schools.height > 0.08
+    assert tiny["n_obs"].min() >= 2 and tiny["mean_n_trials"].min() < 5
 
 
 def test_truth_effects_match_variance_components(province):
