@@ -29,7 +29,7 @@ INTERPRETATION = {
     "Cohort (school×year)": "Year-specific shared movement across subjects",
     "Subject profile": "School×subject divergence (e.g. strong in Math, weak in Writing)",
 }
-NO_WEIGHTS = "weights not applied: statsmodels MixedLM has no observation weights"
+
 
 def _summary(x: np.ndarray, axis: int = 0) -> tuple:
     return x.mean(axis), np.quantile(x, 0.025, axis=axis), np.quantile(x, 0.975, axis=axis)
@@ -162,58 +162,195 @@ def school_random_effects(idata_m3, eligible: pl.DataFrame) -> pl.DataFrame:
 
 
 # ---------------------------------------------------------------- frequentist comparison
-def frequentist_fit(sample: pl.DataFrame, max_schools: int | None = 1000, seed: int = 0) -> dict:
-    """Logit-normal mixed model with statsmodels MixedLM (REML): school + cohort variance components.
+FREQUENTIST_DEFINITION = (
+    "Logit-normal mixed model (REML, statsmodels MixedLM) on every school of the partition: empirical logit "
+    "log((y+0.5)/(n−y+0.5)) = year×subject + school + cohort (school×year) + e, Var(e_i) = σ²/w_i with the "
+    "page's weight w_i = n·p·(1−p), p = (y+0.5)/(n+1). Noise = the mean sampling variance mean_i(σ²/w_i). "
+    "One model: shares of latent (school + cohort) and of latent + noise. By subtraction across models "
+    "(fixed effects only → + school → + cohort): each added effect's share is the fraction of the fixed-only "
+    "model's residual variance it removes, (σ²_before − σ²_after)/σ²_fixed — the same fraction at every "
+    "observation, as each residual variance is σ²/w_i; noise = σ²_full/σ²_fixed. The two differ when weights "
+    "vary: the fixed-only model can express a school's variance, equal at every observation, only as σ²/w_i. "
+    "Bayesian shares use the same denominators, with noise = mean(1/w) (the binomial's, i.e. σ² = 1)."
+)
+NO_WEIGHTS = "statsmodels MixedLM has no observation weights"
+# MixedLM optimisers tried in turn until one converges; gtol applies to the log-likelihood per observation
+FIT_OPTIONS = {"method": ["bfgs", "powell"], "gtol": 1e-7}
 
-    Empirical logits ``log((y+.5)/(n-y+.5))`` with year×subject fixed effects. The page's
-    weights n·p·(1−p) are computed but NOT applied (MixedLM has no observation weights).
+
+def empirical_logits(y: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical logits log((y+½)/(n−y+½)) and the page's weights w = n·p·(1−p), p = (y+½)/(n+1)."""
+    y, n = np.asarray(y, float), np.asarray(n, float)
+    p = (y + 0.5) / (n + 1)
+    return np.log((y + 0.5) / (n - y + 0.5)), n * p * (1 - p)
+
+
+def _nested_vc(groups: np.ndarray, nested: np.ndarray, scale: np.ndarray):
+    """VCSpec of one component nested in ``groups``: per group, one column per level, entries ``scale``."""
+    from statsmodels.regression.mixed_linear_model import VCSpec
+
+    gix = np.unique(groups, return_inverse=True)[1]  # MixedLM orders groups by sorted label
+    mats, names = [], []
+    for rows in np.split(np.argsort(gix, kind="stable"), np.cumsum(np.bincount(gix))[:-1]):
+        lev, loc = np.unique(nested[rows], return_inverse=True)
+        m = np.zeros((rows.size, lev.size))
+        m[np.arange(rows.size), loc] = scale[rows]
+        mats.append(m)
+        names.append([str(v) for v in lev])
+    return VCSpec(["cohort"], [names], [mats])
+
+
+def moment_start(endog, exog, groups, weights, nested) -> tuple[float, float]:
+    """Method-of-moments (school, cohort) variances relative to sigma2, from weighted LS residuals r:
+    sigma2 = weighted spread of r within cohorts; cohort = spread of the cohort means r_c within schools
+    less sigma2·mean(1/W_c) (W_c = Σ w in the cohort); school = variance of the school means of r_c less
+    what cohorts and noise add to it. Floored at 0.01: a start for the optimiser, not an estimate."""
+    s = np.sqrt(weights)
+    r = endog - exog @ np.linalg.lstsq(exog * s[:, None], endog * s, rcond=None)[0]
+    keys = np.column_stack([np.unique(groups, return_inverse=True)[1], np.unique(nested, return_inverse=True)[1]])
+    pairs, cix = np.unique(keys, axis=0, return_inverse=True)
+    cix, g = cix.ravel(), pairs[:, 0]  # cohort of each row, school of each cohort
+    wc = np.bincount(cix, weights)
+    rc = np.bincount(cix, weights * r) / wc
+    s2 = np.sum(weights * (r - rc[cix]) ** 2) / max(len(r) - len(wc), 1)
+    k = np.bincount(g)  # cohorts per school
+    mg = np.bincount(g, rc) / k
+    multi = k[g] > 1
+    tc = 0.0
+    if multi.any():
+        tc = np.sum((rc - mg[g])[multi] ** 2) / np.sum(k - 1) - s2 * np.mean(1 / wc[multi])
+    ts = np.var(mg) - np.mean((max(tc, 0.0) + s2 * np.bincount(g, 1 / wc) / k) / k)
+    return max(ts / s2, 0.01), max(tc / s2, 0.01)
+
+
+def weighted_mixedlm(endog, exog, groups, weights, nested=None, reml: bool = True) -> dict:
+    """Linear mixed model with observation weights: y = Xb + Z_g u + Z_c v + e, u ~ N(0, s2_g),
+    v ~ N(0, s2_c) (``nested`` levels within ``groups``), Var(e_i) = sigma2 / w_i.
+
+    MixedLM has no weights, so every row is multiplied by sqrt(w_i) (response, fixed-effect columns and
+    the random-effect design entries) and the homoscedastic model is fitted. This is exact: with
+    W = diag(w), V = Z G Z' + sigma2 W^-1 and y* = W^½ y, X* = W^½ X, Z* = W^½ Z,
+    V* = W^½ V W^½ = Z* G Z*' + sigma2 I. Then
+      ML:   log f(y) = log f*(y*) + ½ log|W|   (Jacobian of y -> y*, constant in the parameters);
+      REML: log|V*| = log|V| + log|W|,  X*'V*^-1 X* = X'V^-1 X,  r*'V*^-1 r* = r'V^-1 r (r = y − Xb),
+    so both criteria differ from the weighted model's by the constant ½ log|W|: same maximiser, same
+    variance estimates, same GLS b and the same BLUPs (G Z*'V*^-1 r* = G Z'V^-1 r).
+    Starts from :func:`moment_start` (MixedLM's default start, variances = sigma2, is far off once
+    the design carries √w and BFGS can stop short of the optimum).
     """
-    import pandas as pd
-    import statsmodels.formula.api as smf
+    from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMParams
 
+    endog, exog, groups, w = (np.asarray(a) for a in (endog, exog, groups, weights))
+    s = np.sqrt(w.astype(float))
+    vc = None if nested is None else _nested_vc(groups, np.asarray(nested), s)
+    model = MixedLM(endog * s, exog * s[:, None], groups=groups, exog_re=s[:, None], exog_vc=vc)
+    t0 = time.perf_counter()
+    rel_school, rel_cohort = moment_start(endog, exog, groups, w, groups if nested is None else nested)
+    start = MixedLMParams.from_components(np.zeros(exog.shape[1]), cov_re=np.array([[rel_school]]),
+                                          vcomp=np.array([rel_cohort] if vc is not None else []))
+    res = model.fit(reml=reml, start_params=start, **FIT_OPTIONS)
+    return {"school": float(np.asarray(res.cov_re)[0, 0]), "cohort": float(res.vcomp[0]) if vc is not None else None,
+            "sigma2": float(res.scale), "fe_params": np.asarray(res.fe_params), "llf": float(res.llf),
+            "converged": bool(res.converged), "seconds": time.perf_counter() - t0}
+
+
+def weighted_ls_sigma2(endog, exog, weights, reml: bool = True) -> float:
+    """sigma2 of the fixed-effects-only model, Var(e_i) = sigma2 / w_i (REML: RSS_w / (N − p))."""
+    s = np.sqrt(np.asarray(weights, float))
+    ys, xs = np.asarray(endog, float) * s, np.asarray(exog, float) * s[:, None]
+    rss = float(np.sum((ys - xs @ np.linalg.lstsq(xs, ys, rcond=None)[0]) ** 2))
+    return rss / float(len(ys) - np.linalg.matrix_rank(xs) if reml else len(ys))
+
+
+def frequentist_design(sample: pl.DataFrame, max_schools: int | None = None, seed: int = 0) -> dict:
+    """Empirical logits, weights, year×subject design (treatment coded), school and cohort keys."""
     schools = sorted(sample["school_id"].unique().to_list())
     used = schools
     if max_schools is not None and len(schools) > max_schools:
         used = sorted(np.random.default_rng(seed).choice(schools, max_schools, replace=False).tolist())
     d = sample.filter(pl.col("school_id").is_in(used))
-    y, n = d["y_success"].to_numpy().astype(float), d["n_trials"].to_numpy().astype(float)
-    p = (y + 0.5) / (n + 1)
-    df = pd.DataFrame({
-        "elog": np.log((y + 0.5) / (n - y + 0.5)), "school_id": d["school_id"].to_numpy(),
-        "school_year_id": d["school_year_id"].to_numpy(), "year_subject": d["year_subject"].to_numpy(),
-    })
+    elog, w = empirical_logits(d["y_success"].to_numpy(), d["n_trials"].to_numpy())
+    cell = d["year_subject"].to_numpy()
+    levels = np.unique(cell)
+    x = np.column_stack([np.ones(d.height)] + [(cell == lv).astype(float) for lv in levels[1:]])
+    return {"endog": elog, "weights": w, "exog": x, "groups": d["school_id"].to_numpy(),
+            "nested": d["school_year_id"].to_numpy(), "n_schools": len(used), "n_schools_total": len(schools),
+            "n_obs": d.height}
+
+
+def _shares(parts: dict) -> dict:
+    total = sum(parts.values())
+    return {k: 100 * v / total for k, v in parts.items()}
+
+
+def frequentist_fit(sample: pl.DataFrame, max_schools: int | None = None, seed: int = 0) -> dict:
+    """The page's frequentist model on every school of ``sample``; see FREQUENTIST_DEFINITION.
+
+    ``variance``/``pct``: one-model REML components (school, cohort, noise = mean sampling variance
+    sigma2·mean(1/w)); ``pct_latent``: school and cohort only; ``subtraction``: shares by subtraction
+    across the three models (sum to 100); ``sigma2``: residual scales of the three models.
+    """
+    d = frequentist_design(sample, max_schools, seed)
+    args = (d["endog"], d["exog"], d["groups"], d["weights"])
     t0 = time.perf_counter()
-    res = smf.mixedlm("elog ~ C(year_subject)", df, groups="school_id", re_formula="1",
-                      vc_formula={"cohort": "0 + C(school_year_id)"}).fit(reml=True)
-    seconds = time.perf_counter() - t0
-    comp = {"school": float(res.cov_re.iloc[0, 0]), "cohort": float(res.vcomp[0]), "residual": float(res.scale)}
-    total = sum(comp.values())
-    return {"variance": comp, "pct": {k: 100 * v / total for k, v in comp.items()}, "fit_seconds": seconds,
-            "n_schools": len(used), "n_schools_total": len(schools), "n_obs": d.height,
-            "mean_weight": float(np.mean(n * p * (1 - p))), "converged": bool(res.converged), "weights_note": NO_WEIGHTS}
+    s2_fixed = weighted_ls_sigma2(d["endog"], d["exog"], d["weights"])
+    school = weighted_mixedlm(*args)
+    full = weighted_mixedlm(*args, nested=d["nested"])
+    seconds_all = time.perf_counter() - t0
+    s2 = {"fixed": s2_fixed, "school": school["sigma2"], "full": full["sigma2"]}
+    mean_inv_w = float(np.mean(1 / d["weights"]))
+    var = {"school": full["school"], "cohort": full["cohort"], "noise": full["sigma2"] * mean_inv_w}
+    sub = {"school": s2["fixed"] - s2["school"], "cohort": s2["school"] - s2["full"], "noise": s2["full"]}
+    return {"variance": var, "pct": _shares(var), "pct_latent": _shares({k: var[k] for k in ("school", "cohort")}),
+            "subtraction": _shares(sub), "sigma2": s2, "mean_inv_weight": mean_inv_w,
+            "mean_weight": float(np.mean(d["weights"])), "fit_seconds": full["seconds"], "sequence_seconds": seconds_all,
+            "converged": school["converged"] and full["converged"], "n_schools": d["n_schools"],
+            "n_schools_total": d["n_schools_total"], "n_obs": d["n_obs"]}
+
+
+def _bayes_variance_cell(components: pl.DataFrame | None, mean_inv_w: float) -> str:
+    """Shares of latent variance (per-draw intervals) and, at posterior-mean variances, of latent + noise,
+    noise = the binomial sampling variance of the empirical logit mean(1/w): the frequentist noise at σ² = 1."""
+    if components is None:
+        return "Direct from joint posterior"
+    lat = components.filter(pl.col("pct_latent").is_not_null())
+    latent = ", ".join(f"{r['component']} {r['pct_latent']:.1f}% [{r['pct_latent_lower']:.1f}%, "
+                       f"{r['pct_latent_upper']:.1f}%]" for r in lat.iter_rows(named=True))
+    with_noise = _shares(dict(zip(lat["component"], lat["variance"])) | {"noise": mean_inv_w})
+    noisy = ", ".join(f"{k} {v:.1f}%" for k, v in with_noise.items())
+    return (f"Direct from joint posterior. Share of latent variance ({' + '.join(lat['component'])}): {latent}. "
+            f"Share of latent + noise (noise = binomial sampling variance of the empirical logit, mean(1/w) = "
+            f"{mean_inv_w:.3f}, the frequentist noise at σ² = 1; posterior-mean variances): {noisy}")
 
 
 def frequentist_comparison(sample: pl.DataFrame, bayes_components: pl.DataFrame | None = None,
                            bayes_seconds: float | None = None, bayes_sample: str | None = None,
-                           max_schools: int | None = 1000) -> pl.DataFrame:
-    """The page's "Comparison with frequentist approach" table with measured values."""
+                           max_schools: int | None = None) -> pl.DataFrame:
+    """The page's "Comparison with frequentist approach" table with measured values. Both variance cells
+    give shares of latent variance and of latent + noise, with the same noise (mean sampling variance of
+    the empirical logit); see FREQUENTIST_DEFINITION and :func:`_bayes_variance_cell`."""
     f = frequentist_fit(sample, max_schools)
-    pct = f["pct"]
-    freq_var = (f"school {pct['school']:.1f}%, cohort {pct['cohort']:.1f}%, residual {pct['residual']:.1f}% "
-                "(REML variance components in one model)")
-    bayes_var = "Direct from joint posterior"
-    if bayes_components is not None:
-        lat = bayes_components.filter(pl.col("pct_latent").is_not_null())
-        bayes_var += ": " + ", ".join(
-            f"{r['component']} {r['pct_latent']:.1f}% [{r['pct_latent_lower']:.1f}%, {r['pct_latent_upper']:.1f}%]"
-            for r in lat.iter_rows(named=True)) + " of latent variance"
+    pct, sub, lat, s2 = f["pct"], f["subtraction"], f["pct_latent"], f["sigma2"]
+    freq_var = (
+        f"One model (REML). Share of latent variance (school + cohort): school {lat['school']:.1f}%, cohort "
+        f"{lat['cohort']:.1f}%. Share of latent + noise (noise = mean sampling variance mean(σ²/w) = "
+        f"{f['variance']['noise']:.3f}): school {pct['school']:.1f}%, cohort {pct['cohort']:.1f}%, noise "
+        f"{pct['noise']:.1f}%. By subtraction across models (fixed effects only → + school → + cohort; share of "
+        f"the fixed-effects-only residual variance that each added effect removes): school {sub['school']:.1f}%, "
+        f"cohort {sub['cohort']:.1f}%, noise left {sub['noise']:.1f}%"
+    )
     rows = [
-        ("Likelihood", "Logit-normal approximation (empirical logits)", "Exact binomial"),
-        ("Weights", f"n·p·(1−p) computed (mean {f['mean_weight']:.1f}); {NO_WEIGHTS}", "Built into likelihood"),
+        ("Likelihood", "Logit-normal approximation: empirical logits log((y+0.5)/(n−y+0.5)), Normal residual "
+         f"σ²/w (σ² estimated = {s2['full']:.3f}; 1 = binomial noise only); year×subject fixed effects; "
+         "no subject-profile component", "Exact binomial"),
+        ("Weights", f"n·p·(1−p) with p = (y+0.5)/(n+1) (the page does not say which p; mean w {f['mean_weight']:.1f}); "
+         f"{NO_WEIGHTS}, so every row is multiplied by √w: exactly the weighted model's REML estimates",
+         "Built into likelihood"),
         ("Uncertainty", "Point estimates + SE", "Full posterior distributions"),
-        ("Variance decomposition", freq_var, bayes_var),
+        ("Variance decomposition", freq_var, _bayes_variance_cell(bayes_components, f["mean_inv_weight"])),
         ("Shrinkage", "Implicit in BLUPs", "Explicit, driven by n"),
-        ("Speed", f"{f['fit_seconds']:.1f} s (MixedLM fit{'' if f['converged'] else ', NOT converged'})",
+        ("Speed", f"{f['fit_seconds']:.1f} s (school + cohort MixedLM fit; {f['sequence_seconds']:.1f} s for the "
+         f"three-model sequence){'' if f['converged'] else ', NOT converged'}",
          "—" if bayes_seconds is None else f"{bayes_seconds:.0f} s sampling"),
         ("Sample", f"{f['n_schools']} of {f['n_schools_total']} schools, {f['n_obs']} observations",
          bayes_sample or "—"),
