@@ -64,6 +64,28 @@ COLUMNS = {
     "min_ess_tail": "Smallest tail ESS over the gated quantities (>= 400 passes).",
     "divergences": "Divergent transitions after warmup (0 passes).",
     "min_bfmi": "Smallest E-BFMI over chains (>= 0.3 is fine).",
+    "schools": "Schools in the band.",
+    "n_units": "Units left out one at a time (observations or cohorts).",
+    "se": "Standard error of elpd_loo.",
+    "p_loo": "Effective number of parameters (LOO).",
+    "pareto_k_share": "Share of units with Pareto k above 0.7 (0-1).",
+    "k_threshold": "arviz's sample-size dependent Pareto k threshold min(1 - 1/log10(S), 0.7).",
+    "share_k_above_threshold": "Share of units with Pareto k above k_threshold (0-1); reliable when <= 0.01.",
+    "draws_used": "Posterior draws used for LOO.",
+    "reliable": "At most 1% of this model's units above the k threshold.",
+    "note": "Why a model has no LOO values.",
+    "draws": "Posterior draws kept (all chains).",
+    "sample_seconds": "Sampling wall time, seconds.",
+    "max_treedepth_share": "Share of draws that hit the maximum tree depth (0-1).",
+    # brms-style posterior summary (report only)
+    "parameter": "Intercept, fixed effect (year x subject) or SD; logit scale except M0 (proportion scale).",
+    "estimate": "Posterior mean.",
+    "est_error": "Posterior SD.",
+    "lower_95": "2.5% posterior quantile.",
+    "upper_95": "97.5% posterior quantile.",
+    "rhat": "Rank-normalised split R-hat.",
+    "ess_bulk": "Bulk effective sample size.",
+    "ess_tail": "Tail effective sample size.",
 }
 
 
@@ -79,3 +101,47 @@ def _with_stats() -> dict:
 
 
 DESCRIPTIONS = _with_stats()
+
+
+# Column headers in the HTML report (units in brackets); a column not listed shows its name.
+HEADERS = {
+    "school_id": "School", "year": "Year", "subject": "Subject", "model": "Model", "description": "Model contents",
+    "band": "Size band (mean students)", "schools": "Schools", "mean_n": "Mean n (students)", "n_obs": "Observations",
+    "raw_proportion": "No-pooling estimate M1 (0-1)", "raw_mean_proportion": "No-pooling estimate M0 (0-1)",
+    "m0_estimate": "M0 estimate (0-1)", "m1_estimate": "M1 estimate (0-1)",
+    "m0_shrinkage_pp": "M0 shrinkage (pp)", "m1_shrinkage_pp": "M1 shrinkage (pp)",
+    "component": "Component", "variance": "Variance (logit²)", "variance_lower": "Variance 2.5%",
+    "variance_upper": "Variance 97.5%", "pct_total": "% of total variance", "pct_total_lower": "% of total 2.5%",
+    "pct_total_upper": "% of total 97.5%", "pct_latent": "% of latent variance", "pct_latent_lower": "% of latent 2.5%",
+    "pct_latent_upper": "% of latent 97.5%",
+    "sd_school": "School SD (logit)", "lower": "2.5%", "upper": "97.5%",
+    "unit": "Left out", "n_units": "Units", "elpd_loo": "ELPD (LOO)", "se": "SE", "p_loo": "Effective parameters",
+    "elpd_diff": "ELPD difference", "se_diff": "SE of difference", "pareto_k_gt_0_7": "Units with k > 0.7",
+    "pareto_k_share": "% units with k > 0.7", "k_threshold": "k threshold",
+    "share_k_above_threshold": "% units above k threshold", "draws_used": "Draws used", "rank": "Rank",
+    "reliable": "Reliable",
+    "draws": "Draws", "max_rhat": "Max R-hat", "n_rhat_failing": "Quantities with R-hat > 1.01", "min_ess_bulk": "Min bulk ESS",
+    "min_ess_tail": "Min tail ESS", "median_ess_bulk_school": "Median bulk ESS, school effects",
+    "n_ess_failing": "Quantities with ESS < 400", "min_ess_bulk_sd": "Min bulk ESS, SDs", "min_ess_tail_sd": "Min tail ESS, SDs",
+    "worst_rhat": "Worst R-hat", "worst_ess": "Worst ESS",
+    "r_cohort_share_rhat_gt_1_01": "% cohort effects R-hat > 1.01", "r_cohort_max_rhat": "Max R-hat, cohort effects",
+    "r_cohort_min_ess_bulk": "Min bulk ESS, cohort effects", "r_cohort_share_ess_lt_min": "% cohort effects ESS < 400",
+    "r_profile_share_rhat_gt_1_01": "% profile effects R-hat > 1.01", "r_profile_max_rhat": "Max R-hat, profile effects",
+    "r_profile_min_ess_bulk": "Min bulk ESS, profile effects", "r_profile_share_ess_lt_min": "% profile effects ESS < 400",
+    "divergences": "Divergences", "min_bfmi": "Min E-BFMI", "max_treedepth_hits": "Max tree depth hits",
+    "max_treedepth_share": "% at max tree depth", "sample_seconds": "Sampling time (s)",
+    "aspect": "Aspect", "frequentist": "Frequentist (statsmodels)", "bayesian": "Bayesian (Stan)",
+    "sd_of_means": "SD of school means (logit)", "mean_posterior_sd": "Mean posterior SD (logit)",
+    "data_vintage": "Data vintage",
+    # brms-style posterior summary
+    "parameter": "Parameter", "estimate": "Estimate", "est_error": "Est. error", "lower_95": "l-95% CI",
+    "upper_95": "u-95% CI", "rhat": "R-hat", "ess_bulk": "Bulk ESS", "ess_tail": "Tail ESS",
+}
+for _m in ("m0", "m1"):
+    for _stat, _word in (("mean", "Mean"), ("p90", "90th pct"), ("max", "Max")):
+        HEADERS[f"{_stat}_shrinkage_{_m}_pp"] = f"{_word} shrinkage {_m.upper()} (pp)"
+
+
+def header(column: str) -> str:
+    """The report's header for a column: its display name, or the name with spaces."""
+    return HEADERS.get(column, column.replace("_", " "))

@@ -152,3 +152,22 @@ def describe(outcomes: list[CheckOutcome]) -> str:
 
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+BRMS_SDS = {"sd_school": "sd(school)", "sd_cohort": "sd(cohort)", "sd_profile": "sd(profile)", "sigma": "sigma"}
+_STATS = {"estimate": np.mean, "est_error": lambda x: np.std(x, ddof=1),
+          "lower_95": lambda x: np.quantile(x, 0.025), "upper_95": lambda x: np.quantile(x, 0.975)}
+
+
+def posterior_summary(idata) -> pl.DataFrame:
+    """brms-style summary of one model (arviz): Intercept, fixed effects b and the SDs with posterior
+    mean (estimate), SD (est_error), 95% quantile interval, R-hat and bulk/tail ESS."""
+    post = idata.posterior
+    intercept = "b_Intercept" if "b_Intercept" in post else "Intercept"
+    names = [v for v in (intercept, "b", *BRMS_SDS) if v in post]
+    s = az.summary(post[names], kind="diagnostics", stat_funcs=_STATS, extend=True, round_to="none")
+    labels = {intercept: "Intercept", **BRMS_SDS}
+    parameter = [labels.get(i, i.removeprefix("b[").removesuffix("]")) for i in s.index]
+    return pl.DataFrame({"parameter": parameter, **{c: s[c].to_numpy(float) for c in _STATS},
+                         "rhat": s["r_hat"].to_numpy(float), "ess_bulk": s["ess_bulk"].to_numpy(float),
+                         "ess_tail": s["ess_tail"].to_numpy(float)})

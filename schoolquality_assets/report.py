@@ -8,10 +8,16 @@ import math
 import re
 from pathlib import Path
 
+import arviz as az
 import duckdb
 import jinja2
 import polars as pl
+import xarray as xr
 
+from schoolquality_assets import figures
+from schoolquality_assets.columns import DESCRIPTIONS, header
+from schoolquality_assets.diagnostics import posterior_summary
+from schoolquality_assets.models import MODELS
 from schoolquality_assets.partitions import FULL
 from schoolquality_assets.warehouse import Warehouse
 
@@ -24,6 +30,7 @@ SECTIONS = (
     "School random effects",
     "Model comparison (LOO-CV)",
     "Stage 1 production model",
+    "Posterior summaries",
     "MCMC diagnostics",
     "Comparison with frequentist approach",
 )
@@ -41,19 +48,36 @@ TEXT = {
     "out (adaptive Gauss-Hermite); the comparison whose Pareto k diagnostics pass comes first.",
     "Stage 1 production model": "M2 on every eligible school; g3_school_quality.parquet holds each school's posterior "
     "mean and SD of the random intercept.",
+    "Posterior summaries": "brms-style summary of each model: posterior mean (Estimate), posterior SD (Est. error), "
+    "95% quantile interval, R-hat and bulk/tail ESS for the intercept, the fixed effects (year x subject contrasts) "
+    "and the SDs. Logit scale, except M0 (Normal on proportions).",
     "MCMC diagnostics": "R-hat, effective sample sizes, divergences and E-BFMI from arviz; trace plots of the SD hyperparameters.",
     "Comparison with frequentist approach": "The logit-normal mixed model fitted in this run (statsmodels) beside the Bayesian fit.",
 }
 # section -> (DuckDB tables, figures by name: see warehouse.figure_path)
 CONTENT = {
-    "Shrinkage": (["shrinkage_by_band"], ["shrinkage_raw_vs_estimate", "shrinkage_vs_n"]),
-    "Variance decomposition": (["variance_components"], []),
+    "Shrinkage": (["shrinkage_by_band"], ["shrinkage_arrows", "shrinkage_vs_n"]),
+    "Variance decomposition": (["variance_components"], ["variance_shares"]),
     "School SD by model": (["school_sd_by_model"], ["school_sd_by_model"]),
     "School random effects": ([], ["school_effects_caterpillar"]),
     "Model comparison (LOO-CV)": (["loo_comparison"], []),
     "MCMC diagnostics": (["mcmc_diagnostics"], [f"trace_{k}" for k in ("m0", "m1", "m2", "m3")]),
     "Comparison with frequentist approach": (["frequentist_comparison"], []),
 }
+TABLE_CAPTIONS = {
+    "shrinkage_by_band": "Shrinkage by school size: how far M0 and M1 move schools from their own no-pooling "
+                         "estimates, in percentage points (mean, 90th percentile and largest per band of mean students).",
+    "variance_components": "Variance components on the logit scale (posterior mean and 95% interval) of M3 and M2, as a "
+                           "share of the total including the binomial pi^2/3 and of the latent (school + cohort + profile) variance.",
+    "school_sd_by_model": "School SD (logit scale) by model: posterior mean and 95% interval.",
+    "loo_comparison": "Leave-one-out comparison per observation and per cohort: expected log predictive density (higher "
+                      "is better), its difference to the best model of the same comparison, and Pareto k diagnostics.",
+    "mcmc_diagnostics": "Convergence of every model: R-hat and bulk/tail ESS over the gated quantities, cohort and profile "
+                        "effects, divergences, E-BFMI, maximum tree depth and sampling time.",
+    "frequentist_comparison": "The page's frequentist logit-normal mixed model beside the Bayesian fit of this run.",
+    "g3_school_quality summary": "Stage 1 output: schools, spread of the school means and their mean posterior SD (logit scale).",
+}
+TRANSPOSED = {"mcmc_diagnostics": "model"}  # wide tables shown one row per column: table -> key column
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
@@ -61,13 +85,71 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def cell(v) -> str:
-    """Floats with 6 significant digits, nulls and NaN empty."""
+def significant(v: float) -> str:
+    """3 significant digits; from 100 up, the rounded whole number with thousands separators."""
+    if abs(v) >= 99.95:  # would round to 100 or more
+        return f"{v:,.0f}"
+    return f"{v:#.3g}".removesuffix(".")
+
+
+def display_cell(column: str, v) -> str:
+    """A value as the report shows it (the tables keep full precision): percentages (``pct_*`` in
+    percent, ``*share*`` as 0-1 fractions) with %, R-hat with 3 decimals, integers with thousands
+    separators, other floats with 3 significant digits; nulls and NaN empty."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if not isinstance(v, float):
+        return str(v)
+    if column.startswith("pct_"):
+        return significant(v) + "%"
+    if "share" in column:
+        return significant(100 * v) + "%"
+    if "rhat" in column:
+        return f"{v:.3f}"
+    return significant(v)
+
+
+def table_caption(name: str) -> str:
+    if name.startswith("posterior_summary_"):
+        key = name.removeprefix("posterior_summary_")
+        return f"Posterior summary, {key.upper()} ({MODELS[key].description})" if key in MODELS else name
+    return TABLE_CAPTIONS.get(name, name.replace("_", " "))
+
+
+def display_table(name: str, frame: pl.DataFrame) -> dict:
+    """A table as the report shows it: caption, human headers (descriptions as tooltips), display-rounded
+    cells; a ``note`` column is said once below the table instead of in every row. Tables in
+    TRANSPOSED show one row per column and one column per model, so that they fit the page."""
+    notes = frame["note"].drop_nulls().unique(maintain_order=True).to_list() if "note" in frame.columns else []
+    shown = frame.drop("note", strict=False)
+    table = {"id": slug(name), "caption": table_caption(name), "notes": [n for n in notes if n]}
+    if name in TRANSPOSED:
+        key = TRANSPOSED[name]
+        return table | {
+            "head": [("", "")] + [(str(v), "") for v in shown[key]],
+            "rows": [{"header": (header(c), DESCRIPTIONS.get(c, "")),
+                      "cells": [(display_cell(c, v), shown[c].dtype.is_numeric()) for v in shown[c]]}
+                     for c in shown.columns if c != key]}
+    numeric = [dtype.is_numeric() for dtype in shown.dtypes]
+    return table | {
+        "head": [(header(c), DESCRIPTIONS.get(c, "")) for c in shown.columns],
+        "rows": [{"header": None, "cells": [(display_cell(c, v), n) for c, v, n in zip(shown.columns, row, numeric)]}
+                 for row in shown.iter_rows()]}
+
+
+def markdown_table(frame: pl.DataFrame) -> str:
+    """The table as markdown with the report's headers and display rounding (for the Dagster UI)."""
+    rows = [[display_cell(c, v) for c, v in zip(frame.columns, row)] for row in frame.iter_rows()]
+    lines = ["| " + " | ".join(header(c) for c in frame.columns) + " |", "|" + "---|" * frame.width]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def display_figure(name: str, png: bytes) -> dict:
+    return {"label": figures.label(name), "caption": figures.caption(name), "png": png}
 
 
 def school_sd_finding(table: pl.DataFrame) -> str:
@@ -141,6 +223,9 @@ def build_sections(wh: Warehouse, partition: str) -> dict:
         lead.append(variance_finding(variance))
     if any(findings) or lead:
         sections["Key findings"] = {"text": "\n\n".join(filter(None, lead + findings))}
+    summaries = posterior_summaries(wh, partition)
+    if summaries:
+        sections["Posterior summaries"] = {"text": TEXT["Posterior summaries"], "tables": summaries}
     production = wh.output_path(FULL)
     if partition == FULL and production.exists():
         q = pl.read_parquet(production)
@@ -149,6 +234,17 @@ def build_sections(wh: Warehouse, partition: str) -> dict:
         sections["Stage 1 production model"] = {"text": TEXT["Stage 1 production model"],
                                                 "tables": [("g3_school_quality summary", summary)]}
     return sections
+
+
+def posterior_summaries(wh: Warehouse, partition: str) -> list[tuple[str, pl.DataFrame]]:
+    """brms-style summary of every model with a passed posterior (only the summarised variables are read)."""
+    paths = {k: wh.posterior_path(k, partition) for k in MODELS}
+    return [(f"posterior_summary_{k}", _summary_of(p)) for k, p in paths.items() if p.exists()]
+
+
+def _summary_of(path: Path) -> pl.DataFrame:
+    with xr.open_dataset(path, group="posterior", engine="h5netcdf") as post:
+        return posterior_summary(az.InferenceData(posterior=post))
 
 
 def variance_finding(table: pl.DataFrame) -> str:
@@ -174,7 +270,7 @@ def _finding(section: str, tables: dict[str, pl.DataFrame]) -> str:
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters |= {"slug": slug, "cell": cell, "b64": lambda b: base64.b64encode(b).decode()}
+    env.filters |= {"slug": slug, "b64": lambda b: base64.b64encode(b).decode()}
     return env
 
 
@@ -183,8 +279,8 @@ def report_html(partition: str, sections: dict, run: dict | None = None) -> str:
     ``run`` (run id, date, code version, ...) is shown under the title."""
     ordered = [
         {"name": name, "paragraphs": [p for p in sections[name].get("text", "").split("\n\n") if p],
-         "tables": [(t, {"columns": df.columns, "rows": list(df.iter_rows())}) for t, df in sections[name].get("tables", [])],
-         "figures": sections[name].get("figures", [])}
+         "tables": [display_table(t, df) for t, df in sections[name].get("tables", [])],
+         "figures": [display_figure(f, png) for f, png in sections[name].get("figures", [])]}
         for name in SECTIONS if name in sections
     ]
     return _environment().get_template("report.html.j2").render(partition=partition, sections=ordered,

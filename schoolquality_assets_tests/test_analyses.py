@@ -176,7 +176,7 @@ def test_shrinkage_exact_and_band_ordering():
     assert by["band"].to_list() == list(an.BANDS) and by["schools"].to_list() == [30, 30, 30]
     s1 = by["mean_shrinkage_m1_pp"].to_numpy()
     assert s1[0] > s1[1] > s1[2]
-    for png in (figures.raw_vs_estimate_png(t), figures.shrinkage_vs_n_png(t)):
+    for png in (figures.shrinkage_arrows_png(t), figures.shrinkage_vs_n_png(t)):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -286,7 +286,7 @@ def test_mcmc_diagnostics(posteriors):
     assert s["min_bfmi"] == pytest.approx(float(np.min(az.bfmi(posteriors["m2"]))))
     assert s["r_profile_max_rhat"] is None and 0 <= s["r_cohort_share_rhat_gt_1_01"] <= 1
     assert s["min_ess_bulk_sd"] == pytest.approx(min(float(az.ess(post[[v]])[v]) for v in ("sd_school", "sd_cohort")))
-    assert figures.trace_png(posteriors["m2"], ["sd_school", "sd_cohort"])[:4] == b"\x89PNG"
+    assert figures.trace_png(posteriors["m2"], ["sd_school", "sd_cohort"], "M2")[:4] == b"\x89PNG"
 
 
 # ---------------------------------------------------------------- frequentist
@@ -313,10 +313,10 @@ def test_report_html():
     out = report.report_html("subsample", sections)
     heads = re.findall(r"<h2>(.*?)</h2>", out)
     assert heads == [__import__("html").escape(n) for n in report.SECTIONS if n != "Stage 1 production model"]
-    m = re.search(r'<table id="table-shrinkage-table">(.*?)</table>', out)
-    cells = re.findall(r"<td>(.*?)</td>", m.group(1))
-    assert float(cells[1]) == pytest.approx(-1234.56789123, rel=1e-5) and float(cells[4]) == pytest.approx(0.000123456789, rel=1e-5)
-    assert cells[5] == "" and cells[2] == "3"
+    m = re.search(r'<table id="table-shrinkage-table"[^>]*>(.*?)</table>', out)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", m.group(1))
+    assert cells == ["M1", "-1,235", "3", "M2", "0.000123", ""]  # 3 significant digits, thousands separators
+    assert re.findall(r"<th(?: [^>]*)?>(.*?)</th>", m.group(1))[0] == "Model"  # human column names
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', out)
     assert len(imgs) == len(report.SECTIONS) - 1 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
 
@@ -374,3 +374,85 @@ def test_variance_finding_quotes_the_m3_latent_shares():
                       "pct_latent": [72.8, 27.2, 70.0], "pct_latent_lower": [69.9, 24.0, 1.0], "pct_latent_upper": [75.6, 30.0, 99.0]})
     text = report.variance_finding(t)
     assert text.startswith("Latent variance (M3") and "School (persistent) 72.8% [69.9%, 75.6%]" in text and "70.0" not in text
+
+
+# ---------------------------------------------------------------- display: rounding, headers, captions
+def test_display_cell_rounds_for_display_only():
+    assert report.display_cell("sd_school", 0.643695) == "0.644"
+    assert report.display_cell("elpd_diff", 0.0) == "0.00" and report.display_cell("se", 12.671304) == "12.7"
+    assert report.display_cell("elpd_loo", -30707.014657) == "-30,707"   # no scientific notation
+    assert report.display_cell("mean_shrinkage_m1_pp", 0.039049) == "0.0390"
+    assert report.display_cell("pct_latent", 72.778711) == "72.8%" and report.display_cell("pct_latent_lower", 0.309431) == "0.309%"
+    assert report.display_cell("share_k_above_threshold", 0.026409) == "2.64%"   # a 0-1 share shown in percent
+    assert report.display_cell("max_rhat", 1.0078) == "1.008"
+    assert report.display_cell("n_units", 11246) == "11,246" and report.display_cell("reliable", False) == "no"
+    assert report.display_cell("pct_total", None) == "" and report.display_cell("se_diff", math.nan) == ""
+    assert report.display_cell("mean_n", 99.96) == "100" and report.display_cell("aspect", "Speed") == "Speed"
+
+
+def test_loo_note_is_said_once_below_the_table():
+    note = "M0 excluded: a Normal density on proportions is not comparable with binomial probabilities"
+    table = pl.DataFrame({"model": ["M2", "M1", "M0"], "elpd_loo": [-100.5, -120.25, None], "note": [note, note, note]})
+    out = report.report_html("subsample", {"Model comparison (LOO-CV)": {"tables": [("loo_comparison", table)]}})
+    body = re.search(r'<table id="table-loo-comparison"[^>]*>(.*?)</table>', out).group(1)
+    assert note not in body and out.count(note) == 1 and "Note: " + note in out
+    assert re.findall(r"<th(?: [^>]*)?>(.*?)</th>", body) == ["Model", "ELPD (LOO)"]
+    assert report.TABLE_CAPTIONS["loo_comparison"] in out
+
+
+def test_wide_diagnostics_table_is_shown_one_row_per_column():
+    table = pl.DataFrame({"model": ["M1", "M2"], "max_rhat": [1.004, 1.0123], "divergences": [0, 3]})
+    shown = report.display_table("mcmc_diagnostics", table)
+    assert [h for h, _ in shown["head"]] == ["", "M1", "M2"]
+    assert [(r["header"][0], [c for c, _ in r["cells"]]) for r in shown["rows"]] == [
+        ("Max R-hat", ["1.004", "1.012"]), ("Divergences", ["0", "3"])]
+
+
+def test_figures_have_captions_and_labels_by_model():
+    png = figures.figure_png(__import__("matplotlib.pyplot").pyplot.figure())
+    sections = {"Shrinkage": {"figures": [("shrinkage_arrows", png)]},
+                "MCMC diagnostics": {"figures": [("trace_m2", png)]}}
+    out = report.report_html("subsample", sections)
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", out, re.S)
+    assert len(captions) == 2 and not any("shrinkage_arrows" in c or "trace_m2" in c for c in captions)
+    assert "Trace plot, M2 SDs" in captions[1] and "one colour per" in captions[1]
+    assert "no-pooling estimate" in captions[0] and "M0" in captions[0] and "M1" in captions[0]
+    assert figures.label("trace_m0") == "Trace plot, M0 SDs"
+    assert all(figures.caption(name) and figures.label(name) != name for name in figures.FIGURES)
+
+
+def test_variance_shares_figure():
+    t = pl.DataFrame({"model": ["M3", "M3", "M3", "M2", "M2"],
+                      "component": [an.OBSERVATION, "School (persistent)", "Cohort (school×year)"] * 1 + ["School (persistent)", "Cohort (school×year)"],
+                      "pct_latent": [None, 72.8, 27.2, 73.1, 26.9], "pct_latent_lower": [None, 69.9, 24.0, 70.2, 24.1],
+                      "pct_latent_upper": [None, 75.6, 30.0, 75.9, 29.8]})
+    assert figures.variance_shares_png(t)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_posterior_summary_is_brms_style():
+    rng = np.random.default_rng(2)
+    draws = {"b_Intercept": rng.normal(0.3, 0.1, (4, 250)), "Intercept": rng.normal(0.1, 0.1, (4, 250)),
+             "b": rng.normal([0.5, -0.2], 0.05, (4, 250, 2)), "sd_school": np.abs(rng.normal(0.6, 0.03, (4, 250))),
+             "sd_cohort": np.abs(rng.normal(0.4, 0.02, (4, 250))), "r_school": rng.normal(size=(4, 250, 3))}
+    idata = az.from_dict(posterior=draws, coords={"coef": ["year_subject2016_math", "year_subject2016_reading"]},
+                         dims={"b": ["coef"], "r_school": ["school"]})
+    t = diagnostics.posterior_summary(idata)
+    assert t.columns == ["parameter", "estimate", "est_error", "lower_95", "upper_95", "rhat", "ess_bulk", "ess_tail"]
+    assert t["parameter"].to_list() == ["Intercept", "year_subject2016_math", "year_subject2016_reading",
+                                        "sd(school)", "sd(cohort)"]   # b_Intercept, not the centred Intercept; no r_school
+    sd = draws["sd_school"].ravel()
+    row = t.row(3, named=True)
+    assert row["estimate"] == pytest.approx(sd.mean()) and row["est_error"] == pytest.approx(sd.std(ddof=1))
+    assert row["lower_95"] == pytest.approx(np.quantile(sd, 0.025)) and row["upper_95"] == pytest.approx(np.quantile(sd, 0.975))
+    assert row["rhat"] == pytest.approx(float(az.rhat(idata.posterior[["sd_school"]])["sd_school"]))
+    assert row["ess_tail"] == pytest.approx(float(az.ess(idata.posterior[["sd_school"]], method="tail")["sd_school"]))
+    m0 = diagnostics.posterior_summary(az.from_dict(posterior={"Intercept": draws["Intercept"], "sigma": draws["sd_cohort"]}))
+    assert m0["parameter"].to_list() == ["Intercept", "sigma"]
+    headers = [h for h, _ in report.display_table("posterior_summary_m2", t)["head"]]
+    assert headers == ["Parameter", "Estimate", "Est. error", "l-95% CI", "u-95% CI", "R-hat", "Bulk ESS", "Tail ESS"]
+    assert report.table_caption("posterior_summary_m2").startswith("Posterior summary, M2")
+
+
+def test_markdown_table_for_the_ui_uses_headers_and_display_rounding():
+    md = report.markdown_table(pl.DataFrame({"model": ["M3"], "pct_latent": [72.778711], "max_rhat": [1.00987]}))
+    assert md.splitlines() == ["| Model | % of latent variance | Max R-hat |", "|---|---|---|", "| M3 | 72.8% | 1.010 |"]

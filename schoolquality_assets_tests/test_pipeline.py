@@ -2,13 +2,12 @@
 
 import base64
 import html as html_lib
-import math
 import re
 
 import pytest
 import dagster as dg
 
-from schoolquality_assets import synthetic
+from schoolquality_assets import loo, report, synthetic
 from schoolquality_assets.definitions import ASSETS, CHECKS
 from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
 from schoolquality_assets.warehouse import Warehouse
@@ -54,6 +53,10 @@ def test_comparison_pipeline_on_subsample(small_province):
     for table in ("shrinkage_by_band", "variance_components", "school_sd_by_model", "loo_comparison",
                   "mcmc_diagnostics", "frequentist_comparison"):
         assert _report_cells(html, table) == _duckdb_cells(wh, table), table
+    assert html.count(f"Note: {loo.M0_NOTE}.") == 1  # the LOO note once, under its table
+    assert "<figcaption><strong>Trace plot, M2 SDs.</strong>" in html and "shrinkage_arrows" not in html
+    for model in ("m0", "m1", "m2", "m3"):  # brms-style summary of every posterior
+        assert f'<table id="table-posterior-summary-{model}">' in html, model
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(images) >= 5
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
@@ -104,13 +107,16 @@ def test_budget_too_short_fails_cleanly_and_blocks_production(small_province):
 
 
 def _report_cells(html: str, table: str) -> list[str]:
-    body = re.search(rf'<table id="table-{table.replace("_", "-")}">(.*?)</table>', html, re.S).group(1)
-    return [html_lib.unescape(c) for c in re.findall(r"<td>(.*?)</td>", body)]
+    body = re.search(rf'<table id="table-{table.replace("_", "-")}"[^>]*>(.*?)</table>', html, re.S).group(1)
+    return [html_lib.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", body)]
 
 
 def _duckdb_cells(wh: Warehouse, table: str) -> list[str]:
-    def cell(v):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        return f"{v:.6g}" if isinstance(v, float) else str(v)
-    return [cell(v) for row in wh.read_partition(table, "subsample").iter_rows() for v in row]
+    """The stored values through the report's display formatter (3 significant digits, % signs; the
+    tables keep full precision), in the report's layout: a note column is said once below the table
+    instead of in the cells, and TRANSPOSED tables show one row per column."""
+    frame = wh.read_partition(table, "subsample").drop("note", strict=False)
+    if table in report.TRANSPOSED:
+        key = report.TRANSPOSED[table]
+        return [report.display_cell(c, v) for c in frame.columns if c != key for v in frame[c]]
+    return [report.display_cell(c, v) for row in frame.iter_rows() for c, v in zip(frame.columns, row)]

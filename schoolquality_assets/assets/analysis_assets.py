@@ -32,7 +32,7 @@ def _publish(context, wh: Warehouse, table: str, frame: pl.DataFrame, pngs: dict
     for name, png in pngs.items():
         with atomic_path(wh.figure_path(partition, name)) as tmp:
             tmp.write_bytes(png)
-        meta[name] = image_md(png, name)
+        meta[figures.label(name)] = image_md(png, figures.label(name))
     return dg.MaterializeResult(metadata=meta | extra)
 
 
@@ -44,7 +44,7 @@ def shrinkage(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -
     by_band = analyses.shrinkage_by_band(table)
     wh.write_partition("shrinkage_by_band", context.partition_key, by_band)
     return _publish(context, wh, "shrinkage", table,
-                    {"shrinkage_raw_vs_estimate": figures.raw_vs_estimate_png(table),
+                    {"shrinkage_arrows": figures.shrinkage_arrows_png(table),
                      "shrinkage_vs_n": figures.shrinkage_vs_n_png(table)},
                     by_band=dg.MetadataValue.md(markdown(by_band)), definition=analyses.SHRINKAGE_DEFINITION)
 
@@ -55,7 +55,8 @@ def variance_components(context: dg.AssetExecutionContext, warehouse: WarehouseR
     p = _posteriors(wh, context.partition_key, ("m2", "m3"))
     table = pl.concat([analyses.variance_components(p[k]).with_columns(model=pl.lit(k.upper())) for k in ("m3", "m2")])
     m3 = table.filter(pl.col("model") == "M3")
-    return _publish(context, wh, "variance_components", table, {}, page_tables=dg.MetadataValue.md(analyses.variance_markdown(m3)),
+    return _publish(context, wh, "variance_components", table, {"variance_shares": figures.variance_shares_png(table)},
+                    page_tables=dg.MetadataValue.md(analyses.variance_markdown(m3)),
                     **_sources(p, context.partition_key))
 
 
@@ -107,7 +108,7 @@ def mcmc_diagnostics(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     keys = [k for k in models.MODELS if wh.posterior_path(k, context.partition_key).exists()]
     p = _posteriors(wh, context.partition_key, keys)
     table = diagnostics.mcmc_diagnostics(p)
-    traces = {f"trace_{k}": figures.trace_png(p[k], models.MODELS[k].sd_names) for k in keys}
+    traces = {f"trace_{k}": figures.trace_png(p[k], models.MODELS[k].sd_names, k.upper()) for k in keys}
     return _publish(context, wh, "mcmc_diagnostics", table, traces)
 
 

@@ -90,7 +90,7 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
             )
         models.save_posterior(idata, path)
         failed_path.unlink(missing_ok=True)
-        trace = figures.trace_png(idata, spec.sd_names)
+        trace = figures.trace_png(idata, spec.sd_names, spec.key.upper())
         yield dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(path)),
@@ -110,7 +110,7 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
                 "divergences": summary["divergences"],
                 "min_bfmi": rounded(summary["min_bfmi"]),
                 "max_treedepth_hits": summary["max_treedepth_hits"],
-                "trace_plot": image_md(trace, f"{name} SD hyperparameters"),
+                figures.label(f"trace_{spec.key}"): image_md(trace, figures.label(f"trace_{spec.key}")),
             },
             check_results=check_results(outcomes, convergence, key),
         )

@@ -4,8 +4,9 @@ import datetime
 
 import dagster as dg
 
+from schoolquality_assets import figures
 from schoolquality_assets import report as report_html
-from schoolquality_assets.assets.common import OWNER, image_md, markdown
+from schoolquality_assets.assets.common import OWNER, image_md
 from schoolquality_assets.assets.production import code_version
 from schoolquality_assets.models import MODELS
 from schoolquality_assets.partitions import sample_partitions
@@ -40,7 +41,7 @@ def report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> d
         "path": dg.MetadataValue.path(str(path)),
         "sections": dg.MetadataValue.json(list(sections)),
         "summary": dg.MetadataValue.md(_summary(sections)),
-        **{f"figure: {name}": image_md(png, name) for name, png in _key_figures(sections)},
+        **{f"figure: {figures.label(name)}": image_md(png, figures.label(name)) for name, png in _key_figures(sections)},
     })
 
 
@@ -64,10 +65,10 @@ def _summary(sections: dict) -> str:
         parts.append(f"### {name}\n\n" + section.get("text", "").split("\n\n", 1)[-1])
         for t, frame in shown:
             cols = [c for c in SUMMARY_TABLES[t] if c in frame.columns]
-            parts.append(markdown(frame.select(cols), digits=3))
+            parts.append(f"*{report_html.table_caption(t)}*\n\n" + report_html.markdown_table(frame.select(cols)))
     return "\n\n".join(parts) or "(no tables yet)"
 
 
 def _key_figures(sections: dict) -> list[tuple[str, bytes]]:
-    wanted = ("shrinkage_vs_n", "school_effects_caterpillar", "school_sd_by_model")
+    wanted = ("variance_shares", "shrinkage_arrows", "school_sd_by_model", "school_effects_caterpillar")
     return [(n, png) for s in sections.values() for n, png in s.get("figures", []) if n in wanted]
