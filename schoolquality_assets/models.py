@@ -102,6 +102,7 @@ def model_input(spec: ModelSpec, sample: pl.DataFrame, prior_sds: dict[str, floa
         "y_success": frame["y_success"].to_numpy().astype(np.int64),
         "K": X.shape[1],
         "X": X,
+        "prior_b_sd": 0.0,  # flat b, as brms; > 0 gives b ~ normal(0, prior_b_sd) (calibration only)
     }
     coords["coef"] = coefs
     if spec.cohort:

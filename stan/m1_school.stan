@@ -7,6 +7,7 @@ data {
   matrix[N, K] X;
   int<lower=1> J_school;
   array[N] int<lower=1, upper=J_school> school;
+  real<lower=0> prior_b_sd;                         // > 0: b ~ normal(0, prior_b_sd) (calibration, benchmarks/sbc.py); 0: flat, as brms
 }
 transformed data {
   // As brms: centre X so that the intercept prior applies at the mean design row.
@@ -29,6 +30,7 @@ model {
   Intercept ~ student_t(3, 0, 2.5);
   sd_school ~ student_t(3, 0, 2.5);
   mu_school ~ normal(Intercept, sd_school);
+  if (prior_b_sd > 0) b ~ normal(0, prior_b_sd);
   // Not binomial_logit_glm: with K = 0 (the page's M1 has no fixed effects) Stan 2.35's GLM
   // ignores the data (measured: flat posterior).
   y_success ~ binomial_logit(n_trials, mu_school[school] + Xc * b);

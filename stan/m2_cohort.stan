@@ -47,6 +47,7 @@ data {
   vector<lower=0>[J_cohort - J_cohort_c] cohort_nc_scale;
   vector<lower=0>[2] log_sd_scale;
   int<lower=0, upper=1> emit_eta;                   // 1: write the linear predictor (tests)
+  real<lower=0> prior_b_sd;                         // > 0: b ~ normal(0, prior_b_sd) (calibration, benchmarks/sbc.py); 0: flat, as brms
 }
 parameters {
   real<multiplier=fixed_scale> Intercept;
@@ -77,6 +78,7 @@ model {
   Intercept ~ student_t(3, 0, 2.5);
   sd_school ~ student_t(3, 0, 2.5);
   sd_cohort ~ student_t(3, 0, 2.5);
+  if (prior_b_sd > 0) b ~ normal(0, prior_b_sd);   // flat on b when 0; b is linear in delta, so no Jacobian
   target += log_sd_school + log_sd_cohort;          // Jacobian: sd = exp(log sd)
   mu_school_c ~ normal(school_mean[school_c], sd_school);
   z_school ~ std_normal();
