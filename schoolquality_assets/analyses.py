@@ -77,11 +77,22 @@ def shrinkage(sample: pl.DataFrame, idata_m0, idata_m1) -> pl.DataFrame:
 
 
 def shrinkage_by_band(table: pl.DataFrame) -> pl.DataFrame:
-    """Schools, mean n and mean shrinkage (pp) per sample-size band, small to large."""
+    """Schools, mean n and shrinkage (pp: mean, p90, max) per sample-size band, small to large.
+
+    M0 pools a school by its number of observations, not its students; small schools also tend
+    to have fewer observations. So the ``*_modal_obs`` columns repeat the band means over only
+    the schools with the most common number of observations (``modal_n_obs``): like for like.
+    """
     order = pl.DataFrame({"band": list(BANDS), "_o": [0, 1, 2]})
+    modal = int(table["n_obs"].mode().max())
+    same = pl.col("n_obs") == modal
     return (
         table.group_by("band")
         .agg(
+            pl.lit(modal).alias("modal_n_obs"),
+            same.sum().alias("schools_modal_obs"),
+            pl.col("m0_shrinkage_pp").filter(same).mean().alias("mean_shrinkage_m0_pp_modal_obs"),
+            pl.col("m1_shrinkage_pp").filter(same).mean().alias("mean_shrinkage_m1_pp_modal_obs"),
             pl.len().alias("schools"),
             pl.col("mean_n").mean().alias("mean_n"),
             pl.col("m0_shrinkage_pp").mean().alias("mean_shrinkage_m0_pp"),

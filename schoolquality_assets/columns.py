@@ -97,6 +97,10 @@ def _with_stats() -> dict:
     for m in ("m0", "m1"):
         for stat, word in (("mean", "Mean"), ("p90", "90th percentile of"), ("max", "Largest")):
             out[f"{stat}_shrinkage_{m}_pp"] = f"{word} {m.upper()} shrinkage in the band, percentage points."
+        out[f"mean_shrinkage_{m}_pp_modal_obs"] = (f"Mean {m.upper()} shrinkage in the band over the schools with "
+                                                   "modal_n_obs observations only (like for like), percentage points.")
+    out["modal_n_obs"] = "The most common number of observations per school in the sample."
+    out["schools_modal_obs"] = "Schools of the band with exactly modal_n_obs observations."
     return out
 
 
@@ -140,6 +144,8 @@ HEADERS = {
 for _m in ("m0", "m1"):
     for _stat, _word in (("mean", "Mean"), ("p90", "90th pct"), ("max", "Max")):
         HEADERS[f"{_stat}_shrinkage_{_m}_pp"] = f"{_word} shrinkage {_m.upper()} (pp)"
+    HEADERS[f"mean_shrinkage_{_m}_pp_modal_obs"] = f"Mean shrinkage {_m.upper()}, modal obs. (pp)"
+HEADERS.update({"modal_n_obs": "Modal observations", "schools_modal_obs": "Schools with modal obs."})
 
 
 def header(column: str) -> str:

@@ -192,7 +192,26 @@ def shrinkage_finding(by_band: pl.DataFrame) -> str:
                  "flat M0 shrinkage the page describes.")
     else:
         text += f"M0's falls with size as much as M1's ({ratios}), unlike the page."
+    if m0_ratio > 1.25:
+        text += " " + _like_for_like(rows)
     return text
+
+
+def _like_for_like(rows: list[dict]) -> str:
+    """Band means over schools with the same (most common) number of observations, if the table has them."""
+    key0, key1 = "mean_shrinkage_m0_pp_modal_obs", "mean_shrinkage_m1_pp_modal_obs"
+    usable = [r for r in rows if r.get(key0) is not None and (r.get("schools_modal_obs") or 0) >= 5]
+    if len(usable) < 2:
+        return ""
+    m0, m1 = [r[key0] for r in usable], [r[key1] for r in usable]
+    ratio0, ratio1 = m0[0] / max(m0[-1], 1e-12), m1[0] / max(m1[-1], 1e-12)
+    text = (f"Among the schools with {usable[0]['modal_n_obs']} observations each (the most common count; "
+            f"bands {' / '.join(r['band'] for r in usable)}): M0 {' / '.join(f'{x:.2f}' for x in m0)} pp "
+            f"({ratio0:.1f}x), M1 {' / '.join(f'{x:.2f}' for x in m1)} pp ({ratio1:.1f}x). ")
+    if ratio0 <= 1.25:
+        return text + ("With the number of observations held equal M0's shrinkage is flat: its extra "
+                       "shrinkage of small schools comes from their fewer observations, not their fewer students.")
+    return text + "Even with the number of observations held equal, M0's shrinkage falls with size."
 
 
 def _table(wh: Warehouse, name: str, partition: str) -> pl.DataFrame | None:

@@ -342,6 +342,31 @@ def test_shrinkage_finding_follows_the_band_means():
     assert "it ignores n" in report.shrinkage_finding(flat_m0)
 
 
+def test_shrinkage_finding_holds_the_number_of_observations_equal():
+    """Small schools with few observations: M0 shrinks them more overall, but not like for like."""
+    by_band = pl.DataFrame({"band": list(an.BANDS), "mean_shrinkage_m0_pp": [1.15, 0.37, 0.41],
+                            "mean_shrinkage_m1_pp": [1.61, 0.12, 0.04], "modal_n_obs": [24, 24, 24],
+                            "schools_modal_obs": [60, 200, 50],
+                            "mean_shrinkage_m0_pp_modal_obs": [0.40, 0.37, 0.41],
+                            "mean_shrinkage_m1_pp_modal_obs": [0.45, 0.12, 0.04]})
+    text = report.shrinkage_finding(by_band)
+    assert "Among the schools with 24 observations each" in text
+    assert "comes from their fewer observations, not their fewer students" in text
+    falling = by_band.with_columns(mean_shrinkage_m0_pp_modal_obs=pl.Series([0.90, 0.37, 0.41]))
+    assert "Even with the number of observations held equal, M0's shrinkage falls" in report.shrinkage_finding(falling)
+
+
+def test_shrinkage_by_band_like_for_like_columns():
+    t = pl.DataFrame({"school_id": [f"s{i}" for i in range(6)], "n_obs": [24, 24, 3, 24, 24, 6],
+                      "mean_n": [10.0, 20.0, 8.0, 50.0, 60.0, 150.0], "band": ["<=25", "<=25", "<=25", "26-100", "26-100", ">100"],
+                      "m0_shrinkage_pp": [0.4, 0.6, 3.0, 0.5, 0.5, 1.0], "m1_shrinkage_pp": [1.0, 1.0, 5.0, 0.2, 0.2, 0.1]})
+    by = an.shrinkage_by_band(t)
+    assert by["modal_n_obs"].to_list() == [24, 24, 24] and by["schools_modal_obs"].to_list() == [2, 2, 0]
+    assert by["mean_shrinkage_m0_pp"][0] == pytest.approx(4.0 / 3)
+    assert by["mean_shrinkage_m0_pp_modal_obs"][0] == pytest.approx(0.5)
+    assert by["mean_shrinkage_m0_pp_modal_obs"][2] is None
+
+
 def test_loo_comparison_leads_with_the_reliable_unit(posteriors, sim):
     sample, _ = sim
     obs = loo.loo_table(posteriors, chunk=100)
