@@ -10,4 +10,4 @@ def two_models_job():
     job = dg.define_asset_job("two_models", selection=dg.AssetSelection.assets("posterior_m0", "posterior_m1"))
     defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[job], executor=EXECUTOR, resources={
         "warehouse": WarehouseResource(), "sampler": SamplerResource(), "convergence": ConvergenceResource()})
-    return defs.get_job_def("two_models")
+    return defs.resolve_job_def("two_models")

@@ -95,7 +95,7 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
             "stan_code_version": models.stan_code_version(models.MODELS["m2"]),
             "sampler": _json({k[8:]: v for k, v in idata.attrs.items() if k.startswith("sampler_")}),
             "diagnostics": _json({k[5:]: v for k, v in idata.attrs.items() if k.startswith("diag_")}),
-            "code_version": code_version(), "run_id": context.run_id, "posterior_run_id": str(idata.attrs.get("run_id", "")),
+            "code_version": code_version(), "run_id": context.run.run_id, "posterior_run_id": str(idata.attrs.get("run_id", "")),
             "data_vintage": str(vintage), "partition": partition, "scale": "logit",
         }
         arrow = table.to_arrow()

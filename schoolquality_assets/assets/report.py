@@ -33,7 +33,7 @@ def report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> d
     sections = report_html.build_sections(wh, context.partition_key)
     path = wh.report_path(context.partition_key)
     with atomic_path(path) as tmp:
-        run = {"partition": context.partition_key, "run": context.run_id,
+        run = {"partition": context.partition_key, "run": context.run.run_id,
                "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "code version": code_version()}
         tmp.write_text(report_html.report_html(context.partition_key, sections, run), encoding="utf-8")
