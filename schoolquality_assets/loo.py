@@ -5,6 +5,7 @@ cohort effect integrated out (adaptive Gauss-Hermite). Pure functions on arviz p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import arviz as az
 import numpy as np
@@ -146,9 +147,15 @@ def loo_finding(table: pl.DataFrame) -> str:
     return " ".join(parts) + " " + M0_NOTE + "."
 
 
-def loo_table(idatas: dict, max_draws: int | None = None, chunk: int = 2000) -> pl.DataFrame:
-    """PSIS-LOO per observation for the binomial models m1..m3 present, compared."""
-    pw = {m: pointwise_loo(idatas[m], max_draws, chunk) for m in ("m1", "m2", "m3") if m in idatas}
+def loo_table(idatas: dict, max_draws: int | None = None, chunk: int = 2000,
+              on_done: Callable[[str], None] = lambda label: None) -> pl.DataFrame:
+    """PSIS-LOO per observation for the binomial models m1..m3 present, compared; ``on_done`` is
+    told as each model is finished."""
+    pw = {}
+    for m in ("m1", "m2", "m3"):
+        if m in idatas:
+            pw[m] = pointwise_loo(idatas[m], max_draws, chunk)
+            on_done(f"{m.upper()} per observation")
     return _with_m0_row(_compare(pw, "observation", M0_NOTE), idatas)
 
 
@@ -255,7 +262,7 @@ def cohort_integrated_loo(idata, n_nodes: int = 15, groups=None, max_draws: int 
 
 
 def cohort_loo_table(idatas: dict, groups=None, n_nodes: int = 15, max_draws: int | None = None,
-                     chunk: int = 2000) -> pl.DataFrame:
+                     chunk: int = 2000, on_done: Callable[[str], None] = lambda label: None) -> pl.DataFrame:
     """Leave-one-cohort-out comparison of m1..m3 (same shape as :func:`loo_table`, unit='cohort')."""
     pw = {}
     for m in ("m1", "m2", "m3"):
@@ -264,5 +271,6 @@ def cohort_loo_table(idatas: dict, groups=None, n_nodes: int = 15, max_draws: in
             pw[m] = {"elpd_i": t["elpd"].to_numpy(), "p_loo_i": t["p_loo"].to_numpy(),
                      "pareto_k": t["pareto_k"].to_numpy(), "draws_used": int(t["draws_used"][0]),
                      "labels": t["cohort"].to_list()}
+            on_done(f"{m.upper()} per cohort")
     return _with_m0_row(_compare(pw, "cohort", M0_NOTE), idatas)
 

@@ -481,3 +481,9 @@ def test_posterior_summary_is_brms_style():
 def test_markdown_table_for_the_ui_uses_headers_and_display_rounding():
     md = report.markdown_table(pl.DataFrame({"model": ["M3"], "pct_latent": [72.778711], "max_rhat": [1.00987]}))
     assert md.splitlines() == ["| Model | % of latent variance | Max R-hat |", "|---|---|---|", "| M3 | 72.8% | 1.010 |"]
+
+
+def test_loo_reports_each_model_as_it_finishes(posteriors):
+    done: list[str] = []
+    loo.loo_table({"m1": posteriors["m1"]}, on_done=done.append)
+    assert done == ["M1 per observation"]

@@ -1,11 +1,13 @@
 """Long steps log progress: a compile longer than the heartbeat interval logs heartbeats."""
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpstan.models
 
 from schoolquality_assets import stan_engine
+from schoolquality_assets.progress import StepProgress
 
 
 def test_slow_compile_logs_heartbeats(tmp_path, monkeypatch):
@@ -45,3 +47,16 @@ def test_sampling_heartbeat_reports_phase_rate_and_what_remains(monkeypatch):
     beat.message(("iteration", 2, 380))
     beat.tick(kept=80, checkpoint=100)
     assert "80 draws kept per chain; next convergence check at 100" in lines[2]
+
+
+def test_long_steps_beat_with_elapsed_parts_and_what_remains():
+    lines: list[str] = []
+    with StepProgress(lines.append, "LOO", parts=4, interval=0.1) as progress:
+        time.sleep(0.25)                                   # no part done yet: heartbeats without an estimate
+        progress.part_done("M1 per observation")
+        time.sleep(0.25)
+    beats = [line for line in lines if "elapsed" in line and "done;" not in line]
+    assert lines[0] == "LOO: started (4 parts)" and lines[-1].startswith("LOO: finished in")
+    assert any("0 of 4 parts done, no estimate" in line for line in beats), lines
+    assert any("1 of 4 parts done, ~" in line and "s left" in line for line in beats), lines
+    assert any(line.startswith("LOO: M1 per observation done; ") for line in lines)

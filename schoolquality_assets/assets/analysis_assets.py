@@ -6,6 +6,7 @@ import polars as pl
 from schoolquality_assets import analyses, diagnostics, figures, loo, models
 from schoolquality_assets.assets.common import OWNER, image_md, load_posterior, markdown, rounded, table_metadata
 from schoolquality_assets.partitions import sample_partitions
+from schoolquality_assets.progress import StepProgress
 from schoolquality_assets.resources import WarehouseResource
 from schoolquality_assets.warehouse import Warehouse, atomic_path
 
@@ -88,8 +89,9 @@ def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     wh = warehouse.get()
     p = _posteriors(wh, context.partition_key, ("m1", "m2", "m3"))
     sample = wh.read_partition("analysis_sample", context.partition_key).sort("school_id", "year", "subject")
-    obs = loo.loo_table(p)
-    cohort = loo.cohort_loo_table(p, groups=loo.cohort_groups(sample))
+    with StepProgress(context.log.info, "LOO", parts=2 * len(p)) as progress:
+        obs = loo.loo_table(p, on_done=progress.part_done)
+        cohort = loo.cohort_loo_table(p, groups=loo.cohort_groups(sample), on_done=progress.part_done)
     table = loo.comparison(obs, cohort, p | {"m0": None})
     result = _publish(context, wh, "loo_comparison", table, {}, finding=loo.loo_finding(table),
                       **_sources(p, context.partition_key))
@@ -107,8 +109,13 @@ def mcmc_diagnostics(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     wh = warehouse.get()
     keys = [k for k in models.MODELS if wh.posterior_path(k, context.partition_key).exists()]
     p = _posteriors(wh, context.partition_key, keys)
-    table = diagnostics.mcmc_diagnostics(p)
-    traces = {f"trace_{k}": figures.trace_png(p[k], models.MODELS[k].sd_names, k.upper()) for k in keys}
+    with StepProgress(context.log.info, "MCMC diagnostics", parts=len(keys)) as progress:
+        tables, traces = [], {}
+        for k in keys:
+            tables.append(diagnostics.mcmc_diagnostics({k: p[k]}))
+            traces[f"trace_{k}"] = figures.trace_png(p[k], models.MODELS[k].sd_names, k.upper())
+            progress.part_done(k.upper())
+    table = pl.concat(tables, how="diagonal_relaxed")
     return _publish(context, wh, "mcmc_diagnostics", table, traces)
 
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from schoolquality_assets import analyses, diagnostics, models
 from schoolquality_assets.assets.common import OWNER, load_posterior, markdown, table_metadata
 from schoolquality_assets.partitions import FULL, sample_partitions
+from schoolquality_assets.progress import StepProgress
 from schoolquality_assets.resources import ConvergenceResource, WarehouseResource
 from schoolquality_assets.warehouse import Warehouse, atomic_path
 
@@ -66,8 +67,11 @@ def _archive_previous(wh: Warehouse, target) -> str | None:
 def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource, convergence: ConvergenceResource):
     wh = warehouse.get()
     partition = context.partition_key
-    idata = load_posterior(wh, "m2", partition)
-    summary = diagnostics.convergence_summary(idata, convergence.thresholds())
+    with StepProgress(context.log.info, "g3_school_quality", parts=2) as progress:
+        idata = load_posterior(wh, "m2", partition)
+        progress.part_done("posterior loaded")
+        summary = diagnostics.convergence_summary(idata, convergence.thresholds())
+        progress.part_done("convergence gate computed")
     rhat = summary["max_rhat"]
     outcomes = diagnostics.gate(summary, convergence.thresholds())
     if diagnostics.failed_blocking(outcomes):
