@@ -281,9 +281,7 @@ def frequentist_design(sample: pl.DataFrame, max_schools: int | None = None, see
         used = sorted(np.random.default_rng(seed).choice(schools, max_schools, replace=False).tolist())
     d = sample.filter(pl.col("school_id").is_in(used))
     elog, w = empirical_logits(d["y_success"].to_numpy(), d["n_trials"].to_numpy())
-    cell = d["year_subject"].to_numpy()
-    levels = np.unique(cell)
-    x = np.column_stack([np.ones(d.height)] + [(cell == lv).astype(float) for lv in levels[1:]])
+    x = np.column_stack([np.ones(d.height), models.design_matrix(d["year_subject"])[0]])
     return {"endog": elog, "weights": w, "exog": x, "groups": d["school_id"].to_numpy(),
             "nested": d["school_year_id"].to_numpy(), "n_schools": len(used), "n_schools_total": len(schools),
             "n_obs": d.height}

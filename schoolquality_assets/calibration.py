@@ -96,7 +96,7 @@ def half_t(rng: np.random.Generator) -> float:
 
 def draw_prior(spec: models.ModelSpec, frame: pl.DataFrame, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Every parameter from the program's prior (``b`` from normal(0, PRIOR_B_SD))."""
-    X, _ = models.design_matrix(frame["year_subject"]) if spec.fixed_effects else (np.zeros((frame.height, 0)), [])
+    X, _ = models.fixed_design(spec, frame)
     truth = {"Intercept": np.array(PRIOR_T_SCALE * rng.standard_t(PRIOR_T_DF)), "b": rng.normal(0.0, PRIOR_B_SD, X.shape[1])}
     for level, column in _levels(spec).items():
         sd = half_t(rng)
@@ -107,10 +107,10 @@ def draw_prior(spec: models.ModelSpec, frame: pl.DataFrame, rng: np.random.Gener
 
 def simulate_outcomes(spec: models.ModelSpec, frame: pl.DataFrame, truth: dict, rng: np.random.Generator) -> pl.DataFrame:
     """``frame`` with y_success ~ binomial(n_trials, inv_logit(eta)), the exact likelihood."""
-    X, _ = models.design_matrix(frame["year_subject"]) if spec.fixed_effects else (np.zeros((frame.height, 0)), [])
+    X, _ = models.fixed_design(spec, frame)
     eta = truth["Intercept"] + (X - X.mean(axis=0)) @ truth["b"]   # centred design: the intercept prior's row
     for level, column in _levels(spec).items():
-        eta = eta + truth[f"r_{level}"][_codes(frame[column])]
+        eta = eta + truth[f"r_{level}"][models.level_index(frame[column])[0] - 1]
     y = rng.binomial(frame["n_trials"].to_numpy(), expit(eta))
     return frame.with_columns(y_success=pl.Series(y, dtype=pl.Int64))
 
@@ -119,13 +119,6 @@ def _levels(spec: models.ModelSpec) -> dict[str, str]:
     """Group levels of a model and the frame column that indexes each."""
     return ({"school": "school_id"} | ({"cohort": "school_year_id"} if spec.cohort else {})
             | ({"profile": "school_subject_id"} if spec.profile else {}))
-
-
-def _codes(labels: pl.Series) -> np.ndarray:
-    """0-based index into the sorted distinct labels (the order of ``models.model_input``)."""
-    levels = sorted(labels.unique().to_list())
-    lookup = {v: i for i, v in enumerate(levels)}
-    return np.array([lookup[v] for v in labels.to_list()])
 
 
 # --------------------------------------------------------------------------- fit and rank

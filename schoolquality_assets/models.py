@@ -72,7 +72,13 @@ def design_matrix(labels: pl.Series) -> tuple[np.ndarray, list[str]]:
     return X, columns
 
 
-def _index(values: pl.Series) -> tuple[np.ndarray, list[str]]:
+def fixed_design(spec: ModelSpec, frame: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """The model's year_subject contrasts (none for the school-only models)."""
+    return design_matrix(frame["year_subject"]) if spec.fixed_effects else (np.zeros((frame.height, 0)), [])
+
+
+def level_index(values: pl.Series) -> tuple[np.ndarray, list[str]]:
+    """1-based index of each value into its sorted distinct levels, and the levels (Stan's group order)."""
     levels = sorted(values.unique().to_list())
     lookup = {v: i + 1 for i, v in enumerate(levels)}
     return np.array([lookup[v] for v in values.to_list()], dtype=np.int64), levels
@@ -87,14 +93,14 @@ def model_input(spec: ModelSpec, sample: pl.DataFrame, prior_sds: dict[str, floa
     if sample.height == 0:
         raise ValueError("the analysis sample is empty: nothing to fit")
     frame = sample.sort("school_id", "year", "subject")
-    school, schools = _index(frame["school_id"])
+    school, schools = level_index(frame["school_id"])
     data: dict = {"N": frame.height, "J_school": len(schools), "school": school}
     coords: dict[str, list[str]] = {"school": schools}
     if not spec.binomial:
         proportion = (frame["y_success"] / frame["n_trials"]).to_numpy()
         data |= {"proportion": proportion, "prior_intercept_location": float(np.round(np.median(proportion), 1))}
         return ModelInput(data, coords, frame)
-    X, coefs = design_matrix(frame["year_subject"]) if spec.fixed_effects else (np.zeros((frame.height, 0)), [])
+    X, coefs = fixed_design(spec, frame)
     if spec.fixed_effects and not coefs:
         raise ValueError(f"{spec.key.upper()} needs at least two year_subject cells; the sample has one")
     data |= {
@@ -106,7 +112,7 @@ def model_input(spec: ModelSpec, sample: pl.DataFrame, prior_sds: dict[str, floa
     }
     coords["coef"] = coefs
     if spec.cohort:
-        cohort, cohorts = _index(frame["school_year_id"])
+        cohort, cohorts = level_index(frame["school_year_id"])
         first = frame.with_columns(cohort=pl.Series(cohort)).group_by("cohort").agg(pl.col("school_id").first())
         owner = dict(zip(first["cohort"].to_list(), first["school_id"].to_list()))
         school_of = {s: i + 1 for i, s in enumerate(schools)}
@@ -117,7 +123,7 @@ def model_input(spec: ModelSpec, sample: pl.DataFrame, prior_sds: dict[str, floa
         }
         coords["cohort"] = cohorts
     if spec.profile:
-        profile, profiles = _index(frame["school_subject_id"])
+        profile, profiles = level_index(frame["school_subject_id"])
         data |= {"J_profile": len(profiles), "subject_profile": profile}
         coords["profile"] = profiles
     if spec.cohort:

@@ -178,10 +178,9 @@ def shrinkage_finding(by_band: pl.DataFrame) -> str:
     m0 = [r["mean_shrinkage_m0_pp"] for r in rows]
     m1 = [r["mean_shrinkage_m1_pp"] for r in rows]
     bands = " / ".join(r["band"] for r in rows)
-    text = (f"Mean shrinkage by band ({bands} students): M0 {' / '.join(f'{x:.2f}' for x in m0)} pp, "
-            f"M1 {' / '.join(f'{x:.2f}' for x in m1)} pp. ")
+    text = f"Mean shrinkage by band ({bands} students): M0 {_pp(m0)} pp, M1 {_pp(m1)} pp. "
     m1_falls = all(a > b for a, b in zip(m1, m1[1:]))
-    m0_ratio, m1_ratio = m0[0] / max(m0[-1], 1e-12), m1[0] / max(m1[-1], 1e-12)
+    m0_ratio, m1_ratio = _smallest_to_largest(m0), _smallest_to_largest(m1)
     text += ("M1 shrinks small schools most and large schools least, as the page says. " if m1_falls
              else "M1's shrinkage does not fall steadily with size here, unlike the page. ")
     ratios = f"smallest/largest band {m0_ratio:.1f}x for M0 against {m1_ratio:.1f}x for M1"
@@ -197,6 +196,14 @@ def shrinkage_finding(by_band: pl.DataFrame) -> str:
     return text
 
 
+def _pp(values: list[float]) -> str:
+    return " / ".join(f"{x:.2f}" for x in values)
+
+
+def _smallest_to_largest(band_means: list[float]) -> float:
+    return band_means[0] / max(band_means[-1], 1e-12)
+
+
 def _like_for_like(rows: list[dict]) -> str:
     """Band means over schools with the same (most common) number of observations, if the table has them."""
     key0, key1 = "mean_shrinkage_m0_pp_modal_obs", "mean_shrinkage_m1_pp_modal_obs"
@@ -204,10 +211,10 @@ def _like_for_like(rows: list[dict]) -> str:
     if len(usable) < 2:
         return ""
     m0, m1 = [r[key0] for r in usable], [r[key1] for r in usable]
-    ratio0, ratio1 = m0[0] / max(m0[-1], 1e-12), m1[0] / max(m1[-1], 1e-12)
+    ratio0, ratio1 = _smallest_to_largest(m0), _smallest_to_largest(m1)
     text = (f"Among the schools with {usable[0]['modal_n_obs']} observations each (the most common count; "
-            f"bands {' / '.join(r['band'] for r in usable)}): M0 {' / '.join(f'{x:.2f}' for x in m0)} pp "
-            f"({ratio0:.1f}x), M1 {' / '.join(f'{x:.2f}' for x in m1)} pp ({ratio1:.1f}x). ")
+            f"bands {' / '.join(r['band'] for r in usable)}): M0 {_pp(m0)} pp ({ratio0:.1f}x), "
+            f"M1 {_pp(m1)} pp ({ratio1:.1f}x). ")
     if ratio0 <= 1.25:
         return text + ("With the number of observations held equal M0's shrinkage is flat: its extra "
                        "shrinkage of small schools comes from their fewer observations, not their fewer students.")
