@@ -398,6 +398,18 @@ def previous_sds(path: Path) -> dict[str, float] | None:
     return {"school": float(post["sd_school"].mean()), "cohort": float(post["sd_cohort"].mean())}
 
 
+def posterior_run_id(path: Path) -> str | None:
+    """The run that fitted the posterior at ``path`` (read from the file's attributes only), or
+    None when there is no posterior."""
+    import h5netcdf
+
+    if not Path(path).exists():
+        return None
+    with h5netcdf.File(str(path), "r") as f:
+        value = f.attrs.get("run_id", "")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def load_posterior(path: Path) -> az.InferenceData:
     if not Path(path).exists():
         raise FileNotFoundError(f"no posterior at {path}: materialize its posterior asset first")

@@ -10,19 +10,23 @@ from schoolquality_assets.assets.ingest import landing_observation
 from schoolquality_assets.partitions import FULL, SUBSAMPLE
 from schoolquality_assets.resources import WarehouseResource
 
+# Every asset: a report is built in the same run as every table it shows (the g3_school_quality
+# on the subsample is the dry run).
 comparison_job = dg.define_asset_job(
     "comparison_job",
-    selection=dg.AssetSelection.groups("ingest", "sample", "models", "analyses", "report"),
-    description="Everything on the subsample: M0-M3, the page's analyses and the report.",
+    selection=dg.AssetSelection.groups("ingest", "sample", "models", "analyses", "production", "report"),
+    description="Everything on the partition (meant for the subsample): M0-M3, the page's analyses, the "
+    "g3_school_quality dry run and the report.",
 )
 # Production needs only part of the models and analyses groups: M3 and the comparisons that
 # need it (variance, caterpillar, LOO, frequentist) are the comparison job's.
 production_job = dg.define_asset_job(
     "production_job",
     selection=dg.AssetSelection.groups("ingest", "sample", "production", "report")
-    | dg.AssetSelection.assets("posterior_m0", "posterior_m1", "posterior_m2", "shrinkage", "school_sd_by_model",
-                               "mcmc_diagnostics"),
-    description="Stage 1 on every eligible school: M0, M1, M2, shrinkage, school SD, g3_school_quality, report.",
+    | dg.AssetSelection.assets("posterior_m0", "posterior_m1", "posterior_m2", "shrinkage", "shrinkage_by_band",
+                               "school_sd_by_model", "mcmc_diagnostics"),
+    description="Stage 1 on every eligible school: M0, M1, M2, shrinkage, school SD, g3_school_quality, report "
+    "(a section whose tables were not built from this run's fits, such as M3's, says so instead of showing them).",
 )
 JOB_PARTITIONS = {"comparison_job": SUBSAMPLE, "production_job": FULL}
 

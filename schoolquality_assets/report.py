@@ -12,12 +12,13 @@ import arviz as az
 import duckdb
 import jinja2
 import polars as pl
+import pyarrow.parquet as pq
 import xarray as xr
 
 from schoolquality_assets import figures
 from schoolquality_assets.columns import DESCRIPTIONS, header
 from schoolquality_assets.diagnostics import posterior_summary
-from schoolquality_assets.models import MODELS
+from schoolquality_assets.models import MODELS, posterior_run_id
 from schoolquality_assets.partitions import FULL
 from schoolquality_assets.warehouse import Warehouse
 
@@ -46,7 +47,8 @@ TEXT = {
     "School random effects": "M3 school effects ranked, with 95% credible intervals; colour is the average number of students.",
     "Model comparison (LOO-CV)": "PSIS-LOO per observation, and leave-one-cohort-out with each cohort effect integrated "
     "out (adaptive Gauss-Hermite); the comparison whose Pareto k diagnostics pass comes first.",
-    "Stage 1 production model": "M2 on every eligible school; g3_school_quality.parquet holds each school's posterior "
+    "Stage 1 production model": "M2 on every school of the partition (on full, every eligible school: the production "
+    "fit); g3_school_quality.parquet holds each school's posterior "
     "mean and SD of the random intercept.",
     "Posterior summaries": "brms-style summary of each model: posterior mean (Estimate), posterior SD (Est. error), "
     "95% quantile interval, R-hat and bulk/tail ESS for the intercept, the fixed effects (year x subject contrasts) "
@@ -54,15 +56,17 @@ TEXT = {
     "MCMC diagnostics": "R-hat, effective sample sizes, divergences and E-BFMI from arviz; trace plots of the SD hyperparameters.",
     "Comparison with frequentist approach": "The logit-normal mixed model fitted in this run (statsmodels) beside the Bayesian fit.",
 }
-# section -> (DuckDB tables, figures by name: see warehouse.figure_path)
+# section -> (assets whose rows must come from the partition's current posteriors, DuckDB tables
+# shown, figures by name: see warehouse.figure_path). A section whose assets were built from
+# another fit, or never on this partition, says so instead of showing them (section_status).
 CONTENT = {
-    "Shrinkage": (["shrinkage_by_band"], ["shrinkage_arrows", "shrinkage_vs_n"]),
-    "Variance decomposition": (["variance_components"], ["variance_shares"]),
-    "School SD by model": (["school_sd_by_model"], ["school_sd_by_model"]),
-    "School random effects": ([], ["school_effects_caterpillar"]),
-    "Model comparison (LOO-CV)": (["loo_comparison"], []),
-    "MCMC diagnostics": (["mcmc_diagnostics"], [f"trace_{k}" for k in ("m0", "m1", "m2", "m3")]),
-    "Comparison with frequentist approach": (["frequentist_comparison"], []),
+    "Shrinkage": (["shrinkage", "shrinkage_by_band"], ["shrinkage_by_band"], ["shrinkage_arrows", "shrinkage_vs_n"]),
+    "Variance decomposition": (["variance_components"], ["variance_components"], ["variance_shares"]),
+    "School SD by model": (["school_sd_by_model"], ["school_sd_by_model"], ["school_sd_by_model"]),
+    "School random effects": (["school_random_effects"], [], ["school_effects_caterpillar"]),
+    "Model comparison (LOO-CV)": (["loo_comparison"], ["loo_comparison"], []),
+    "MCMC diagnostics": (["mcmc_diagnostics"], ["mcmc_diagnostics"], [f"trace_{k}" for k in ("m0", "m1", "m2", "m3")]),
+    "Comparison with frequentist approach": (["frequentist_comparison"], ["frequentist_comparison"], []),
 }
 TABLE_CAPTIONS = {
     "shrinkage_by_band": "Shrinkage by school size: how far M0 and M1 move schools from their own no-pooling "
@@ -101,7 +105,7 @@ def display_cell(column: str, v) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, int):
-        return f"{v:,}"
+        return str(v) if column in ("year", "data_vintage") else f"{v:,}"
     if not isinstance(v, float):
         return str(v)
     if column.startswith("pct_"):
@@ -229,37 +233,104 @@ def _table(wh: Warehouse, name: str, partition: str) -> pl.DataFrame | None:
     return frame if frame.height else None
 
 
+def current_fits(wh: Warehouse, partition: str) -> dict[str, str]:
+    """Model key -> run id of each passed posterior on ``partition`` (models without one are absent)."""
+    runs = {k: posterior_run_id(wh.posterior_path(k, partition)) for k in MODELS}
+    return {k: run for k, run in runs.items() if run is not None}
+
+
+def stale_reason(asset: str, partition: str, sources: dict[str, str] | None, current: dict[str, str]) -> str | None:
+    """Why ``asset``'s rows of ``partition`` are not those of the current fits (None when they are).
+
+    ``sources`` is what the rows were built from (model -> run id, ``Warehouse.read_sources``);
+    ``current`` the partition's passed posteriors (``current_fits``)."""
+    if sources is None:
+        return f"{asset} has not been built on the {partition} partition"
+    for model, run in sorted(sources.items()):
+        name = model.upper()
+        if model not in current:
+            return f"{asset} was built from a {name} posterior that {partition} no longer has"
+        if current[model] != run:
+            return (f"{asset} was built from the {name} fit of run {run[:8]}, but the current {name} posterior "
+                    f"on {partition} is from run {current[model][:8]}")
+    return None
+
+
+def section_status(wh: Warehouse, partition: str, assets: list[str], current: dict[str, str]) -> str | None:
+    """None when every asset of a section comes from the current fits; else what to materialize and why."""
+    reasons = [r for a in assets if (r := stale_reason(a, partition, wh.read_sources(a, partition), current))]
+    if not reasons:
+        return None
+    return (f"Not shown: {'; '.join(reasons)}. Materialize {', '.join(assets)} on {partition} "
+            "(with its upstream) to show this section.")
+
+
 def build_sections(wh: Warehouse, partition: str) -> dict:
-    """Section name -> text, tables and figures found in the warehouse for ``partition``."""
+    """Section name -> text, tables and figures for ``partition``: only what was built from the
+    partition's current posteriors; a section whose tables were not says so in its text."""
+    current = current_fits(wh, partition)
     sections = {"Why the binomial likelihood matters": {"text": TEXT["Why the binomial likelihood matters"]}}
-    for name, (tables, figures) in CONTENT.items():
+    for name, (assets, tables, figures) in CONTENT.items():
+        status = section_status(wh, partition, assets, current)
+        if status:
+            sections[name] = {"text": "\n\n".join([TEXT[name], status]), "stale": True}
+            continue
         found = [(t, f) for t in tables if (f := _table(wh, t, partition)) is not None]
         pngs = [(f, p.read_bytes()) for f in figures if (p := wh.figure_path(partition, f)).exists()]
-        if found or pngs:
-            sections[name] = {"text": "\n\n".join(filter(None, [TEXT[name], _finding(name, dict(found))])),
-                              "tables": found, "figures": pngs}
-    findings = [_finding(name, dict(sections[name].get("tables", []))) for name in CONTENT if name in sections]
-    variance = _table(wh, "variance_components", partition)
+        sections[name] = {"text": "\n\n".join(filter(None, [TEXT[name], _finding(name, dict(found))])),
+                          "tables": found, "figures": pngs}
+    findings = [_finding(name, dict(sections[name].get("tables", []))) for name in CONTENT]
+    shown = dict(sections["Variance decomposition"].get("tables", []))
     sample = _table(wh, "analysis_sample", partition)
-    lead = []
+    lead = [accounting(wh)]
     if sample is not None:
         lead.append(f"{sample['school_id'].n_unique():,} schools, {sample.height:,} observations "
                     f"({sample['year'].min()}-{sample['year'].max()}; data vintage {sample['year'].max()}).")
-    if variance is not None:
-        lead.append(variance_finding(variance))
-    if any(findings) or lead:
-        sections["Key findings"] = {"text": "\n\n".join(filter(None, lead + findings))}
+    if "variance_components" in shown:
+        lead.append(variance_finding(shown["variance_components"]))
+    sections["Key findings"] = {"text": "\n\n".join(filter(None, lead + findings))}
     summaries = posterior_summaries(wh, partition)
-    if summaries:
-        sections["Posterior summaries"] = {"text": TEXT["Posterior summaries"], "tables": summaries}
-    production = wh.output_path(FULL)
-    if partition == FULL and production.exists():
-        q = pl.read_parquet(production)
-        summary = q.select(pl.len().alias("schools"), pl.col("g3_school_re").std().alias("sd_of_means"),
-                           pl.col("g3_re_sd").mean().alias("mean_posterior_sd"), pl.col("data_vintage").max())
-        sections["Stage 1 production model"] = {"text": TEXT["Stage 1 production model"],
-                                                "tables": [("g3_school_quality summary", summary)]}
+    missing = [k.upper() for k in MODELS if k not in current]
+    sections["Posterior summaries"] = {
+        "text": "\n\n".join(filter(None, [TEXT["Posterior summaries"], missing and
+                                           f"No posterior on {partition} for {', '.join(missing)}."])),
+        "tables": summaries}
+    sections["Stage 1 production model"] = production_section(wh, partition, current)
     return sections
+
+
+def accounting(wh: Warehouse) -> str:
+    """Where every landing row went: rejected by the contract, dropped by the filters, kept."""
+    counts = {t: wh.row_count(t) for t in ("rejected_observations", "filtered_observations", "cleaned_observations")}
+    if None in counts.values():
+        return ""
+    raw = sum(counts.values())
+    return (f"{raw:,} landing rows: {counts['rejected_observations']:,} rejected by the landing contract, "
+            f"{counts['filtered_observations']:,} dropped by the participation and eligibility filters "
+            f"(both tables keep each row with its reason), {counts['cleaned_observations']:,} kept.")
+
+
+def production_section(wh: Warehouse, partition: str, current: dict[str, str]) -> dict:
+    """The partition's g3_school_quality file (the production file on full, the dry run otherwise),
+    shown only when it was written from the current M2 posterior."""
+    path = wh.output_path(partition)
+    kind = "production file" if partition == FULL else "dry run"
+    text = [TEXT["Stage 1 production model"]]
+    if not path.exists():
+        return {"text": "\n\n".join(text + [f"Not shown: no g3_school_quality {kind} has been written on {partition}."]),
+                "stale": True}
+    meta = pq.read_schema(path).metadata or {}
+    run = meta.get(b"posterior_run_id", b"").decode()
+    if current.get("m2") != run:
+        return {"text": "\n\n".join(text + [
+            f"Not shown: the g3_school_quality {kind} ({path.name}) was written from the M2 fit of run {run[:8]}, "
+            f"but the current M2 posterior on {partition} is from run {current.get('m2', 'none')[:8]}. "
+            f"Materialize g3_school_quality on {partition}."]), "stale": True}
+    q = pl.read_parquet(path)
+    summary = q.select(pl.len().alias("schools"), pl.col("g3_school_re").std().alias("sd_of_means"),
+                       pl.col("g3_re_sd").mean().alias("mean_posterior_sd"), pl.col("data_vintage").max())
+    return {"text": "\n\n".join(text + [f"From the {kind} {path.name}."]),
+            "tables": [("g3_school_quality summary", summary)]}
 
 
 def posterior_summaries(wh: Warehouse, partition: str) -> list[tuple[str, pl.DataFrame]]:

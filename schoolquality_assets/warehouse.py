@@ -8,6 +8,7 @@ nowhere else.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -22,6 +23,7 @@ from schoolquality_assets.partitions import FULL
 ENV_VAR = "SCHOOLQUALITY_WAREHOUSE"
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "warehouse"
 OUTPUT_NAME = "g3_school_quality.parquet"
+PROVENANCE = "table_provenance"  # which posteriors each analysis table's partition was built from
 LOCK_TIMEOUT_SECONDS = 600.0  # another run writing the database holds its lock for seconds
 
 
@@ -128,18 +130,52 @@ class Warehouse:
         """Replace table ``name`` with ``frame`` (readers never see half)."""
         self._write(frame, [(f'CREATE OR REPLACE TABLE "{_identifier(name)}" AS SELECT * FROM _incoming', [])])
 
-    def write_partition(self, name: str, partition: str, frame: pl.DataFrame) -> pl.DataFrame:
-        """Replace this partition's rows of table ``name``; other partitions are untouched."""
+    def write_partition(self, name: str, partition: str, frame: pl.DataFrame,
+                        sources: dict[str, str] | None = None) -> pl.DataFrame:
+        """Replace this partition's rows of table ``name``; other partitions are untouched.
+
+        ``sources`` (model key -> run id of the posterior the rows came from) is recorded in
+        ``table_provenance`` in the same transaction, so a reader can tell whether the rows were
+        built from the posteriors that are current (``read_sources``).
+        """
         name = _identifier(name)
         frame = frame.with_columns(pl.lit(partition).alias("partition"))
         # UNION BY NAME: a table written by an earlier version with other columns is widened
         # (its other partitions' rows keep their values, new columns are null for them).
-        self._write(frame, [
+        statements = [
             (f'CREATE TABLE IF NOT EXISTS "{name}" AS SELECT * FROM _incoming WHERE false', []),
             (f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM "{name}" WHERE partition <> ? '
              f'UNION ALL BY NAME SELECT * FROM _incoming', [partition]),
-        ])
+        ]
+        if sources is not None:
+            statements += [
+                (f'CREATE TABLE IF NOT EXISTS {PROVENANCE} (table_name VARCHAR, partition VARCHAR, '
+                 'sources VARCHAR, written_at TIMESTAMP)', []),
+                (f'DELETE FROM {PROVENANCE} WHERE table_name = ? AND partition = ?', [name, partition]),
+                (f'INSERT INTO {PROVENANCE} VALUES (?, ?, ?, current_timestamp)',
+                 [name, partition, json.dumps(sources, sort_keys=True)]),
+            ]
+        self._write(frame, statements)
         return frame
+
+    def read_sources(self, name: str, partition: str) -> dict[str, str] | None:
+        """The posteriors (model key -> run id) that ``name``'s rows of ``partition`` were built
+        from; None when the table has no rows for the partition or no recorded sources."""
+        try:
+            with self.connect(read_only=True) as con:
+                row = con.execute(f"SELECT sources FROM {PROVENANCE} WHERE table_name = ? AND partition = ?",
+                                  [_identifier(name), partition]).fetchone()
+        except duckdb.CatalogException:
+            return None
+        return json.loads(row[0]) if row else None
+
+    def row_count(self, name: str) -> int | None:
+        """Rows of table ``name``; None when it does not exist."""
+        try:
+            with self.connect(read_only=True) as con:
+                return con.execute(f'SELECT count(*) FROM "{_identifier(name)}"').fetchone()[0]
+        except duckdb.CatalogException:
+            return None
 
     def read_table(self, name: str) -> pl.DataFrame:
         with self.connect(read_only=True) as con:

@@ -28,7 +28,8 @@ from .conftest import failure_text
 
 CORPUS = Path(__file__).parent / "fixtures" / "bad_inputs"
 EXPECTED = json.loads((CORPUS / "expected.json").read_text())
-INGEST = ("raw_observations", "rejected_observations", "cleaned_observations")
+INGEST = ("raw_observations", "synthetic_truth", "rejected_observations", "valid_observations",
+          "cleaned_observations", "filtered_observations")
 HEADER = "school_id,year,subject,n_eligible,n_participating,n_l3l4"
 SENTINEL = pl.DataFrame({"school_id": ["SENTINEL"], "source_file": ["previous_run.csv"]})
 
@@ -44,7 +45,7 @@ def _resources(root: Path, **warehouse) -> dict:
 def _materialize(root: Path, assets=INGEST, partition_key: str | None = None, **warehouse) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [*ASSETS, *CHECKS],
-        selection=dg.AssetSelection.assets(*assets).required_multi_asset_neighbors(),
+        selection=dg.AssetSelection.assets(*assets),
         resources=_resources(root, **warehouse),
         partition_key=partition_key,
         raise_on_error=False,
@@ -256,7 +257,8 @@ from schoolquality_assets.resources import ConvergenceResource, SamplerResource,
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 result = dg.materialize(
     [*ASSETS, *CHECKS],
-    selection=dg.AssetSelection.assets("raw_observations", "rejected_observations", "cleaned_observations").required_multi_asset_neighbors(),
+    selection=dg.AssetSelection.assets("raw_observations", "rejected_observations", "valid_observations",
+                                       "cleaned_observations", "filtered_observations"),
     resources={"warehouse": WarehouseResource(root=sys.argv[1]), "sampler": SamplerResource(),
                "convergence": ConvergenceResource()},
     raise_on_error=False,

@@ -14,7 +14,7 @@ ASSETS = {
     "posterior_m0", "posterior_m1", "posterior_m2", "posterior_m3", "shrinkage", "variance_components",
     "school_sd_by_model", "school_random_effects", "loo_comparison", "mcmc_diagnostics",
     "frequentist_comparison", "report", "g3_school_quality",
-    "synthetic_truth", "valid_observations", "filtered_observations", "landing_files",
+    "synthetic_truth", "valid_observations", "filtered_observations", "landing_files", "shrinkage_by_band",
 }
 
 
@@ -78,7 +78,7 @@ def test_raw_observations_records_the_landing_files_version(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "g3.csv").write_text("school_id,year,subject,n_eligible,n_participating,n_l3l4\nA,2024,math,10,9,4\n")
-    result = dg.materialize([*ASSETS, *CHECKS], selection=dg.AssetSelection.assets("raw_observations").required_multi_asset_neighbors(),
+    result = dg.materialize([*ASSETS, *CHECKS], selection=dg.AssetSelection.assets("raw_observations"),
                             resources={"warehouse": WarehouseResource(root=str(tmp_path)), "sampler": SamplerResource(),
                                        "convergence": ConvergenceResource()})
     assert result.success
@@ -88,3 +88,37 @@ def test_raw_observations_records_the_landing_files_version(tmp_path):
     assert observations[0].tags["dagster/data_version"] == landing_fingerprint(raw)
     deps = defs.get_repository_def().asset_graph.get(dg.AssetKey("raw_observations")).parent_keys
     assert dg.AssetKey("landing_files") in deps
+
+
+def test_every_asset_has_a_code_version_and_checks_share_its_partitions():
+    """Code changes mark assets stale (code versions); a check of a partitioned asset is partitioned
+    like it, so each evaluation belongs to the partition it judged."""
+    graph = defs.get_repository_def().asset_graph
+    for key in graph.materializable_asset_keys:
+        assert graph.get(key).code_version, key.to_user_string()
+    for check_key in graph.asset_check_keys:
+        spec = graph.get_check_spec(check_key)
+        assert spec.partitions_def == graph.get(check_key.asset_key).partitions_def, check_key.to_user_string()
+
+
+def test_code_version_follows_the_source(tmp_path):
+    from schoolquality_assets.assets.common import code_version_of
+
+    source = tmp_path / "template.j2"
+    source.write_text("a")
+    first = code_version_of(source)
+    assert code_version_of(source) == first
+    source.write_text("b")
+    assert code_version_of(source) != first
+
+
+def test_stale_reason_names_the_fit_a_table_came_from():
+    from schoolquality_assets.report import stale_reason
+
+    current = {"m1": "run-aaaa1111", "m2": "run-bbbb2222"}
+    assert stale_reason("shrinkage", "full", {"m1": "run-aaaa1111"}, current) is None
+    assert "has not been built on the full partition" in stale_reason("variance_components", "full", None, current)
+    moved = stale_reason("variance_components", "full", {"m2": "run-old00000", "m1": "run-aaaa1111"}, current)
+    assert moved == ("variance_components was built from the M2 fit of run run-old0, but the current M2 posterior "
+                     "on full is from run run-bbbb")
+    assert "no longer has" in stale_reason("variance_components", "full", {"m3": "x"}, current)

@@ -96,6 +96,16 @@ def test_budget_too_short_fails_cleanly_and_blocks_production(small_province):
                             selection=dg.AssetSelection.assets("posterior_m2"), raise_on_error=False)
     assert not result.success and wh.failed_posterior_path("m2", "subsample").exists()
     assert [f.read_bytes() for f in files] == before
+    # ... its checks are recorded as failed, with the numbers behind them, and no materialization
+    assert not result.get_asset_materialization_events()
+    evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert {"rhat", "ess", "no_divergences", "bfmi", "max_treedepth"} <= set(evals)
+    assert not evals["ess"].passed and evals["ess"].partition == "subsample"
+    ess = evals["ess"].metadata
+    assert ess["min_ess_bulk"].value < 400 and ess["parameters_failing"].value > 0 and ess["worst"].value
+    assert ess["failed_draws"].value == str(wh.failed_posterior_path("m2", "subsample"))
+    assert ess["judged"].value == "failed fit (not published)"
+    assert "max_rhat" in evals["rhat"].metadata
     # ... and every consumer refuses it, saying which check failed and where the draws are
     for asset in ("g3_school_quality", "variance_components"):
         alone = dg.materialize(_assets(), resources=_resources(small_province), partition_key="subsample",

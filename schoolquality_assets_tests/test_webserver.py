@@ -1,7 +1,8 @@
-"""The code location as the webserver serves it: everything is listed over GraphQL, and a run launched
-over GraphQL materializes the raw and rejected observations into a temporary warehouse.
+"""The code location as the webserver serves it: everything is listed over GraphQL; runs launched
+over GraphQL (as the UI's Materialize button) materialize one table of an ingest multi-asset
+alone, and the sample's partitioned checks are listed with their partition.
 
-No Stan: only raw_observations and rejected_observations are launched.
+No Stan: only ingest and sample assets are launched.
 
 Run queue: warehouse/dagster_home/dagster.yaml sets ``concurrency: runs: max_concurrent_runs``, which
 makes the instance use the QueuedRunCoordinator (the default in Dagster 1.13 anyway). A run launched
@@ -39,7 +40,7 @@ ASSETS = {
     "posterior_m0", "posterior_m1", "posterior_m2", "posterior_m3", "shrinkage", "variance_components",
     "school_sd_by_model", "school_random_effects", "loo_comparison", "mcmc_diagnostics",
     "frequentist_comparison", "report", "g3_school_quality",
-    "synthetic_truth", "valid_observations", "filtered_observations", "landing_files",
+    "synthetic_truth", "valid_observations", "filtered_observations", "landing_files", "shrinkage_by_band",
 }
 CHECKS = {
     ("cleaned_observations", "participation_at_least_half"),
@@ -265,21 +266,31 @@ def test_webserver_lists_assets_checks_jobs_schedule_sensor(stack):
     assert "new_results_sensor" in {s["name"] for s in repo["sensors"]}
 
 
-RAW_AND_REJECTED = ("raw_observations", "synthetic_truth", "rejected_observations", "valid_observations")
+CHECK_EXECUTIONS_QUERY = """
+query CheckExecutions($assetKey: AssetKeyInput!, $checkName: String!, $partition: String) {
+  assetCheckExecutions(assetKey: $assetKey, checkName: $checkName, limit: 10, partition: $partition) {
+    runId
+    status
+    partition
+  }
+}
+"""
 
 
-def test_launch_raw_and_rejected_through_graphql(stack):
+def _launch(stack, assets: tuple[str, ...], partition: str | None = None) -> dict:
+    """Launch the assets as the UI's Materialize button does; wait for the run to end."""
     params = {
         "selector": {
             "repositoryLocationName": LOCATION,
             "repositoryName": REPOSITORY,
             "pipelineName": "__ASSET_JOB",
-            # the multi-assets raw (+ synthetic_truth) and rejected (+ valid) are materialized whole
-            "assetSelection": [{"path": [k]} for k in RAW_AND_REJECTED],
+            "assetSelection": [{"path": [k]} for k in assets],
         },
         "mode": "default",
         "runConfigData": {},
     }
+    if partition:
+        params["executionMetadata"] = {"tags": [{"key": "dagster/partition", "value": partition}]}
     launched = stack.graphql(LAUNCH_MUTATION, {"executionParams": params})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", f"{launched}\n{stack.diagnostics()}"
     run_id = launched["run"]["runId"]
@@ -292,27 +303,42 @@ def test_launch_raw_and_rejected_through_graphql(stack):
         status = run["status"]
         if not seen or seen[-1] != status:
             seen.append(status)
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
-        if time.monotonic() > deadline:
+        if status in ("SUCCESS", "FAILURE", "CANCELED") or time.monotonic() > deadline:
             break
         time.sleep(1)
     events = "\n".join(
         f"{e['__typename']} {e.get('stepKey') or ''}: {e.get('message', '')}" for e in run["eventConnection"]["events"]
     )
     assert status == "SUCCESS", f"run {run_id} ended {status} (seen {seen})\n{events}\n{stack.diagnostics()}"
-    print(f"run {run_id}: statuses {seen}")
-    assert {"/".join(a["path"]) for a in run["assetSelection"]} == set(RAW_AND_REJECTED)
+    assert {"/".join(a["path"]) for a in run["assetSelection"]} == set(assets)
+    return {"run_id": run_id, "seen": seen}
 
-    database = stack.warehouse / "schoolquality.duckdb"
-    assert database.exists()
-    con = duckdb.connect(str(database), read_only=True)
+
+def _tables(stack) -> set[str]:
+    con = duckdb.connect(str(stack.warehouse / "schoolquality.duckdb"), read_only=True)
     try:
-        (raw_rows,) = con.execute("select count(*) from raw_observations").fetchone()
-        tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+        return {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
     finally:
         con.close()
-    assert raw_rows == stack.province_rows
-    assert {"raw_observations", "valid_observations", "rejected_observations"} <= tables
-    # nothing downstream of the selection ran (no Stan, no partitions)
-    assert not (stack.warehouse / "posteriors").exists() or not any((stack.warehouse / "posteriors").iterdir())
+
+
+def test_launch_one_table_of_a_multi_asset_through_graphql(stack):
+    """Materialize on one table of an ingest multi-asset, as a click in the UI does: it runs, and
+    writes only that table."""
+    run = _launch(stack, ("raw_observations",))
+    print(f"run {run['run_id']}: statuses {run['seen']}")
+    assert _tables(stack) == {"raw_observations"}
+    _launch(stack, ("valid_observations",))
+    assert _tables(stack) == {"raw_observations", "valid_observations"}   # not its twin rejected_observations
+
+
+def test_check_executions_carry_their_partition_over_graphql(stack):
+    """The check page of a partitioned asset lists each evaluation with its partition."""
+    _launch(stack, ("cleaned_observations", "eligible_schools", "analysis_sample"), partition="subsample")
+    key = {"path": ["analysis_sample"]}
+    executions = stack.graphql(CHECK_EXECUTIONS_QUERY, {"assetKey": key, "checkName": "sample_schools_eligible",
+                                                       "partition": "subsample"})["assetCheckExecutions"]
+    assert [(e["partition"], e["status"]) for e in executions] == [("subsample", "SUCCEEDED")]
+    none_on_full = stack.graphql(CHECK_EXECUTIONS_QUERY, {"assetKey": key, "checkName": "sample_schools_eligible",
+                                                         "partition": "full"})["assetCheckExecutions"]
+    assert none_on_full == []

@@ -4,17 +4,24 @@ import dagster as dg
 import polars as pl
 
 from schoolquality_assets import analyses, diagnostics, figures, loo, models
-from schoolquality_assets.assets.common import OWNER, image_md, load_posterior, markdown, rounded, table_metadata
+from schoolquality_assets.assets.common import OWNER, code_version_of, image_md, load_posterior, markdown, rounded, table_metadata
 from schoolquality_assets.partitions import sample_partitions
 from schoolquality_assets.progress import StepProgress
 from schoolquality_assets.resources import WarehouseResource
 from schoolquality_assets.warehouse import Warehouse, atomic_path
 
-ANALYSIS_ASSET = dict(partitions_def=sample_partitions, group_name="analyses", owners=[OWNER], kinds={"duckdb", "polars"})
+# analyses.py and figures.py compute every table and figure; diagnostics and loo two of them
+ANALYSIS_ASSET = dict(partitions_def=sample_partitions, group_name="analyses", owners=[OWNER], kinds={"duckdb", "polars"},
+                      code_version=code_version_of(analyses, figures, diagnostics, loo))
 
 
 def _posteriors(wh: Warehouse, partition: str, keys) -> dict:
     return {k: load_posterior(wh, k, partition) for k in keys}
+
+
+def _run_ids(p: dict) -> dict[str, str]:
+    """Model key -> run that fitted the posterior (recorded with each table: see report.section_status)."""
+    return {k: str(v.attrs.get("run_id", "")) for k, v in p.items()}
 
 
 def _sources(p: dict, partition: str) -> dict:
@@ -25,15 +32,17 @@ def _sources(p: dict, partition: str) -> dict:
                     "stop_status": str(v.attrs.get("stop_status", ""))} for k, v in p.items()})}
 
 
-def _publish(context, wh: Warehouse, table: str, frame: pl.DataFrame, pngs: dict[str, bytes], **extra) -> dg.MaterializeResult:
-    """Write the table's partition rows and the figures (by name); return metadata the UI shows."""
+def _publish(context, wh: Warehouse, table: str, frame: pl.DataFrame, pngs: dict[str, bytes], sources: dict[str, str],
+             **extra) -> dg.MaterializeResult:
+    """Write the figures (by name), then the table's partition rows with the posteriors they came
+    from (``sources``: model -> run id); return metadata the UI shows."""
     partition = context.partition_key
-    wh.write_partition(table, partition, frame)
     meta = table_metadata(frame) | {"table": dg.MetadataValue.md(markdown(frame.head(30)))}
     for name, png in pngs.items():
         with atomic_path(wh.figure_path(partition, name)) as tmp:
             tmp.write_bytes(png)
         meta[figures.label(name)] = image_md(png, figures.label(name))
+    wh.write_partition(table, partition, frame, sources=sources)
     return dg.MaterializeResult(metadata=meta | extra)
 
 
@@ -42,12 +51,22 @@ def shrinkage(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -
     wh = warehouse.get()
     p = _posteriors(wh, context.partition_key, ("m0", "m1"))
     table = analyses.shrinkage(wh.read_partition("analysis_sample", context.partition_key), p["m0"], p["m1"])
-    by_band = analyses.shrinkage_by_band(table)
-    wh.write_partition("shrinkage_by_band", context.partition_key, by_band)
     return _publish(context, wh, "shrinkage", table,
                     {"shrinkage_arrows": figures.shrinkage_arrows_png(table),
-                     "shrinkage_vs_n": figures.shrinkage_vs_n_png(table)},
-                    by_band=dg.MetadataValue.md(markdown(by_band)), definition=analyses.SHRINKAGE_DEFINITION)
+                     "shrinkage_vs_n": figures.shrinkage_vs_n_png(table)}, _run_ids(p),
+                    definition=analyses.SHRINKAGE_DEFINITION, **_sources(p, context.partition_key))
+
+
+@dg.asset(deps=["shrinkage"], description="Shrinkage of M0 and M1 by sample-size band (mean, 90th percentile, "
+          "maximum; and over schools with the modal number of observations), from the shrinkage table.", **ANALYSIS_ASSET)
+def shrinkage_by_band(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    wh = warehouse.get()
+    partition = context.partition_key
+    sources = wh.read_sources("shrinkage", partition)
+    if sources is None:
+        raise dg.Failure(description=f"shrinkage[{partition}] has not been built: materialize it first")
+    by_band = analyses.shrinkage_by_band(wh.read_partition("shrinkage", partition))
+    return _publish(context, wh, "shrinkage_by_band", by_band, {}, sources, definition=analyses.SHRINKAGE_DEFINITION)
 
 
 @dg.asset(deps=["posterior_m2", "posterior_m3"], description="Variance decomposition per posterior draw (full with pi^2/3, and latent), M3 and M2.", **ANALYSIS_ASSET)
@@ -57,18 +76,20 @@ def variance_components(context: dg.AssetExecutionContext, warehouse: WarehouseR
     table = pl.concat([analyses.variance_components(p[k]).with_columns(model=pl.lit(k.upper())) for k in ("m3", "m2")])
     m3 = table.filter(pl.col("model") == "M3")
     return _publish(context, wh, "variance_components", table, {"variance_shares": figures.variance_shares_png(table)},
-                    page_tables=dg.MetadataValue.md(analyses.variance_markdown(m3)),
+                    _run_ids(p), page_tables=dg.MetadataValue.md(analyses.variance_markdown(m3)),
                     **_sources(p, context.partition_key))
 
 
-@dg.asset(deps=["posterior_m1", "posterior_m2", "posterior_m3"], description="School SD (mean, 95% interval) under M1, M2, M3.", **ANALYSIS_ASSET)
+@dg.asset(deps=["posterior_m1", "posterior_m2", "posterior_m3"],
+          description="School SD (mean, 95% interval) under M1, M2, M3 (those with a posterior on the partition).",
+          **ANALYSIS_ASSET)
 def school_sd_by_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
     keys = [k for k in ("m1", "m2", "m3") if wh.posterior_path(k, context.partition_key).exists()]
     p = _posteriors(wh, context.partition_key, keys)
     table = analyses.school_sd_by_model(p)
     return _publish(context, wh, "school_sd_by_model", table, {"school_sd_by_model": figures.school_sd_png(table)},
-                    **_sources(p, context.partition_key))
+                    _run_ids(p), **_sources(p, context.partition_key))
 
 
 @dg.asset(deps=["posterior_m3", "eligible_schools"], description="M3 school effects, ranked, with 95% intervals (caterpillar).", **ANALYSIS_ASSET)
@@ -77,12 +98,12 @@ def school_random_effects(context: dg.AssetExecutionContext, warehouse: Warehous
     p = _posteriors(wh, context.partition_key, ("m3",))
     table = analyses.school_random_effects(p["m3"], wh.read_table("eligible_schools"))
     return _publish(context, wh, "school_random_effects", table, {"school_effects_caterpillar": figures.caterpillar_png(table)},
-                    **_sources(p, context.partition_key))
+                    _run_ids(p), **_sources(p, context.partition_key))
 
 
 @dg.asset(deps=["posterior_m1", "posterior_m2", "posterior_m3", "analysis_sample"],
           description="PSIS-LOO (per observation) and integrated leave-one-cohort-out comparison of M1-M3 (M0 excluded).",
-          check_specs=[dg.AssetCheckSpec("pareto_k_share", asset="loo_comparison",
+          check_specs=[dg.AssetCheckSpec("pareto_k_share", asset="loo_comparison", partitions_def=sample_partitions,
                                          description="At most 1% of observation-level Pareto k above arviz's sample-size threshold (WARN)")],
           **ANALYSIS_ASSET)
 def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
@@ -93,7 +114,7 @@ def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResour
         obs = loo.loo_table(p, on_done=progress.part_done)
         cohort = loo.cohort_loo_table(p, groups=loo.cohort_groups(sample), on_done=progress.part_done)
     table = loo.comparison(obs, cohort, p | {"m0": None})
-    result = _publish(context, wh, "loo_comparison", table, {}, finding=loo.loo_finding(table),
+    result = _publish(context, wh, "loo_comparison", table, {}, _run_ids(p), finding=loo.loo_finding(table),
                       **_sources(p, context.partition_key))
     worst = float(obs.filter(pl.col("model") != "M0")["share_k_above_threshold"].max())
     yield result
@@ -104,7 +125,8 @@ def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     )
 
 
-@dg.asset(deps=["posterior_m0", "posterior_m1", "posterior_m2", "posterior_m3"], description="Convergence figures of every fitted model.", **ANALYSIS_ASSET)
+@dg.asset(deps=["posterior_m0", "posterior_m1", "posterior_m2", "posterior_m3"],
+          description="Convergence table and trace plots of every model with a posterior on the partition.", **ANALYSIS_ASSET)
 def mcmc_diagnostics(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
     keys = [k for k in models.MODELS if wh.posterior_path(k, context.partition_key).exists()]
@@ -116,7 +138,7 @@ def mcmc_diagnostics(context: dg.AssetExecutionContext, warehouse: WarehouseReso
             traces[f"trace_{k}"] = figures.trace_png(p[k], models.MODELS[k].sd_names, k.upper())
             progress.part_done(k.upper())
     table = pl.concat(tables, how="diagonal_relaxed")
-    return _publish(context, wh, "mcmc_diagnostics", table, traces)
+    return _publish(context, wh, "mcmc_diagnostics", table, traces, _run_ids(p), **_sources(p, context.partition_key))
 
 
 @dg.asset(deps=["analysis_sample", "variance_components", "posterior_m2"],
@@ -125,10 +147,17 @@ def frequentist_comparison(context: dg.AssetExecutionContext, warehouse: Warehou
     wh = warehouse.get()
     partition = context.partition_key
     sample = wh.read_partition("analysis_sample", partition)
+    sources = wh.read_sources("variance_components", partition)
+    if sources is None:
+        raise dg.Failure(description=f"variance_components[{partition}] has not been built: materialize it first")
     components = wh.read_partition("variance_components", partition).filter(pl.col("model") == "M3")
     m2 = load_posterior(wh, "m2", partition)
+    if sources.get("m2") != str(m2.attrs.get("run_id", "")):
+        raise dg.Failure(description=f"variance_components[{partition}] was built from another M2 fit "
+                         f"(run {sources.get('m2')}) than the current posterior_m2 (run {m2.attrs.get('run_id')}): "
+                         "materialize variance_components first")
     table = analyses.frequentist_comparison(
         sample, components, bayes_seconds=float(m2.attrs.get("sample_seconds", 0.0)),
         bayes_sample=f"{sample['school_id'].n_unique()} schools, {sample.height} observations ({partition})",
     )
-    return _publish(context, wh, "frequentist_comparison", table, {})
+    return _publish(context, wh, "frequentist_comparison", table, {}, sources)

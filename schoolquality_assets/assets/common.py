@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+from pathlib import Path
+from types import ModuleType
 
 import dagster as dg
 import polars as pl
@@ -17,6 +20,16 @@ _DAGSTER_TYPES = {
     pl.Utf8: "string", pl.Int64: "int64", pl.Int32: "int32", pl.Float64: "float64",
     pl.Boolean: "bool", pl.UInt32: "uint32", pl.UInt64: "uint64",
 }
+
+
+def code_version_of(*sources: ModuleType | Path) -> str:
+    """Code version of an asset: a hash of the source files its result depends on (modules or
+    files such as the report template), so that editing one marks the asset stale in the UI."""
+    digest = hashlib.sha256()
+    for source in sources:
+        path = Path(source.__file__) if isinstance(source, ModuleType) else Path(source)
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def table_metadata(frame: pl.DataFrame, preview_rows: int = 5) -> dict:

@@ -1,7 +1,9 @@
 """Ingest and sample: landing files -> raw -> rejected/valid -> cleaned/filtered -> eligible -> analysis sample.
 
-Tables written together are one multi-asset each (raw + synthetic_truth, rejected + valid,
-cleaned + filtered), so every table appears in the asset graph and its lineage.
+Tables computed together are one multi-asset each (raw + synthetic_truth, rejected + valid,
+cleaned + filtered), so every table appears in the asset graph and its lineage. Each multi-asset
+can be subset: a selection that names one of the pair (``*eligible_schools``, a click on one table
+in the UI) computes the pair's step and writes only the tables selected.
 """
 
 
@@ -10,11 +12,12 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 import polars as pl
 
 from schoolquality_assets import contract, filters, synthetic
-from schoolquality_assets.assets.common import OWNER, markdown, table_metadata
+from schoolquality_assets.assets.common import OWNER, code_version_of, markdown, table_metadata
 from schoolquality_assets.partitions import FULL, sample_partitions
 from schoolquality_assets.resources import WarehouseResource
 
-INGEST = dict(group_name="ingest", owners=[OWNER], kinds={"duckdb", "polars"})
+INGEST = dict(group_name="ingest", owners=[OWNER], kinds={"duckdb", "polars"},
+              code_version=code_version_of(contract, filters, synthetic))
 
 
 def _landing(warehouse: WarehouseResource) -> tuple[pl.DataFrame, str, list[str], pl.DataFrame | None]:
@@ -66,11 +69,13 @@ landing_files = dg.AssetSpec(
     specs=[
         dg.AssetSpec("raw_observations", deps=["landing_files"],
                      description="Every landing row, as text, with its source file and row number.", **INGEST),
-        dg.AssetSpec("synthetic_truth", skippable=True, description="True parameters of the synthetic province "
-                     "(written only when raw/ is empty and the synthetic province stands in).", **INGEST),
+        dg.AssetSpec("synthetic_truth", deps=["landing_files"], skippable=True, description="True parameters of the "
+                     "synthetic province (written only when raw/ is empty and the synthetic province stands in).", **INGEST),
     ],
+    can_subset=True,
 )
 def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    selected = {k.to_user_string() for k in context.selected_asset_keys}
     version, landing_metadata = landing_observation(warehouse)
     context.log_event(dg.AssetObservation("landing_files", metadata=landing_metadata, tags={DATA_VERSION_TAG: version}))
     try:
@@ -82,11 +87,13 @@ def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     ignored = contract.ignored_files(warehouse.get().raw_dir)
     if ignored:
         context.log.warning(f"ignored non-landing files in raw/: {[p.name for p in ignored]}")
-    warehouse.get().write_table("raw_observations", frame)
     context.log.info(f"loaded {frame.height} rows from {source}")
-    if truth is not None:
+    if truth is not None and "synthetic_truth" in selected:
         warehouse.get().write_table("synthetic_truth", truth)
         yield dg.MaterializeResult(asset_key="synthetic_truth", metadata=table_metadata(truth))
+    if "raw_observations" not in selected:
+        return
+    warehouse.get().write_table("raw_observations", frame)
     yield dg.MaterializeResult(
         asset_key="raw_observations",
         metadata=table_metadata(frame) | {
@@ -105,17 +112,22 @@ def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         dg.AssetSpec("valid_observations", deps=["raw_observations"],
                      description="Typed rows that pass the landing contract, with derived columns.", **INGEST),
     ],
+    can_subset=True,
 )
-def rejected_observations(warehouse: WarehouseResource):
+def rejected_observations(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    selected = {k.to_user_string() for k in context.selected_asset_keys}
     wh = warehouse.get()
     raw = wh.read_table("raw_observations")
     valid, rejected = contract.validate(raw)
     if valid.height + rejected.height != raw.height:
         raise dg.Failure(f"validation lost rows: {raw.height} in, {valid.height} + {rejected.height} out")
-    wh.write_table("valid_observations", valid)
+    if "valid_observations" in selected:
+        wh.write_table("valid_observations", valid)
+        yield dg.MaterializeResult(asset_key="valid_observations", metadata=table_metadata(valid))
+    if "rejected_observations" not in selected:
+        return
     wh.write_table("rejected_observations", rejected)
     by_reason = rejected.group_by("reason").len().sort("reason") if rejected.height else pl.DataFrame()
-    yield dg.MaterializeResult(asset_key="valid_observations", metadata=table_metadata(valid))
     yield dg.MaterializeResult(
         asset_key="rejected_observations",
         metadata=table_metadata(rejected) | {
@@ -135,14 +147,19 @@ def rejected_observations(warehouse: WarehouseResource):
         dg.AssetSpec("filtered_observations", deps=["valid_observations"],
                      description="Valid observations dropped by the filters, with a reason.", **INGEST),
     ],
+    can_subset=True,
 )
-def cleaned_observations(warehouse: WarehouseResource):
+def cleaned_observations(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    selected = {k.to_user_string() for k in context.selected_asset_keys}
     wh = warehouse.get()
     cleaned, filtered = filters.clean(wh.read_table("valid_observations"))
+    if "filtered_observations" in selected:
+        wh.write_table("filtered_observations", filtered)
+        yield dg.MaterializeResult(asset_key="filtered_observations", metadata=table_metadata(filtered))
+    if "cleaned_observations" not in selected:
+        return
     wh.write_table("cleaned_observations", cleaned)
-    wh.write_table("filtered_observations", filtered)
     by_reason = filtered.group_by("reason").len().sort("reason") if filtered.height else pl.DataFrame()
-    yield dg.MaterializeResult(asset_key="filtered_observations", metadata=table_metadata(filtered))
     yield dg.MaterializeResult(
         asset_key="cleaned_observations",
         metadata=table_metadata(cleaned) | {"filtered_by_reason": dg.MetadataValue.md(markdown(by_reason))}
@@ -204,7 +221,7 @@ def eligible_schools(warehouse: WarehouseResource) -> dg.MaterializeResult:
     partitions_def=sample_partitions,
     description="Observations of the schools analysed: 'full' = every eligible school; 'subsample' = a stable, "
     "hash-ranked choice of 500 (configurable) eligible schools.",
-    group_name="sample", owners=[OWNER], kinds={"duckdb", "polars"},
+    group_name="sample", owners=[OWNER], kinds={"duckdb", "polars"}, code_version=code_version_of(filters),
 )
 def analysis_sample(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
@@ -219,7 +236,7 @@ def analysis_sample(context: dg.AssetExecutionContext, warehouse: WarehouseResou
 
 
 @dg.asset_check(
-    asset=analysis_sample, blocking=True,
+    asset=analysis_sample, blocking=True, partitions_def=sample_partitions,
     description="Every school in the sample has >= 2 observations at participation >= 0.70.",
 )
 def sample_schools_eligible(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
@@ -228,11 +245,11 @@ def sample_schools_eligible(context: dg.AssetCheckExecutionContext, warehouse: W
         (pl.col("participation") >= filters.ELIGIBLE_PARTICIPATION).sum().alias("high_participation_obs")
     )
     bad = counts.filter(pl.col("high_participation_obs") < filters.MIN_ELIGIBLE_OBS)
-    return _check_result(bad.height == 0, sample.height, bad, schools_checked=counts.height)
+    return _check_result(bad.height == 0, sample.height, bad, schools_checked=counts.height, partition=_partition(context))
 
 
 @dg.asset_check(
-    asset=analysis_sample, blocking=True,
+    asset=analysis_sample, blocking=True, partitions_def=sample_partitions,
     description="The subsample has exactly the configured number of schools (all, when fewer are eligible).",
 )
 def sample_size_as_configured(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:

@@ -16,13 +16,15 @@ STAN_TAG = "schoolquality/stan"  # the executor runs one step with this tag at a
 
 
 def check_results(outcomes: list[diagnostics.CheckOutcome], limits: ConvergenceResource,
-                  asset_key: dg.AssetKey) -> list[dg.AssetCheckResult]:
+                  asset_key: dg.AssetKey, **context) -> list[dg.AssetCheckResult]:
+    """One result per gate check, with its figures, the thresholds and ``context`` (which draws
+    file was judged)."""
     thresholds = dg.MetadataValue.json(limits.model_dump())
     return [
         dg.AssetCheckResult(
             asset_key=asset_key, check_name=o.name, passed=o.passed,
             severity=dg.AssetCheckSeverity.ERROR if o.blocking else dg.AssetCheckSeverity.WARN,
-            metadata={k: rounded(v) for k, v in o.metadata.items()} | {"all_thresholds": thresholds},
+            metadata={k: rounded(v) for k, v in o.metadata.items()} | context | {"all_thresholds": thresholds},
         )
         for o in outcomes
     ]
@@ -41,7 +43,7 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         kinds={"stan", "netcdf"},
         code_version=models.stan_code_version(spec),
         description=f"{spec.key.upper()}: {spec.description}. Posterior draws (arviz NetCDF) from stan/{spec.stan_file}.",
-        check_specs=[dg.AssetCheckSpec(c, asset=key, description=d, blocking=blocking)
+        check_specs=[dg.AssetCheckSpec(c, asset=key, description=d, blocking=blocking, partitions_def=sample_partitions)
                      for c, (d, blocking) in diagnostics.GATE.items()],
         pool="stan",
         op_tags={STAN_TAG: "true"},
@@ -79,6 +81,9 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         failed_path = wh.failed_posterior_path(spec.key, partition)
         if failed:
             models.save_posterior(idata, failed_path)
+            # the checks say what failed, with their numbers, before the step fails
+            yield from check_results(outcomes, convergence, key, judged="failed fit (not published)",
+                                     failed_draws=dg.MetadataValue.path(str(failed_path)), run_id=context.run.run_id)
             raise dg.Failure(
                 description=f"{name}[{partition}] failed its convergence gate: {diagnostics.describe(outcomes)}. "
                 f"Sampling ended: {idata.attrs.get('stop_status', 'fixed length')}. The failed draws are in {failed_path} "
@@ -112,7 +117,8 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
                 "max_treedepth_hits": summary["max_treedepth_hits"],
                 figures.label(f"trace_{spec.key}"): image_md(trace, figures.label(f"trace_{spec.key}")),
             },
-            check_results=check_results(outcomes, convergence, key),
+            check_results=check_results(outcomes, convergence, key, judged="published posterior",
+                                        posterior=dg.MetadataValue.path(str(path)), run_id=context.run.run_id),
         )
 
     return _posterior

@@ -4,13 +4,14 @@
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pyarrow.parquet as pq
 
 from schoolquality_assets import analyses, diagnostics, models
-from schoolquality_assets.assets.common import OWNER, load_posterior, markdown, table_metadata
+from schoolquality_assets.assets.common import OWNER, code_version_of, load_posterior, markdown, table_metadata
 from schoolquality_assets.partitions import FULL, sample_partitions
 from schoolquality_assets.progress import StepProgress
 from schoolquality_assets.resources import ConvergenceResource, WarehouseResource
@@ -23,6 +24,19 @@ def school_quality_table(idata, eligible: pl.DataFrame, vintage: int) -> pl.Data
         "mean": "g3_school_re", "sd": "g3_re_sd", "lower": "g3_re_lower_95", "upper": "g3_re_upper_95"})
     info = eligible.select("school_id", "n_obs", "mean_n_trials")
     return frame.join(info, on="school_id", how="left").with_columns(data_vintage=pl.lit(vintage, pl.Int32)).sort("school_id")
+
+
+def publication_problems(table: pl.DataFrame, expected: set[str]) -> dict[str, int]:
+    """What stops ``table`` from being published: counts of missing, extra and duplicate schools,
+    null cells and non-positive SDs (all zero when it may be written)."""
+    schools = set(table["school_id"])
+    return {
+        "missing_schools": len(expected - schools),
+        "extra_schools": len(schools - expected),
+        "duplicate_rows": table.height - table["school_id"].n_unique(),
+        "null_cells": int(sum(table.null_count().row(0))),
+        "non_positive_sd": table.filter(pl.col("g3_re_sd") <= 0).height,
+    }
 
 
 def _json(values: dict) -> str:
@@ -58,10 +72,12 @@ def _archive_previous(wh: Warehouse, target) -> str | None:
     group_name="production",
     owners=[OWNER],
     kinds={"parquet", "polars"},
+    code_version=code_version_of(analyses, diagnostics, Path(__file__)),
     description="Stage 1 production output: one row per eligible school with the M2 posterior mean (g3_school_re) "
     "and SD (g3_re_sd) of its school random intercept. 'full' writes outputs/g3_school_quality.parquet; "
     "'subsample' is a dry run written to outputs/dry_run/.",
     check_specs=[dg.AssetCheckSpec("matches_eligible_schools", asset="g3_school_quality", blocking=True,
+                                   partitions_def=sample_partitions,
                                    description="One row per eligible school in the sample, no nulls, g3_re_sd > 0")],
 )
 def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource, convergence: ConvergenceResource):
@@ -83,38 +99,35 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     vintage = int(wh.read_table("cleaned_observations")["year"].max())
     table = school_quality_table(idata, eligible, vintage)
     expected = set(eligible["school_id"]) if partition == FULL else set(map(str, idata.posterior["school"].values))
-    problems = {
-        "missing_schools": len(expected - set(table["school_id"])),
-        "extra_schools": len(set(table["school_id"]) - expected),
-        "duplicate_rows": table.height - table["school_id"].n_unique(),
-        "null_cells": int(sum(table.null_count().row(0))),
-        "non_positive_sd": table.filter(pl.col("g3_re_sd") <= 0).height,
-    }
-    passed = not any(problems.values())
+    problems = publication_problems(table, expected)
     target = wh.output_path(partition)
-    archived = None
-    if passed:
-        file_meta = {
-            "model": "M2 " + models.MODELS["m2"].description, "stan_file": idata.attrs["stan_file"],
-            "stan_code_version": models.stan_code_version(models.MODELS["m2"]),
-            "sampler": _json({k[8:]: v for k, v in idata.attrs.items() if k.startswith("sampler_")}),
-            "diagnostics": _json({k[5:]: v for k, v in idata.attrs.items() if k.startswith("diag_")}),
-            "code_version": code_version(), "run_id": context.run.run_id, "posterior_run_id": str(idata.attrs.get("run_id", "")),
-            "data_vintage": str(vintage), "partition": partition, "scale": "logit",
-        }
-        arrow = table.to_arrow()
-        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **file_meta})
-        archived = _archive_previous(wh, target) if partition == FULL else None
-        with atomic_path(target) as tmp:
-            pq.write_table(arrow, tmp)
-    else:
-        context.log.error(f"g3_school_quality failed its checks {problems}; {target} left unchanged")
+    check = dg.AssetCheckResult(check_name="matches_eligible_schools", passed=not any(problems.values()),
+                                metadata=problems | {"rows": table.height, "expected": len(expected),
+                                                     "posterior_run_id": str(idata.attrs.get("run_id", ""))})
+    if not check.passed:
+        # nothing is published, so no materialization is recorded: only the failed check
+        yield check
+        raise dg.Failure(description=f"g3_school_quality[{partition}] failed its check ({problems}); "
+                         f"{target} was not written and is unchanged")
+    file_meta = {
+        "model": "M2 " + models.MODELS["m2"].description, "stan_file": idata.attrs["stan_file"],
+        "stan_code_version": models.stan_code_version(models.MODELS["m2"]),
+        "sampler": _json({k[8:]: v for k, v in idata.attrs.items() if k.startswith("sampler_")}),
+        "diagnostics": _json({k[5:]: v for k, v in idata.attrs.items() if k.startswith("diag_")}),
+        "code_version": code_version(), "run_id": context.run.run_id, "posterior_run_id": str(idata.attrs.get("run_id", "")),
+        "data_vintage": str(vintage), "partition": partition, "scale": "logit",
+    }
+    arrow = table.to_arrow()
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **file_meta})
+    archived = _archive_previous(wh, target) if partition == FULL else None
+    with atomic_path(target) as tmp:
+        pq.write_table(arrow, tmp)
     yield dg.MaterializeResult(
         metadata=table_metadata(table) | {
-            "path": dg.MetadataValue.path(str(target)), "written": passed, "data_vintage": vintage,
+            "path": dg.MetadataValue.path(str(target)), "data_vintage": vintage,
             "archived_previous": archived or "none", "posterior_max_rhat": rhat,
+            "posterior_run_id": str(idata.attrs.get("run_id", "")),
             "head": dg.MetadataValue.md(markdown(table.head(10))),
         },
-        check_results=[dg.AssetCheckResult(check_name="matches_eligible_schools", passed=passed,
-                                           metadata=problems | {"rows": table.height, "expected": len(expected)})],
+        check_results=[check],
     )

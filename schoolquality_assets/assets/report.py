@@ -4,9 +4,9 @@ import datetime
 
 import dagster as dg
 
-from schoolquality_assets import figures
+from schoolquality_assets import columns, figures
 from schoolquality_assets import report as report_html
-from schoolquality_assets.assets.common import OWNER, image_md
+from schoolquality_assets.assets.common import OWNER, code_version_of, image_md
 from schoolquality_assets.assets.production import code_version
 from schoolquality_assets.models import MODELS
 from schoolquality_assets.partitions import sample_partitions
@@ -14,14 +14,25 @@ from schoolquality_assets.resources import WarehouseResource
 from schoolquality_assets.warehouse import atomic_path
 
 
+# Everything build_sections reads: the analysis tables (and their figures), the sample, the
+# posterior files (summaries), the partition's g3_school_quality file and the row accounting.
+REPORT_DEPS = [
+    "shrinkage", "shrinkage_by_band", "variance_components", "school_sd_by_model", "school_random_effects",
+    "loo_comparison", "mcmc_diagnostics", "frequentist_comparison", "g3_school_quality", "analysis_sample",
+    *(f"posterior_{k}" for k in MODELS), "rejected_observations", "filtered_observations", "cleaned_observations",
+]
+
+
 @dg.asset(
-    deps=["shrinkage", "variance_components", "school_sd_by_model", "school_random_effects", "loo_comparison",
-          "mcmc_diagnostics", "frequentist_comparison", "g3_school_quality"],
+    deps=REPORT_DEPS,
     partitions_def=sample_partitions,
     group_name="report",
     owners=[OWNER],
     kinds={"html"},
-    description="Self-contained HTML report of the partition (tables and embedded figures), read like the page.",
+    code_version=code_version_of(report_html, figures, columns, report_html.TEMPLATES / "report.html.j2"),
+    description="Self-contained HTML report of the partition (tables and embedded figures), read like the page. "
+    "A section is shown only when its tables were built from the partition's current posteriors; otherwise it "
+    "says what is missing or out of date.",
 )
 def report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
@@ -40,6 +51,7 @@ def report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> d
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(path)),
         "sections": dg.MetadataValue.json(list(sections)),
+        "sections_not_shown": dg.MetadataValue.json([n for n, sec in sections.items() if sec.get("stale")]),
         "summary": dg.MetadataValue.md(_summary(sections)),
         **{f"figure: {figures.label(name)}": image_md(png, figures.label(name)) for name, png in _key_figures(sections)},
     })
@@ -58,6 +70,9 @@ def _summary(sections: dict) -> str:
     """The report's findings and headline tables, for the asset page in the UI."""
     parts = []
     for name, section in sections.items():
+        if section.get("stale"):
+            parts.append(f"### {name}\n\n" + section["text"].split("\n\n")[-1])
+            continue
         tables = dict(section.get("tables", []))
         shown = [(t, tables[t]) for t in SUMMARY_TABLES if t in tables]
         if not shown:
