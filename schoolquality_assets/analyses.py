@@ -24,7 +24,8 @@ COMPONENTS = {  # posterior SD name -> table label
 }
 OBSERVATION = "Observation (binomial)"
 INTERPRETATION = {
-    OBSERVATION: "Binomial sampling noise (theoretical, not estimated)",
+    OBSERVATION: "Variance of the latent logistic residual, π²/3 (theoretical, not estimated; the page calls it "
+                 "binomial sampling noise)",
     "School (persistent)": "Stable school quality across years and subjects",
     "Cohort (school×year)": "Year-specific shared movement across subjects",
     "Subject profile": "School×subject divergence (e.g. strong in Math, weak in Writing)",

@@ -91,6 +91,10 @@ def _compare(pointwise: dict[str, dict], unit: str, note: str = "") -> pl.DataFr
     for m, v in pointwise.items():
         n = len(v["elpd_i"])
         diff = v["elpd_i"] - pointwise[best]["elpd_i"]
+        # units whose PSIS estimate is unreliable in this model or the best one: left uncorrected,
+        # so the table says how much of the difference they carry
+        high_k = (v["pareto_k"] > k_threshold(v["draws_used"])) | (
+            pointwise[best]["pareto_k"] > k_threshold(pointwise[best]["draws_used"]))
         rows.append({
             "model": m.upper(), "description": models.MODELS[m].description if m in models.MODELS else m,
             "unit": unit, "n_units": n, "elpd_loo": elpd[m], "se": float(np.sqrt(n * np.var(v["elpd_i"]))),
@@ -99,6 +103,9 @@ def _compare(pointwise: dict[str, dict], unit: str, note: str = "") -> pl.DataFr
             "pareto_k_gt_0_7": int((v["pareto_k"] > 0.7).sum()), "pareto_k_share": float((v["pareto_k"] > 0.7).mean()),
             "k_threshold": k_threshold(v["draws_used"]),
             "share_k_above_threshold": float((v["pareto_k"] > k_threshold(v["draws_used"])).mean()),
+            "n_k_above_threshold": int((v["pareto_k"] > k_threshold(v["draws_used"])).sum()),
+            "n_units_high_k_diff": None if m == best else int(high_k.sum()),
+            "elpd_diff_high_k": None if m == best else float(diff[high_k].sum()),
             "draws_used": int(v["draws_used"]), "note": note,
         })
     t = pl.DataFrame(rows).sort("elpd_loo", descending=True)
@@ -112,38 +119,43 @@ def _with_m0_row(table: pl.DataFrame, idatas: dict) -> pl.DataFrame:
     return pl.concat([table, row], how="diagonal_relaxed")
 
 
-RELIABLE_SHARE = 0.01  # a comparison is reliable when at most 1% of its units exceed the k threshold
-
-
 def comparison(obs: pl.DataFrame, cohort: pl.DataFrame, idatas: dict) -> pl.DataFrame:
-    """Both comparisons in one table, one M0 row at the end. ``reliable`` per row: at most 1% of
-    that model's units exceed the k threshold. The comparison whose two best models are both
-    reliable comes first (it decides the ranking at the top)."""
+    """Both comparisons in one table, one M0 row at the end. ``reliable`` per row, as the loo
+    package judges PSIS: no unit of that model has Pareto k above the sample-size threshold. A
+    comparison whose two best models are both reliable comes first; otherwise the one in which
+    the uncorrected high-k units carry the smaller share of the top difference."""
     parts = []
     for t in (obs, cohort):
-        ranked = t.filter(pl.col("rank").is_not_null()).with_columns(
-            reliable=pl.col("share_k_above_threshold") <= RELIABLE_SHARE)
-        top = bool(ranked.filter(pl.col("rank") <= 2)["reliable"].all())
-        parts.append((not top, ranked))
-    table = pl.concat([t for _, t in sorted(parts, key=lambda r: r[0])], how="diagonal_relaxed").drop("note")
+        ranked = t.filter(pl.col("rank").is_not_null()).with_columns(reliable=pl.col("n_k_above_threshold") == 0)
+        top = ranked.filter(pl.col("rank") <= 2)
+        carried = 0.0
+        if top.height == 2:
+            second = top.row(1, named=True)
+            carried = abs(second["elpd_diff_high_k"]) / max(abs(second["elpd_diff"]), 1e-12)
+        parts.append((not bool(top["reliable"].all()), carried, ranked))
+    table = pl.concat([t for *_, t in sorted(parts, key=lambda r: r[:2])], how="diagonal_relaxed").drop("note")
     return _with_m0_row(table, idatas)
 
 
 def loo_finding(table: pl.DataFrame) -> str:
-    """Which comparison to read and why, from the table."""
+    """Which comparison to read and why, from the table: the lead, its SE, and how much of it the
+    units with unreliable PSIS estimates (Pareto k above the threshold, not corrected) carry."""
     ranked = table.filter(pl.col("rank").is_not_null())
     parts = []
     for unit in ranked["unit"].unique(maintain_order=True).to_list():
         t = ranked.filter(pl.col("unit") == unit).sort("rank")
         top = t.head(2).rows(named=True)
-        gap = ""
+        text = f"Leave-one-{unit}-out: {top[0]['model']} best"
         if len(top) == 2:
-            gap = f" ahead of {top[1]['model']} by {-top[1]['elpd_diff']:.1f} (SE {top[1]['se_diff']:.1f})"
-        ok = all(r["reliable"] for r in top)
-        shares = ", ".join(f"{r['model']} {100 * r['share_k_above_threshold']:.1f}%" for r in top)
-        verdict = "reliable" if ok else "not reliable"
-        parts.append(f"Leave-one-{unit}-out: {top[0]['model']} best{gap}; {verdict} (share of {unit}s with Pareto k "
-                     f"above the threshold {top[0]['k_threshold']:.2f}: {shares}; limit {100 * RELIABLE_SHARE:.0f}%).")
+            lead, carried, n_high = -top[1]["elpd_diff"], -top[1]["elpd_diff_high_k"], top[1]["n_units_high_k_diff"]
+            text += f" ahead of {top[1]['model']} by {lead:.1f} (SE {top[1]['se_diff']:.1f})"
+            if n_high:
+                text += (f"; {n_high:,} {unit}s have Pareto k above {top[0]['k_threshold']:.2f} in one of the two "
+                         f"models (PSIS unreliable for them, not corrected) and carry {carried:.1f} of that lead, "
+                         f"so without them {top[0]['model']} leads by {lead - carried:.1f}")
+            else:
+                text += f"; every {unit} has Pareto k below {top[0]['k_threshold']:.2f}: reliable"
+        parts.append(text + ".")
     return " ".join(parts) + " " + M0_NOTE + "."
 
 

@@ -120,8 +120,6 @@ def test_variance_components_exact_on_constant_draws():
     np.testing.assert_allclose(t["pct_total_lower"].to_numpy(), 100 * var / var.sum())
     np.testing.assert_allclose(t["pct_latent"].to_numpy()[1:], 100 * var[1:] / var[1:].sum())
     assert t["pct_latent"][0] is None
-    assert t["pct_total"].sum() == pytest.approx(100)
-    assert t["pct_latent"].drop_nulls().sum() == pytest.approx(100)
     md = an.variance_markdown(t)
     assert "| School (persistent) | 1.000 [1.000, 1.000] |" in md and "% of latent variance" in md
 
@@ -195,18 +193,61 @@ def test_pointwise_loo_matches_az_loo_and_chunks(posteriors):
         assert pw["p_loo_i"].sum() == pytest.approx(ref.p_loo)
 
 
-def test_loo_table_ranks_true_structure_first(posteriors):
-    t = loo.loo_table(posteriors | {"m0": None}, max_draws=200, chunk=100)
+def _one_school_exact_posterior(n_draws=4000, seed=3):
+    """One school, 12 observations, the M1 layout with r_school = 0 and b_Intercept = logit(p):
+    under a flat prior on p the posterior is Beta(1 + Σy, 1 + Σ(n − y)), drawn exactly, and the
+    exact leave-one-out predictive of y_i is beta-binomial with the other rows' counts."""
+    rng = np.random.default_rng(seed)
+    n = rng.integers(5, 60, 12)
+    y = rng.binomial(n, 0.35)
+    sample = pl.DataFrame({"school_id": ["S000"] * 12, "year": list(range(2013, 2025)), "subject": ["math"] * 12,
+                           "n_trials": n.tolist(), "y_success": y.tolist(), "participation": [0.95] * 12})
+    sample = sample.with_columns(
+        pl.concat_str([pl.col("year").cast(pl.Utf8), pl.col("subject")], separator="_").alias("year_subject"),
+        pl.concat_str([pl.col("school_id"), pl.col("year").cast(pl.Utf8)], separator="_").alias("school_year_id"),
+        pl.concat_str([pl.col("school_id"), pl.col("subject")], separator="_").alias("school_subject_id"))
+    a, b = 1 + y.sum(), 1 + (n - y).sum()
+    p = rng.beta(a, b, (4, n_draws))
+    idata = fake_idata(sample, {"b_Intercept": logit(p), "r_school": np.zeros((4, n_draws, 1)),
+                                "sd_school": np.ones((4, n_draws))})
+    exact = stats.betabinom.logpmf(y, n, a - y, b - (n - y))
+    return idata, exact
+
+
+def test_psis_loo_recovers_the_exact_leave_one_out_predictive():
+    """PSIS-LOO from exact posterior draws against the closed-form leave-one-out predictive: the
+    Monte Carlo error of 16,000 draws is below 0.01 per observation here."""
+    idata, exact = _one_school_exact_posterior()
+    pw = loo.pointwise_loo(idata, max_draws=None, chunk=5)
+    np.testing.assert_allclose(pw["elpd_i"], exact, atol=0.01)
+    assert pw["elpd_i"].sum() == pytest.approx(exact.sum(), abs=0.05)
+    assert (pw["pareto_k"] < 0.5).all()
+
+
+def test_loo_table_differences_match_az_compare(posteriors):
+    """ELPD differences and their SE against arviz's own comparison of the same draws."""
+    t = loo.loo_table(posteriors | {"m0": None}, max_draws=None, chunk=100)
     ranked = t.filter(pl.col("rank").is_not_null())
-    assert ranked["model"].to_list() == ["M2", "M1"]
     assert ranked["elpd_diff"][0] == 0 and ranked["se_diff"][0] is None
-    assert ranked["elpd_diff"][1] < -2 * ranked["se_diff"][1]
-    assert ranked["draws_used"].to_list() == [200, 200]  # 400 draws thinned by 2
     m0 = t.filter(pl.col("model") == "M0")
     assert m0.height == 1 and "M0 excluded" in m0["note"][0]
-    # se_diff from pointwise differences
-    a, b = (loo.pointwise_loo(posteriors[m], 200, 100)["elpd_i"] for m in ("m2", "m1"))
-    assert ranked["se_diff"][1] == pytest.approx(np.sqrt(len(a) * np.var(b - a)))
+    ref = {}
+    for key, idata in posteriors.items():   # arviz's PSIS with the project's relative efficiency
+        full = idata.copy()
+        full.add_groups(log_likelihood={"y_success": xr.DataArray(models.log_likelihood(idata),
+                                                                  dims=("chain", "draw", "obs"))})
+        ref[key.upper()] = az.loo(full, pointwise=True, reff=loo._reff(idata))
+    best, other = ranked["model"].to_list()
+    assert ref[best].elpd_loo > ref[other].elpd_loo
+    d = ref[other].loo_i.values - ref[best].loo_i.values     # arviz.compare's difference and its SE
+    second = ranked.row(1, named=True)
+    assert second["elpd_diff"] == pytest.approx(d.sum(), rel=1e-8)
+    assert second["se_diff"] == pytest.approx(np.sqrt(d.size * np.var(d)), rel=1e-8)
+
+
+def test_loo_thinning_keeps_every_kth_draw(posteriors):
+    t = loo.loo_table(posteriors | {"m0": None}, max_draws=200, chunk=100)
+    assert t.filter(pl.col("rank").is_not_null())["draws_used"].to_list() == [200, 200]  # 400 draws thinned by 2
 
 
 def _tiny_cohort_idata():
@@ -251,10 +292,14 @@ def test_cohort_loo_table(posteriors, sim):
     assert t["unit"].unique().to_list() == ["cohort"]
     assert t["model"].to_list() == ["M2", "M1"] and t["n_units"][0] == 160
     one = loo.cohort_integrated_loo(posteriors["m1"], groups=groups, max_draws=200)
-    ll = models.log_likelihood(loo._thin(posteriors["m1"], 200)).reshape(200, -1)
-    lp = np.stack([ll[:, groups == g].sum(1) for g in sorted(set(groups))], axis=1)
-    elpd, _, _ = loo._psis_loo(lp.T, loo._reff(loo._thin(posteriors["m1"], 200)))
-    np.testing.assert_allclose(one["elpd"].to_numpy(), elpd)
+    # M1 has no cohort effect: leave-one-cohort-out is PSIS-LOO on the cohorts' summed log-likelihood,
+    # which arviz smooths independently (given the same relative efficiency)
+    thin = loo._thin(posteriors["m1"], 200)
+    ll = models.log_likelihood(thin)
+    lp = np.stack([ll[..., groups == g].sum(-1) for g in sorted(set(groups))], axis=-1)
+    total, count = loo.relative_efficiency(lp)
+    ref = az.loo(az.from_dict(log_likelihood={"cohort": lp}), pointwise=True, reff=total / max(count, 1))
+    np.testing.assert_allclose(one["elpd"].to_numpy(), ref.loo_i.values, rtol=1e-8)
     with pytest.raises(ValueError, match="pass groups"):
         loo.cohort_integrated_loo(posteriors["m1"])
 
@@ -300,8 +345,19 @@ def test_frequentist_comparison(sim):
     d = dict(zip(t["aspect"], t["frequentist"]))
     assert an.NO_WEIGHTS in d["Weights"] and d["Sample"].startswith("30 of 40 schools, 360 observations")
     assert "School (persistent) 69.2%" in dict(zip(t["aspect"], t["bayesian"]))["Variance decomposition"]
+
+
+def test_frequentist_fit_recovers_the_simulated_variances():
+    """School and cohort variances against the variances of the simulated effects (200 schools,
+    800 cohorts). The logit-normal approximation attenuates both (empirical logits are pulled
+    toward 0): measured on seeds 1-4 at 0.79-0.88 of the truth for the school and 0.86-0.95 for
+    the cohort variance. A model that loses a component (or puts cohort variance into the school
+    term) falls outside 0.75-1.05."""
+    sample, truth = simulate(n_schools=200, seed=1)
     f = an.frequentist_fit(sample, None)
-    assert sum(f["pct"].values()) == pytest.approx(100) and f["variance"]["school"] > 0.1
+    for part in ("school", "cohort"):
+        realized = np.var(list(truth[part].values()))
+        assert 0.75 < f["variance"][part] / realized < 1.05, (part, f["variance"][part], realized)
 
 
 # ---------------------------------------------------------------- report
@@ -367,21 +423,37 @@ def test_shrinkage_by_band_like_for_like_columns():
     assert by["mean_shrinkage_m0_pp_modal_obs"][2] is None
 
 
-def test_loo_comparison_leads_with_the_reliable_unit(posteriors, sim):
-    sample, _ = sim
-    obs = loo.loo_table(posteriors, chunk=100)
-    cohort = loo.cohort_loo_table(posteriors, groups=loo.cohort_groups(sample))
-    # make the observation-level comparison unreliable and the cohort one reliable
-    obs = obs.with_columns(share_k_above_threshold=pl.lit(0.03))
-    cohort = cohort.with_columns(share_k_above_threshold=pl.lit(0.0))
-    table = loo.comparison(obs, cohort, posteriors | {"m0": None})
+def _pointwise(elpd, k, draws=4000):
+    return {"elpd_i": np.asarray(elpd, float), "p_loo_i": np.full(len(elpd), 0.5), "pareto_k": np.asarray(k, float),
+            "draws_used": draws}
+
+
+def test_loo_comparison_says_what_high_k_units_carry():
+    """Units with Pareto k above the threshold are flagged as loo does (any one makes a model's
+    PSIS unreliable), and the table and finding give the part of the difference they carry."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(-2, 0.5, 200)
+    k_m1 = np.zeros(200)
+    k_m1[:5] = 0.9                                       # 5 observations with unreliable PSIS in M1
+    m1_obs = base - 0.1
+    m1_obs[:5] = base[:5] - 1.0                          # ... which carry 5.0 of M2's lead
+    obs = loo._compare({"m2": _pointwise(base, np.zeros(200)), "m1": _pointwise(m1_obs, k_m1)}, "observation")
+    cohort = loo._compare({"m2": _pointwise(base[:50], np.zeros(50)), "m1": _pointwise(base[:50] - 0.4, np.zeros(50))},
+                          "cohort")
+    table = loo.comparison(obs, cohort, {"m1": None, "m2": None, "m0": None})
     ranked = table.filter(pl.col("rank").is_not_null())
-    assert ranked["unit"][0] == "cohort" and ranked["reliable"][0] is True
-    assert ranked.filter(pl.col("unit") == "observation")["reliable"].to_list() == [False, False]
+    assert ranked["unit"].to_list() == ["cohort", "cohort", "observation", "observation"]   # the reliable one first
+    assert ranked["reliable"].to_list() == [True, True, True, False]
+    m1 = ranked.filter((pl.col("unit") == "observation") & (pl.col("model") == "M1")).row(0, named=True)
+    assert m1["n_k_above_threshold"] == 5 and m1["n_units_high_k_diff"] == 5
+    assert m1["elpd_diff"] == pytest.approx(-0.1 * 195 - 5.0)
+    assert m1["elpd_diff_high_k"] == pytest.approx(-5.0)
     assert table.filter(pl.col("model") == "M0").height == 1
     text = loo.loo_finding(table)
     assert text.index("Leave-one-cohort-out") < text.index("Leave-one-observation-out")
-    assert "observation-out: M2 best" in text and "not reliable (share of observations" in text and "M2 3.0%" in text
+    assert "every cohort has Pareto k below 0.70: reliable" in text
+    assert ("5 observations have Pareto k above 0.70 in one of the two models (PSIS unreliable for them, not "
+            "corrected) and carry 5.0 of that lead, so without them M2 leads by 19.5") in text
     assert loo.k_threshold(4000) == pytest.approx(min(1 - 1 / np.log10(4000), 0.7))
     assert loo.k_threshold(100) == pytest.approx(0.5)
 
