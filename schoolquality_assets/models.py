@@ -138,10 +138,36 @@ def model_input(spec: ModelSpec, sample: pl.DataFrame, prior_sds: dict[str, floa
 STAN_ONLY_IN_PYTHON = ("X", "school", "group_sds")  # kept for Python, not read by the cohort programs
 
 
-def stan_data(spec: ModelSpec, mi: ModelInput) -> dict:
-    """The data block's variables (the cohort programs take the design in distinct rows, not X)."""
+def stan_data(spec: ModelSpec, mi: ModelInput, collapse: bool = True) -> dict:
+    """The data block's variables (the cohort programs take the design in distinct rows, not X).
+
+    With ``collapse`` a binomial model whose linear predictor depends on the school alone (M1:
+    no fixed effects, no cohort or profile) gets one row per school, (Σ y, Σ n): the likelihood
+    is the same up to a constant (the binomial coefficients), so the posterior is the same, and
+    ~20 likelihood terms per school become one. The program is unchanged; everything else (LOO,
+    initial values, the InferenceData) keeps the observation rows.
+    """
     drop = STAN_ONLY_IN_PYTHON if spec.cohort else ("group_sds",)
-    return {k: v for k, v in mi.data.items() if k not in drop}
+    data = {k: v for k, v in mi.data.items() if k not in drop}
+    if collapse and school_only_binomial(spec, mi):
+        data |= school_totals(mi.data)
+    return data
+
+
+def school_only_binomial(spec: ModelSpec, mi: ModelInput) -> bool:
+    return spec.binomial and not (spec.cohort or spec.profile) and mi.data["K"] == 0
+
+
+def school_totals(d: dict) -> dict:
+    """Sufficient statistics of a school-only binomial model: one row per school, (Σ y, Σ n)."""
+    J = d["J_school"]
+    return {
+        "N": J,
+        "school": np.arange(1, J + 1, dtype=np.int64),
+        "y_success": np.bincount(d["school"] - 1, weights=d["y_success"], minlength=J).astype(np.int64),
+        "n_trials": np.bincount(d["school"] - 1, weights=d["n_trials"], minlength=J).astype(np.int64),
+        "X": np.zeros((J, 0)),
+    }
 
 
 def initial_values(spec: ModelSpec, mi: ModelInput, chains: int, seed: int) -> list[dict]:

@@ -196,3 +196,26 @@ def test_seeded_rerun_agrees_with_unseeded_fit(small_province):
         se = np.sqrt(az.mcse(plain.posterior[[name]])[name].values ** 2 + az.mcse(seeded.posterior[[name]])[name].values ** 2)
         z = np.abs(a.mean(("chain", "draw")).values - b.mean(("chain", "draw")).values) / se
         assert np.all(z < 4.5), (name, float(np.max(z)))
+
+
+def test_school_totals_give_m1_the_same_posterior(small_province):
+    """M1 on one row per school, (Σ y, Σ n), against the same program on every observation: the
+    likelihoods differ by a constant, so the posteriors agree within Monte Carlo error."""
+    _, cleaned = small_province
+    spec = models.MODELS["m1"]
+    mi = models.model_input(spec, cleaned)
+    collapsed = models.stan_data(spec, mi)
+    rows = models.stan_data(spec, mi, collapse=False)
+    assert collapsed["N"] == mi.data["J_school"] < rows["N"] == cleaned.height
+    assert collapsed["y_success"].sum() == rows["y_success"].sum() and collapsed["n_trials"].sum() == rows["n_trials"].sum()
+    settings = SamplerSettings(chains=4, warmup=500, draws=1000, seed=12, until_converged=False)
+    inits = models.initial_values(spec, mi, 4, 12)
+    fits = [models.to_inference_data(spec, mi, sample(spec.path, data, settings, inits=inits, progress=lambda m: None))
+            for data in (collapsed, rows)]
+    for name in ("sd_school", "b_Intercept", "r_school"):
+        a, b = (f.posterior[name] for f in fits)
+        se = np.sqrt(az.mcse(fits[0].posterior[[name]])[name].values ** 2 + az.mcse(fits[1].posterior[[name]])[name].values ** 2)
+        z = np.abs(a.mean(("chain", "draw")).values - b.mean(("chain", "draw")).values) / se
+        assert np.all(z < 4.5), (name, float(np.max(z)))
+        sd_ratio = b.std(("chain", "draw")).values / a.std(("chain", "draw")).values
+        assert np.all(np.abs(sd_ratio - 1) < 0.15), (name, float(np.max(np.abs(sd_ratio - 1))))
