@@ -20,7 +20,10 @@ from scipy.special import gammaln, log_expit
 from schoolquality_assets import design
 from schoolquality_assets.stan_engine import Draws
 
-STAN_DIR = Path(__file__).resolve().parent.parent / "stan"
+# The programs live in stan/ at the top of the checkout; an installed wheel carries them as
+# schoolquality_assets/stan/ (pyproject.toml). Not site-packages/stan: that is PyStan's package.
+_PACKAGED_STAN = Path(__file__).resolve().parent / "stan"
+STAN_DIR = _PACKAGED_STAN if (_PACKAGED_STAN / "m1_school.stan").exists() else Path(__file__).resolve().parent.parent / "stan"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,10 +21,18 @@ import polars as pl
 from schoolquality_assets.partitions import FULL
 
 ENV_VAR = "SCHOOLQUALITY_WAREHOUSE"
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "warehouse"
+CHECKOUT = Path(__file__).resolve().parent.parent  # the checkout, when the package runs from one
 OUTPUT_NAME = "g3_school_quality.parquet"
 PROVENANCE = "table_provenance"  # which posteriors each analysis table's partition was built from
 LOCK_TIMEOUT_SECONDS = 600.0  # another run writing the database holds its lock for seconds
+
+
+def default_root() -> Path:
+    """``warehouse/`` of the checkout when the code runs from one; for an installed package,
+    ``./warehouse`` in the working directory (never inside site-packages)."""
+    if (CHECKOUT / "pyproject.toml").exists() and (CHECKOUT / "warehouse").is_dir():
+        return CHECKOUT / "warehouse"
+    return Path.cwd() / "warehouse"
 
 
 class WarehouseError(RuntimeError):
@@ -37,7 +45,8 @@ class Warehouse:
 
     @classmethod
     def from_env(cls, root: str | os.PathLike | None = None) -> "Warehouse":
-        chosen = root or os.environ.get(ENV_VAR) or DEFAULT_ROOT
+        """``root``, else ``$SCHOOLQUALITY_WAREHOUSE``, else the default (``default_root``)."""
+        chosen = root or os.environ.get(ENV_VAR) or default_root()
         return cls(Path(chosen).expanduser().resolve())
 
     @property
