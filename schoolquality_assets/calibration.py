@@ -12,14 +12,23 @@ fixed effects ``b`` are flat (improper) in the programs, so nothing can be drawn
 SBC fits with ``prior_b_sd`` = :data:`PRIOR_B_SD` (the programs then add b ~ normal(0, prior_b_sd))
 and draws b from the same normal. The default ``prior_b_sd`` = 0 keeps b flat.
 
+Each :class:`Replicate` records the seeds it actually ran with (numpy ``[seed, index]``, Stan and
+the initial values ``seed + index``) and the sampler settings of its kept fit. A fit with a
+divergence, a draw at the maximum tree depth or an ESS still below L is a problem fit
+(:func:`problems`); :func:`summarise` tests all, the clean or the problem fits. :func:`calibrated`
+and :func:`verdict` say whether uniformity is rejected (Bonferroni), which at a few hundred
+replicates is a weak test (``benchmarks/sbc_power.py``); :func:`outer_share` and :func:`ecdf_band`
+are the tail-mass and the simultaneous ECDF-band views of the same ranks.
+
 Pure functions, no Dagster: used by ``benchmarks/sbc.py`` and ``schoolquality_assets_tests/test_sbc.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +79,12 @@ class Replicate:
     reruns: int = 0
     seconds: float = 0.0
     error: str | None = None
+    # What this replicate actually used: numpy's seed for the prior draw and the data, the seed
+    # passed to Stan (and to the initial values), and the sampler settings of the kept fit (after
+    # an ESS rerun, its draws). The ``seed`` of ``Settings.sampler`` is never used.
+    rng_seed: list[int] | None = None
+    sampler_seed: int | None = None
+    sampler: dict | None = None
 
 
 # --------------------------------------------------------------------------- simulate
@@ -186,7 +201,8 @@ def run_replicate(spec: models.ModelSpec, index: int, design: Design, settings: 
     truth = tracked(spec, truth_all)
     start = time.monotonic()
     sampler = replace(settings.sampler, seed=seed + index)
-    result = Replicate(index=index, truth=truth, ranks=None)
+    result = Replicate(index=index, truth=truth, ranks=None, rng_seed=[seed, index], sampler_seed=sampler.seed,
+                       sampler=asdict(sampler))
     try:
         for attempt in range(2):
             mi, draws = fit_draws(spec, path or spec.path, frame, sampler)
@@ -197,6 +213,7 @@ def run_replicate(spec: models.ModelSpec, index: int, design: Design, settings: 
             factor = min(settings.max_draw_factor, math.ceil(1.2 * settings.thinned / max(ess, 1.0)))
             sampler = replace(sampler, draws=sampler.draws * max(factor, 2))
             result.reruns += 1
+            result.sampler = asdict(sampler)
     except SamplingError as exc:
         result.error = str(exc)[:300]
         result.seconds = time.monotonic() - start
@@ -231,16 +248,104 @@ def uniformity(ranks: np.ndarray, thinned: int) -> dict[str, float]:
             "ks": float(ks.statistic), "ks_p": float(ks.pvalue)}
 
 
-def summarise(replicates: list[Replicate], thinned: int, without_divergences: bool = False) -> dict[str, dict[str, float]]:
+PROBLEMS = ("divergences", "max_treedepth", "low_ess")
+SUBSETS = ("all", "clean", "problem")
+
+
+def problems(replicate: Replicate, thinned: int) -> tuple[str, ...]:
+    """Why a fit that produced ranks is a problem fit: any divergent transition, any draw at the
+    maximum tree depth, smallest bulk ESS still below L after the rerun (empty: a clean fit)."""
+    if replicate.ranks is None:
+        return ()
+    return tuple(name for name, hit in zip(PROBLEMS, (replicate.divergences > 0, replicate.treedepth_hits > 0,
+                                                      replicate.min_ess < thinned)) if hit)
+
+
+def select(replicates: list[Replicate], thinned: int, subset: str = "all") -> list[Replicate]:
+    """The replicates with ranks: all of them, the clean fits only or the problem fits only."""
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, not {subset!r}")
+    done = [r for r in replicates if r.ranks is not None]
+    if subset == "all":
+        return done
+    return [r for r in done if bool(problems(r, thinned)) == (subset == "problem")]
+
+
+def summarise(replicates: list[Replicate], thinned: int, without_divergences: bool = False,
+              subset: str = "all") -> dict[str, dict[str, float]]:
     """Uniformity tests of every tracked quantity over the replicates that produced ranks
-    (only those without a divergent transition, with ``without_divergences``)."""
-    done = [r for r in replicates if r.ranks is not None and not (without_divergences and r.divergences)]
+    (only those without a divergent transition, with ``without_divergences``; only the clean or
+    only the problem fits, with ``subset``, see :func:`problems`)."""
+    done = [r for r in select(replicates, thinned, subset) if not (without_divergences and r.divergences)]
     if not done:
         return {}
     return {name: uniformity(np.array([r.ranks[name] for r in done]), thinned) for name in done[0].ranks}
 
 
 def calibrated(summary: dict[str, dict[str, float]], alpha: float = 0.01) -> bool:
-    """Every test of every quantity at p >= alpha, Bonferroni-corrected over the tests."""
+    """No test of any quantity rejects uniformity: every p >= alpha / number of tests (Bonferroni).
+
+    "Not rejected" is all this says: at 200 replicates the test misses moderate miscalibration
+    (``benchmarks/sbc_power.py``), so this is no proof of calibration."""
     tests = [s[k] for s in summary.values() for k in ("chi2_p", "ks_p")]
     return bool(tests) and min(tests) >= alpha / len(tests)
+
+
+def verdict(summary: dict[str, dict[str, float]], alpha: float = 0.01) -> str:
+    """The verdict line of :func:`calibrated`, with the smallest p and the Bonferroni threshold."""
+    tests = {(name, k): s[k] for name, s in summary.items() for k in ("chi2_p", "ks_p")}
+    if not tests:
+        return "no fits"
+    (name, kind), low = min(tests.items(), key=lambda item: item[1])
+    detail = (f"min p {low:.3g} ({name}, {'χ²' if kind == 'chi2_p' else 'KS'}) vs {alpha:g}/{len(tests)} "
+              f"= {alpha / len(tests):.2g}")
+    if calibrated(summary, alpha):
+        return f"uniformity not rejected at Bonferroni {alpha:.0%} (power: see sbc_power.py); {detail}"
+    return f"uniformity rejected at Bonferroni {alpha:.0%}; {detail}"
+
+
+def tail_ranks(thinned: int, tail: float = 0.05) -> int:
+    """How many rank values (of the L + 1) make up each tail of ``tail`` share: 5 of 100 for L = 99."""
+    return max(1, round(tail * (thinned + 1)))
+
+
+def outer_share(ranks: np.ndarray, thinned: int, tail: float = 0.05, level: float = 0.95) -> dict[str, float]:
+    """Share of ranks in the lowest or highest ``tail`` of 0..L (mass an over-confident posterior
+    piles up there; an under-confident one takes it away), with the central ``level`` interval of that
+    share under uniform ranks (binomial; for ranks pooled over the quantities of a replicate, which
+    are dependent, the interval is too narrow)."""
+    ranks = np.asarray(ranks).reshape(-1)
+    k = tail_ranks(thinned, tail)
+    expected = 2 * k / (thinned + 1)
+    outer = int(np.sum((ranks < k) | (ranks > thinned - k)))
+    lo, hi = stats.binom.ppf([(1 - level) / 2, (1 + level) / 2], ranks.size, expected) / max(ranks.size, 1)
+    return {"n": int(ranks.size), "outer": outer, "share": outer / max(ranks.size, 1), "expected": expected,
+            "lo": float(lo), "hi": float(hi), "tail_ranks": k}
+
+
+def ecdf_grid(thinned: int) -> np.ndarray:
+    """Where the ECDF of normalised ranks (r + 1) / (L + 1) is compared with the uniform CDF: k / (L + 1),
+    k = 1..L, where the uniform CDF is exactly P(rank <= k - 1)."""
+    return np.arange(1, thinned + 1) / (thinned + 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _band(n: int, thinned: int, level: float) -> tuple[np.ndarray, np.ndarray]:
+    from arviz.stats.ecdf_utils import ecdf_confidence_band
+
+    grid = ecdf_grid(thinned)
+    return ecdf_confidence_band(n, grid, grid, prob=level, method="optimized")
+
+
+def ecdf_band(ranks: np.ndarray, thinned: int, level: float = 0.95) -> dict:
+    """ECDF of the normalised ranks against the simultaneous ``level`` band for uniform ranks (arviz,
+    "optimized": the pointwise binomial level whose joint coverage under discrete uniform ranks is
+    ``level``; Saeilynoja et al. 2022): how many of the L grid points fall outside, the largest
+    |ECDF - CDF|, and the band itself."""
+    ranks = np.asarray(ranks)
+    grid = ecdf_grid(thinned)
+    lo, hi = _band(ranks.size, thinned, level)
+    ecdf = np.searchsorted(np.sort((ranks + 1) / (thinned + 1)), grid, side="right") / ranks.size
+    outside = int(np.sum((ecdf < lo - 1e-12) | (ecdf > hi + 1e-12)))
+    return {"n": int(ranks.size), "level": level, "outside_points": outside, "outside": outside > 0,
+            "max_abs_diff": float(np.max(np.abs(ecdf - grid))), "lo": lo.tolist(), "hi": hi.tolist()}
