@@ -1,7 +1,47 @@
-"""Convergence diagnostics (arviz) and the convergence gate: one function decides pass or fail.
+"""Convergence diagnostics and the convergence gate: one function decides pass or fail.
 
-The gate is used by the posterior assets (as asset checks) and by everything downstream of a
-posterior (which refuses a fit that failed it).
+The gate is used by the posterior assets (as asset checks), by the stop rule of the sampler
+(models.convergence_judge, at every checkpoint) and by everything downstream of a posterior
+(which refuses a fit that failed it).
+
+R-hat and ESS are arviz's (``az.rhat`` rank-normalised split R-hat, ``az.ess`` bulk / tail /
+quantile ESS, Vehtari et al. 2021). Only the block rule's between/within sums of squares below
+are computed here (arviz has no such statistic), from the same rank-normalised split chains.
+
+The R-hat rule (check ``rhat``):
+
+* every gated quantity needs finite R-hat and ESS (a quantity constant over draws has R-hat NaN;
+  NaN never passes, and the names are listed);
+* hyperparameters (b_Intercept / Intercept, b, the SDs, sigma): R-hat <= ``max_rhat`` (1.01);
+* the block of school effects ``r_school`` (K parameters, M = 2 x chains split chains of n draws)
+  by a rule calibrated for K: under stationarity, per parameter,
+  ``R-hat^2 = (n-1)/n + V/W`` with ``V/W ~ (M/ESS) chi2_{M-1}/(M-1)`` (V the variance of the M
+  split-chain means, W the within-chain variance). Two parts, with a family-wise false-fail rate
+  ``block_false_fail_rate`` (alpha; Bonferroni, half to each part):
+
+  1. per parameter: ``R-hat <= L = sqrt((n-1)/n + (M/min_ess) q / (M-1))``, q the
+     ``1 - alpha/(4K)`` quantile of chi2_{M-1} (bulk and folded R-hat: 2K tests). The reference
+     ESS is ``min_ess`` - the least ESS the ESS check lets pass - not the observed ESS (a chain
+     that has not mixed lowers the observed ESS, which would loosen the limit).
+  2. over the block: the split-chain means' sum of squares splits into a between-chain part
+     (C-1 degrees of freedom per parameter) and a within-chain part (first vs second half of
+     each chain, C degrees of freedom); under stationarity both estimate the variance of a
+     half-chain mean, so ``ratio = [sum_k SSB_k/W_k/(C-1)] / [sum_k SSW_k/W_k/C]`` is about 1
+     (F distributed with (C-1)K_eff, C K_eff degrees of freedom). A chain that has not mixed -
+     offset in all or some of the effects, stuck or frozen - inflates the between-chain part
+     only. The block fails when ``ratio > max(1 + block_tolerance, F quantile 1 - alpha/4)``
+     (bulk and folded z-values). K_eff <= K is estimated from within-chain contrasts of quarter
+     means (unaffected by an offset chain): it falls below K when the effects' Monte Carlo errors
+     are correlated (a common intercept or scale) or unequal, which widens the F quantile.
+     ``block_tolerance`` (0.1) is a floor for what the F approximation misses (non-Gaussian
+     chains, estimation noise of K_eff); the F quantile alone is about 1.045 for K = 3,300
+     independent effects and 4 chains.
+
+``r_cohort`` / ``r_profile`` get the same rule and the ESS rule, reported, not blocking
+(``r_cohort_gate_passed``): observation-level LOO and published cohort effects depend on them.
+
+The ESS rule (check ``ess``): bulk ESS, tail ESS (5%/95% quantiles) and the ESS of the published
+2.5%/97.5% quantiles >= ``min_ess`` on every gated quantity, all finite.
 """
 
 from __future__ import annotations
@@ -11,17 +51,27 @@ from dataclasses import dataclass, field
 import arviz as az
 import numpy as np
 import polars as pl
+import xarray as xr
+from scipy import stats
+from scipy.special import ndtri
 
 HYPER = ("b_Intercept", "Intercept", "b", "sd_school", "sd_cohort", "sd_profile", "sigma")
+BLOCK = "r_school"                       # gated by the block rule
+REPORTED_BLOCKS = ("r_cohort", "r_profile")  # same rules, reported (not blocking)
+PUBLISHED_QUANTILES = (0.025, 0.975)     # g3_school_quality publishes these quantiles of r_school
+TAIL_QUANTILES = (0.05, 0.95)            # arviz's tail ESS
+_CHUNK = 4_000_000                       # draws per chunk of parameters (memory)
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    max_rhat: float = 1.01
+    max_rhat: float = 1.01             # hyperparameters
     max_divergences: int = 0
-    min_ess: float = 400.0
+    min_ess: float = 400.0             # bulk, tail and 2.5%/97.5% quantile ESS; reference ESS of the block rule
     min_bfmi: float = 0.3
     max_treedepth_share: float = 0.01
+    block_false_fail_rate: float = 0.01  # family-wise false-fail rate of the r_school block rule (stationary chains)
+    block_tolerance: float = 0.1       # the block's between/within ratio may exceed 1 by at least this much
 
 
 @dataclass(frozen=True)
@@ -32,61 +82,293 @@ class CheckOutcome:
     metadata: dict = field(default_factory=dict)
 
 
-def _per_parameter(ds) -> dict[str, np.ndarray]:
-    """Flatten an arviz result (one value per parameter element) to name[index] -> value."""
-    out = {}
-    for v in ds.data_vars:
-        values = np.atleast_1d(ds[v].values).ravel()
-        coords = [str(c) for c in ds[v][ds[v].dims[0]].values] if ds[v].dims else [""]
-        out |= {(f"{v}[{c}]" if c else v): float(x) for c, x in zip(coords, values)}
+# ---------------------------------------------------------------- vectorised arviz diagnostics
+def _split(x: np.ndarray) -> np.ndarray:
+    """(K, C, N) -> (K, 2C, N//2): first halves of every chain, then second halves (arviz)."""
+    h = x.shape[-1] // 2
+    return np.concatenate([x[..., :h], x[..., x.shape[-1] - h:]], axis=-2)
+
+
+def _z_scale(x: np.ndarray, median: bool = False):
+    """Rank-normalised values (average ranks of ties, Blom offsets: arviz ``_z_scale``), per
+    parameter over all chains and draws of a (K, M, n) array; with ``median`` also each row's
+    median (from the same sort)."""
+    k = x.shape[0]
+    flat = x.reshape(k, -1)
+    s = flat.shape[1]
+    order = np.argsort(flat, axis=1)
+    srt = np.take_along_axis(flat, order, axis=1)
+    z = np.empty_like(flat)
+    # without ties the sorted z-values are the same for every row
+    np.put_along_axis(z, order, ndtri((np.arange(1.0, s + 1) - 0.375) / (s + 0.25))[None, :], axis=1)
+    row, pos = np.nonzero(srt[:, 1:] == srt[:, :-1])  # sorted positions pos and pos + 1 tie
+    if row.size:
+        first = np.ones(row.size, bool)
+        first[1:] = (row[1:] != row[:-1]) | (pos[1:] != pos[:-1] + 1)
+        last = np.zeros(row.size, bool)
+        last[:-1] = first[1:]
+        last[-1] = True
+        start, stop, g_row = pos[first], pos[last] + 1, row[first]  # tie group: sorted positions start..stop
+        size = stop - start + 1
+        z_tie = ndtri(((start + stop) / 2.0 + 1 - 0.375) / (s + 0.25))  # average rank (start + stop)/2 + 1
+        members = np.repeat(np.arange(start.size), size)
+        offsets = np.arange(members.size) - np.repeat(np.cumsum(size) - size, size)
+        z[g_row[members], order[g_row[members], start[members] + offsets]] = z_tie[members]
+    if not median:
+        return z.reshape(x.shape)
+    h = s // 2
+    med = srt[:, h] if s % 2 else (srt[:, h - 1] + srt[:, h]) / 2
+    return z.reshape(x.shape), med
+
+
+def _rhat_parts(z: np.ndarray):
+    """Split R-hat of (K, M, n) transformed split chains (M = 2C: first halves, then second halves),
+    with the between-chain (SSB, C-1 df) and within-chain (SSW, first vs second half of each
+    chain, C df) sums of squares of the split-chain means, both divided by the within-chain
+    variance W, and (K, 3C) within-chain contrasts (Helmert, of each chain's four quarter means,
+    divided by sqrt(W)) from which block_rule estimates how correlated the effects' Monte Carlo
+    errors are."""
+    k, m, n = z.shape
+    c = m // 2
+    means = z.mean(-1)
+    w = np.var(z, axis=-1, ddof=1).mean(1)
+    grand = means.mean(1, keepdims=True)
+    h = n // 2
+    quarters = np.stack([z[:, :c, :h].mean(-1), z[:, :c, n - h:].mean(-1),
+                         z[:, c:, :h].mean(-1), z[:, c:, n - h:].mean(-1)], axis=-1)  # (K, C, 4)
+    helmert = np.array([[1, -1, 0, 0], [1, 1, -2, 0], [1, 1, 1, -3]], float)
+    helmert /= np.linalg.norm(helmert, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rhat = np.sqrt((n * np.var(means, axis=1, ddof=1) / w + n - 1) / n)
+        ssb = 2 * (((means[:, :c] + means[:, c:]) / 2 - grand) ** 2).sum(1) / w
+        ssw = ((means[:, :c] - means[:, c:]) ** 2).sum(1) / 2 / w
+        contrasts = (quarters @ helmert.T).reshape(k, 3 * c) / np.sqrt(w)[:, None]
+    return rhat, ssb, ssw, contrasts
+
+
+def _diagnose(x: np.ndarray, quantiles=PUBLISHED_QUANTILES) -> dict[str, np.ndarray]:
+    """Per-parameter diagnostics of (K, chain, draw) draws: R-hat (arviz rank), bulk ESS, tail ESS,
+    the smallest ESS of ``quantiles``, and the block sums of squares (bulk and folded)."""
+    k, chains, draws = x.shape
+    keys = ("rhat", "ess_bulk", "ess_tail", "ess_quantile", "ssb_bulk", "ssw_bulk", "ssb_folded", "ssw_folded")
+    out = {key: np.full(k, np.nan) for key in keys}
+    out |= {f"contrasts_{kind}": np.full((k, 3 * chains), np.nan) for kind in ("bulk", "folded")}
+    if k == 0 or draws < 4:
+        return out
+    step = max(1, _CHUNK // (chains * draws))
+    for lo in range(0, k, step):
+        part = np.asarray(x[lo:lo + step], dtype=float)
+        sl = slice(lo, lo + len(part))
+        finite = np.isfinite(part.reshape(len(part), -1)).all(1)  # NaN or inf in the draws: every figure NaN
+        part = np.where(finite[:, None, None], part, 0.0)
+        split = _split(part)
+        z, median = _z_scale(split, median=True)
+        folded = _z_scale(np.abs(split - median[:, None, None]))
+        # R-hat and ESS are arviz's own; only the block sums of squares are computed here
+        ds = xr.Dataset({"x": (("chain", "draw", "k"), np.moveaxis(part, 0, -1))})
+        res = {"ess_bulk": az.ess(ds, method="bulk")["x"].values,
+               "ess_tail": az.ess(ds, method="tail")["x"].values,
+               "ess_quantile": np.min([az.ess(ds, method="quantile", prob=p)["x"].values for p in quantiles], axis=0)}
+        if chains >= 2:
+            res["rhat"] = az.rhat(ds, method="rank")["x"].values  # max of bulk and folded split R-hat
+            _, res["ssb_bulk"], res["ssw_bulk"], res["contrasts_bulk"] = _rhat_parts(z)
+            _, res["ssb_folded"], res["ssw_folded"], res["contrasts_folded"] = _rhat_parts(folded)
+        for key, v in res.items():
+            out[key][sl] = np.where(finite.reshape(-1, *[1] * (v.ndim - 1)), v, np.nan)
     return out
 
 
-def _worst(values: dict[str, float], bad, n: int = 5) -> list[str]:
-    failing = sorted((k for k, x in values.items() if bad(x)), key=lambda k: values[k], reverse=bad(np.inf))
-    return failing[:n]
+def _draws(da) -> tuple[list[str], np.ndarray]:
+    """Names (``v[coord]``) and draws (K, chain, draw) of one posterior variable."""
+    v = da.name
+    extra = [d for d in da.dims if d not in ("chain", "draw")]
+    values = da.transpose("chain", "draw", *extra).values
+    values = values.reshape(values.shape[0], values.shape[1], -1)
+    if not extra:
+        names = [v]
+    else:
+        grids = np.meshgrid(*[[str(c) for c in da[d].values] for d in extra], indexing="ij")
+        names = [f"{v}[{','.join(t)}]" for t in zip(*(g.ravel() for g in grids))]
+    return names, np.moveaxis(values, 2, 0)
+
+
+def _effective_size(u: np.ndarray) -> float:
+    """Effective number of independent parameters behind a ratio of sums over a block, from the
+    (K, J = 3C) within-chain contrasts u (unaffected by a chain offset; contrasts of different
+    chains independent under stationarity): (sum_k var u_k)^2 / sum_kl cov(u_k, u_l)^2, the
+    numerator estimated from the squares and the denominator from the mean of (u_j . u_j')^2 over
+    pairs of contrasts from different chains. Equals K for
+    independent equal-variance parameters; less with unequal variances (Satterthwaite) or
+    correlated Monte Carlo errors (e.g. a common intercept)."""
+    k, j = u.shape
+    chain_of = np.repeat(np.arange(j // 3), 3)  # column = chain * 3 + contrast
+    rows, cols = np.triu_indices(j, 1)
+    other = chain_of[rows] != chain_of[cols]  # pairs from different chains only: independent under the null
+    if k == 0 or not other.any():
+        return float(k)
+    pairs = (u.T @ u)[rows[other], cols[other]] ** 2
+    scale = (u ** 2).mean(1).sum()
+    return float(min(k, scale ** 2 / pairs.mean())) if pairs.mean() > 0 else float(k)
+
+
+def block_rule(d: dict[str, np.ndarray], chains: int, draws: int, limits: Thresholds) -> dict:
+    """The multiplicity-aware R-hat rule for a block of K exchangeable parameters (module doc)."""
+    k = len(d["rhat"])
+    out = {"rhat_limit": None, "n_rhat_gt_limit": None, "ratio_bulk": None, "ratio_folded": None,
+           "ratio_limit": None, "effective_k": None, "passed": False}
+    if k == 0 or chains < 2 or draws < 4:
+        return out
+    m, n = 2 * chains, draws // 2
+    alpha = limits.block_false_fail_rate
+    q = stats.chi2.isf(alpha / (4 * k), m - 1) / (m - 1)
+    limit = float(np.sqrt((n - 1) / n + (m / limits.min_ess) * q))
+    finite = np.isfinite(d["rhat"])
+    ratios, k_eff = {}, {}
+    for kind in ("bulk", "folded"):
+        ssb, ssw, u = d[f"ssb_{kind}"], d[f"ssw_{kind}"], d[f"contrasts_{kind}"]
+        ok = finite & np.isfinite(ssb) & np.isfinite(ssw) & np.isfinite(u).all(1)
+        num, den = ssb[ok].sum() / (chains - 1), ssw[ok].sum() / chains
+        ratios[kind] = float(num / den) if den > 0 else float("inf") if num > 0 else 1.0
+        k_eff[kind] = _effective_size(u[ok])
+    ke = max(min(k_eff.values()), 1.0)
+    ratio_limit = max(1 + limits.block_tolerance, float(stats.f.isf(alpha / 4, (chains - 1) * ke, chains * ke)))
+    n_over = int((d["rhat"][finite] > limit).sum())
+    out.update(rhat_limit=limit, n_rhat_gt_limit=n_over, ratio_bulk=ratios["bulk"], ratio_folded=ratios["folded"],
+               ratio_limit=ratio_limit, effective_k=ke,
+               passed=bool(finite.all() and n_over == 0 and max(ratios.values()) <= ratio_limit))
+    return out
+
+
+def _min(values) -> float | None:
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    return float(values.min()) if values.size else None
+
+
+def _max(values) -> float | None:
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    return float(values.max()) if values.size else None
+
+
+def _names_by(names, values, bad, descending: bool, n: int = 5) -> list[str]:
+    """Up to n names with ``bad``: non-finite values first, then by value."""
+    idx = np.flatnonzero(bad)
+    finite = np.isfinite(values[idx])
+    ordered = list(idx[~finite]) + list(idx[finite][np.argsort(values[idx][finite] * (-1 if descending else 1),
+                                                                kind="stable")])
+    return [names[i] for i in ordered[:n]]
 
 
 def convergence_summary(idata, limits: Thresholds | None = None) -> dict:
-    """Convergence figures for one model (arviz): R-hat and bulk/tail ESS over every gated
-    quantity (intercepts, b, SDs, sigma, every r_school), cohort and profile effects reported."""
+    """Convergence figures for one model: R-hat and bulk/tail/2.5%-97.5% quantile ESS over every
+    gated quantity (intercepts, b, SDs, sigma, every r_school), with the hyperparameter rule and
+    the r_school block rule (module doc); cohort and profile effects judged the same way, reported.
+    Values are str/int/float or None (they are stored as NetCDF attributes)."""
     limits = limits or Thresholds()
-    post, stats = idata.posterior, idata.get("sample_stats")
-    gated = [v for v in HYPER if v in post] + ["r_school"]
-    rhat = _per_parameter(az.rhat(post[gated]))
-    bulk = _per_parameter(az.ess(post[gated], method="bulk"))
-    tail = _per_parameter(az.ess(post[gated], method="tail"))
-    sds = [v for v in ("sd_school", "sd_cohort", "sd_profile", "sigma") if v in post]
+    post, sample_stats = idata.posterior, idata.get("sample_stats")
+    chains, draws = int(post.sizes["chain"]), int(post.sizes["draw"])
+    hyper = [v for v in HYPER if v in post]
+    names, parts, limit_of = [], [], []
+    block = None
+    for v in hyper + ([BLOCK] if BLOCK in post else []):
+        nm, x = _draws(post[v])
+        d = _diagnose(x)
+        if v == BLOCK:
+            block, school = block_rule(d, chains, draws, limits), d
+            limit = block["rhat_limit"] if block["rhat_limit"] is not None else np.nan
+        else:
+            limit = limits.max_rhat
+        names += nm
+        parts.append(d)
+        limit_of.append(np.full(len(nm), limit))
+    col = lambda key, ds: np.concatenate([d[key] for d in ds]) if ds else np.array([])  # noqa: E731
+    rhat, bulk, tail, quant = (col(k, parts) for k in ("rhat", "ess_bulk", "ess_tail", "ess_quantile"))
+    limit_of = np.concatenate(limit_of) if limit_of else np.array([])
+    ess = np.minimum(np.minimum(bulk, tail), quant)  # NaN if any is NaN
+    finite = np.isfinite(rhat) & np.isfinite(bulk) & np.isfinite(tail) & np.isfinite(quant)
+    with np.errstate(invalid="ignore"):
+        rhat_bad = ~np.isfinite(rhat) | ~(rhat <= limit_of)  # NaN R-hat or limit fails
+        ess_bad = ~(np.isfinite(bulk) & np.isfinite(tail) & np.isfinite(quant)) | ~(ess >= limits.min_ess)
+    non_finite = [nm for nm, ok in zip(names, finite) if not ok]
+    n_hyper = len(names) - (len(school["rhat"]) if block is not None else 0)
+    sds = [d for v, d in zip(hyper, parts) if v in ("sd_school", "sd_cohort", "sd_profile", "sigma")]
+    worst_rhat = _names_by(names, rhat, rhat_bad, descending=True)
+    if block is not None and block["ratio_bulk"] is not None \
+            and max(block["ratio_bulk"], block["ratio_folded"]) > block["ratio_limit"]:
+        worst_rhat.append(f"{BLOCK} block (between/within ratio {max(block['ratio_bulk'], block['ratio_folded']):.3f} "
+                          f"> {block['ratio_limit']:.3f})")
     out = {
         "model": str(idata.attrs.get("model", "")),
-        "draws": int(post.sizes["chain"] * post.sizes["draw"]),
-        "max_rhat": max(rhat.values()),
-        "n_rhat_failing": sum(x > limits.max_rhat for x in rhat.values()),
-        "min_ess_bulk": min(bulk.values()), "min_ess_tail": min(tail.values()),
-        "median_ess_bulk_school": float(np.median([x for k, x in bulk.items() if k.startswith("r_school")])),
-        "n_ess_failing": sum(min(bulk[k], tail[k]) < limits.min_ess for k in bulk),
-        "min_ess_bulk_sd": min(bulk[v] for v in sds), "min_ess_tail_sd": min(tail[v] for v in sds),
-        "worst_rhat": ", ".join(_worst(rhat, lambda x: x > limits.max_rhat)),
-        "worst_ess": ", ".join(_worst({k: min(bulk[k], tail[k]) for k in bulk}, lambda x: x < limits.min_ess)),
+        "draws": chains * draws,
+        "max_rhat": _max(rhat),            # over every gated quantity (finite values)
+        "n_rhat_failing": int(rhat_bad.sum()),  # fail their R-hat rule (non-finite, hyper > max_rhat, r_school > limit)
+        "min_ess_bulk": _min(bulk), "min_ess_tail": _min(tail),
+        "median_ess_bulk_school": (float(np.median(school["ess_bulk"][np.isfinite(school["ess_bulk"])]))
+                                   if block is not None and np.isfinite(school["ess_bulk"]).any() else None),
+        "n_ess_failing": int(ess_bad.sum()),   # bulk, tail or 2.5%/97.5% quantile ESS < min_ess, or non-finite
+        "min_ess_bulk_sd": _min(col("ess_bulk", sds)), "min_ess_tail_sd": _min(col("ess_tail", sds)),
+        "worst_rhat": ", ".join(worst_rhat),
+        "worst_ess": ", ".join(_names_by(names, ess, ess_bad, descending=False)),
+        # added with the multiplicity-aware rule
+        "n_non_finite": len(non_finite),
+        "non_finite": ", ".join(non_finite[:20]) + (f" (+{len(non_finite) - 20} more)" if len(non_finite) > 20 else ""),
+        "min_ess_q025_q975": _min(quant),
+        "max_rhat_hyper": _max(rhat[:n_hyper]),
+        "n_rhat_hyper_failing": int(rhat_bad[:n_hyper].sum()),
     }
-    for v in ("r_cohort", "r_profile"):
-        if v in post:
-            r = az.rhat(post[[v]])[v].values
-            e = az.ess(post[[v]], method="bulk")[v].values
-            out[f"{v}_share_rhat_gt_1_01"] = float((r > 1.01).mean())
-            out[f"{v}_max_rhat"] = float(np.nanmax(r))
-            out[f"{v}_min_ess_bulk"] = float(np.nanmin(e))
-            out[f"{v}_share_ess_lt_min"] = float((e < limits.min_ess).mean())
-        else:
-            for k in ("share_rhat_gt_1_01", "max_rhat", "min_ess_bulk", "share_ess_lt_min"):
-                out[f"{v}_{k}"] = None
-    has = lambda v: stats is not None and v in stats  # noqa: E731
-    out["divergences"] = int(stats["diverging"].values.sum()) if has("diverging") else None
+    rule = block or dict.fromkeys(("rhat_limit", "n_rhat_gt_limit", "ratio_bulk", "ratio_folded", "ratio_limit",
+                                   "effective_k"))
+    out |= {
+        f"{BLOCK}_max_rhat": _max(school["rhat"]) if block is not None else None,
+        f"{BLOCK}_rhat_limit": rule["rhat_limit"], f"{BLOCK}_n_rhat_gt_limit": rule["n_rhat_gt_limit"],
+        f"{BLOCK}_ratio_bulk": rule["ratio_bulk"], f"{BLOCK}_ratio_folded": rule["ratio_folded"],
+        f"{BLOCK}_ratio_limit": rule["ratio_limit"], f"{BLOCK}_effective_k": rule["effective_k"],
+        f"{BLOCK}_block_passed": int(block["passed"]) if block is not None else None,
+    }
+    out |= _reported_blocks(post, chains, draws, limits)
+    has = lambda v: sample_stats is not None and v in sample_stats  # noqa: E731
+    out["divergences"] = int(sample_stats["diverging"].values.sum()) if has("diverging") else None
     out["min_bfmi"] = float(np.min(az.bfmi(idata))) if has("energy") else None
-    out["max_treedepth_hits"] = int(stats["max_treedepth_hit"].values.sum()) if has("max_treedepth_hit") else None
+    out["max_treedepth_hits"] = int(sample_stats["max_treedepth_hit"].values.sum()) if has("max_treedepth_hit") else None
     out["max_treedepth_share"] = (out["max_treedepth_hits"] / out["draws"]) if out["max_treedepth_hits"] is not None else None
     sec = idata.attrs.get("sample_seconds")
     out["sample_seconds"] = float(sec) if sec is not None else None
+    return out
+
+
+_BLOCK_KEYS = ("share_rhat_gt_1_01", "max_rhat", "min_ess_bulk", "share_ess_lt_min", "gate_passed", "rhat_limit",
+               "n_rhat_gt_limit", "ratio_bulk", "ratio_folded", "ratio_limit", "effective_k", "min_ess_tail", "min_ess_q025_q975",
+               "n_non_finite", "non_finite")
+
+
+def _reported_blocks(post, chains: int, draws: int, limits: Thresholds) -> dict:
+    """r_cohort / r_profile: the block rule and the ESS rule, reported (not blocking)."""
+    out = {}
+    for v in REPORTED_BLOCKS:
+        if v not in post:
+            out |= {f"{v}_{k}": None for k in _BLOCK_KEYS}
+            continue
+        names, x = _draws(post[v])
+        d = _diagnose(x)
+        rule = block_rule(d, chains, draws, limits)
+        r, e = d["rhat"], np.minimum(np.minimum(d["ess_bulk"], d["ess_tail"]), d["ess_quantile"])
+        finite = np.isfinite(r) & np.isfinite(e)
+        ess_ok = bool(finite.all() and (e >= limits.min_ess).all())
+        with np.errstate(invalid="ignore"):
+            out |= {
+                f"{v}_share_rhat_gt_1_01": float((r > 1.01).mean()),
+                f"{v}_max_rhat": _max(r),
+                f"{v}_min_ess_bulk": _min(d["ess_bulk"]),
+                f"{v}_share_ess_lt_min": float((d["ess_bulk"] < limits.min_ess).mean()),
+                f"{v}_gate_passed": int(rule["passed"] and ess_ok),
+                f"{v}_rhat_limit": rule["rhat_limit"], f"{v}_n_rhat_gt_limit": rule["n_rhat_gt_limit"],
+                f"{v}_ratio_bulk": rule["ratio_bulk"], f"{v}_ratio_folded": rule["ratio_folded"],
+                f"{v}_ratio_limit": rule["ratio_limit"], f"{v}_effective_k": rule["effective_k"],
+                f"{v}_min_ess_tail": _min(d["ess_tail"]), f"{v}_min_ess_q025_q975": _min(d["ess_quantile"]),
+                f"{v}_n_non_finite": int((~finite).sum()),
+                f"{v}_non_finite": ", ".join(np.array(names)[~finite][:5]),
+            }
     return out
 
 
@@ -98,10 +380,13 @@ def mcmc_diagnostics(idatas: dict) -> pl.DataFrame:
 
 
 GATE = {  # check name -> (description, blocking)
-    "rhat": ("Rank-normalised split R-hat <= threshold for b_Intercept, Intercept, b, the SDs, sigma and every "
-             "r_school (cohort/profile reported, not gated)", True),
+    "rhat": ("Finite rank-normalised split R-hat on every gated quantity; R-hat <= threshold (max_rhat) for "
+             "b_Intercept, Intercept, b, the SDs and sigma; the r_school block rule (per-parameter limit for K "
+             "effects and between/within-chain ratio, family-wise false-fail rate block_false_fail_rate); "
+             "cohort/profile judged the same way, reported, not gated", True),
     "no_divergences": ("No more divergent transitions than allowed (default 0)", True),
-    "ess": ("Bulk and tail ESS >= threshold for b_Intercept, Intercept, b, the SDs, sigma and every r_school", True),
+    "ess": ("Finite bulk ESS, tail ESS (5%/95%) and ESS of the published 2.5%/97.5% quantiles >= threshold for "
+            "b_Intercept, Intercept, b, the SDs, sigma and every r_school", True),
     "bfmi": ("E-BFMI >= threshold in every chain (WARN)", False),
     "max_treedepth": ("Share of iterations at the maximum tree depth <= threshold (WARN)", False),
 }
@@ -109,30 +394,43 @@ GATE = {  # check name -> (description, blocking)
 
 def gate(summary: dict, limits: Thresholds) -> list[CheckOutcome]:
     """Every convergence check of one posterior, with the figures and thresholds behind it."""
+    s = summary
+    non_finite = s.get("non_finite") or None
+    block_passed = s.get(f"{BLOCK}_block_passed")
+    ratios = [r for r in (s.get(f"{BLOCK}_ratio_bulk"), s.get(f"{BLOCK}_ratio_folded")) if r is not None]
     figures = {
-        "rhat": (summary["max_rhat"] <= limits.max_rhat, {
-            "max_rhat": summary["max_rhat"], "threshold": limits.max_rhat,
-            "parameters_failing": summary["n_rhat_failing"], "worst": summary["worst_rhat"],
-            "cohort_max_rhat": summary["r_cohort_max_rhat"],
-            "cohort_share_rhat_gt_1_01": summary["r_cohort_share_rhat_gt_1_01"],
-            "profile_max_rhat": summary["r_profile_max_rhat"],
-            "profile_share_rhat_gt_1_01": summary["r_profile_share_rhat_gt_1_01"],
+        "rhat": (s["n_rhat_failing"] == 0 and block_passed != 0, {
+            "non_finite": non_finite,
+            "max_rhat_hyper": s.get("max_rhat_hyper"), "threshold": limits.max_rhat,
+            "school_max_rhat": s.get(f"{BLOCK}_max_rhat"), "school_rhat_limit": s.get(f"{BLOCK}_rhat_limit"),
+            "school_block_ratio": max(ratios) if ratios else None,
+            "school_block_ratio_limit": s.get(f"{BLOCK}_ratio_limit"),
+            "parameters_failing": s["n_rhat_failing"], "worst": s["worst_rhat"],
+            "max_rhat": s["max_rhat"], "block_false_fail_rate": limits.block_false_fail_rate,
+            "cohort_gate_passed": s.get("r_cohort_gate_passed"),
+            "cohort_max_rhat": s["r_cohort_max_rhat"],
+            "cohort_share_rhat_gt_1_01": s["r_cohort_share_rhat_gt_1_01"],
+            "profile_gate_passed": s.get("r_profile_gate_passed"),
+            "profile_max_rhat": s["r_profile_max_rhat"],
+            "profile_share_rhat_gt_1_01": s["r_profile_share_rhat_gt_1_01"],
         }),
-        "no_divergences": ((summary["divergences"] or 0) <= limits.max_divergences, {
-            "divergences": summary["divergences"], "threshold": limits.max_divergences,
+        "no_divergences": ((s["divergences"] or 0) <= limits.max_divergences, {
+            "divergences": s["divergences"], "threshold": limits.max_divergences,
         }),
-        "ess": (min(summary["min_ess_bulk"], summary["min_ess_tail"]) >= limits.min_ess, {
-            "min_ess_bulk": summary["min_ess_bulk"], "min_ess_tail": summary["min_ess_tail"],
-            "min_ess_bulk_sd": summary["min_ess_bulk_sd"], "min_ess_tail_sd": summary["min_ess_tail_sd"],
-            "parameters_failing": summary["n_ess_failing"], "worst": summary["worst_ess"],
-            "cohort_min_ess_bulk": summary["r_cohort_min_ess_bulk"],
-            "cohort_share_ess_below": summary["r_cohort_share_ess_lt_min"],
+        "ess": (s["n_ess_failing"] == 0, {
+            "non_finite": non_finite,
+            "min_ess_bulk": s["min_ess_bulk"], "min_ess_tail": s["min_ess_tail"],
+            "min_ess_q025_q975": s.get("min_ess_q025_q975"),
+            "min_ess_bulk_sd": s["min_ess_bulk_sd"], "min_ess_tail_sd": s["min_ess_tail_sd"],
+            "parameters_failing": s["n_ess_failing"], "worst": s["worst_ess"],
+            "cohort_min_ess_bulk": s["r_cohort_min_ess_bulk"],
+            "cohort_share_ess_below": s["r_cohort_share_ess_lt_min"],
             "threshold": limits.min_ess,
         }),
-        "bfmi": (summary["min_bfmi"] is None or summary["min_bfmi"] >= limits.min_bfmi,
-                 {"min_bfmi": summary["min_bfmi"], "threshold": limits.min_bfmi}),
-        "max_treedepth": (summary["max_treedepth_share"] is None or summary["max_treedepth_share"] <= limits.max_treedepth_share,
-                          {"share_at_max_treedepth": summary["max_treedepth_share"], "threshold": limits.max_treedepth_share}),
+        "bfmi": (s["min_bfmi"] is None or s["min_bfmi"] >= limits.min_bfmi,
+                 {"min_bfmi": s["min_bfmi"], "threshold": limits.min_bfmi}),
+        "max_treedepth": (s["max_treedepth_share"] is None or s["max_treedepth_share"] <= limits.max_treedepth_share,
+                          {"share_at_max_treedepth": s["max_treedepth_share"], "threshold": limits.max_treedepth_share}),
     }
     return [
         CheckOutcome(name, bool(passed), GATE[name][1], {k: v for k, v in meta.items() if v is not None})
@@ -171,3 +469,12 @@ def posterior_summary(idata) -> pl.DataFrame:
     return pl.DataFrame({"parameter": parameter, **{c: s[c].to_numpy(float) for c in _STATS},
                          "rhat": s["r_hat"].to_numpy(float), "ess_bulk": s["ess_bulk"].to_numpy(float),
                          "ess_tail": s["ess_tail"].to_numpy(float)})
+
+
+def thresholds_key(limits: Thresholds) -> str:
+    """The thresholds a fit was judged with, as stored with the posterior (``gate_thresholds``):
+    a consumer judges again only when its thresholds differ."""
+    import json
+    from dataclasses import asdict
+
+    return json.dumps(asdict(limits), sort_keys=True)

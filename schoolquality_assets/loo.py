@@ -137,6 +137,22 @@ def comparison(obs: pl.DataFrame, cohort: pl.DataFrame, idatas: dict) -> pl.Data
     return _with_m0_row(table, idatas)
 
 
+def mark_unconverged_inputs(table: pl.DataFrame, idatas: dict) -> pl.DataFrame:
+    """Column ``group_effects_converged`` per model: whether the cohort and profile effects that
+    observation-level LOO conditions on passed the same convergence rules as the gated quantities
+    (posterior attributes ``diag_r_cohort_gate_passed`` / ``diag_r_profile_gate_passed``; they are
+    reported, not blocking). Null for models without such effects."""
+    flags = {}
+    for key, idata in idatas.items():
+        if idata is None:
+            continue
+        values = [int(idata.attrs[f"diag_{v}_gate_passed"]) for v in ("r_cohort", "r_profile")
+                  if f"diag_{v}_gate_passed" in idata.attrs]
+        flags[key.upper()] = bool(min(values)) if values else None
+    return table.with_columns(pl.col("model").replace_strict(flags, default=None, return_dtype=pl.Boolean)
+                              .alias("group_effects_converged"))
+
+
 def loo_finding(table: pl.DataFrame) -> str:
     """Which comparison to read and why, from the table: the lead, its SE, and how much of it the
     units with unreliable PSIS estimates (Pareto k above the threshold, not corrected) carry."""
@@ -156,6 +172,11 @@ def loo_finding(table: pl.DataFrame) -> str:
             else:
                 text += f"; every {unit} has Pareto k below {top[0]['k_threshold']:.2f}: reliable"
         parts.append(text + ".")
+    if "group_effects_converged" in table.columns:
+        off = table.filter(pl.col("group_effects_converged") == False)["model"].to_list()  # noqa: E712
+        if off:
+            parts.append(f"The cohort or profile effects of {', '.join(off)} did not pass the convergence rules that "
+                         "gate the published quantities: their observation-level LOO values are uncertain beyond their SE.")
     return " ".join(parts) + " " + M0_NOTE + "."
 
 

@@ -381,9 +381,15 @@ def convergence_judge(spec: ModelSpec, mi: ModelInput, limits):
         idata = az.from_dict(posterior=post, sample_stats=stats, coords=coords, dims=dims)
         summary = diagnostics.convergence_summary(idata, limits)
         failed = diagnostics.failed_blocking(diagnostics.gate(summary, limits))
-        where = (f"{n} draws/chain, {elapsed:.0f} s: max R-hat {summary['max_rhat']:.4f} "
-                 f"({summary['n_rhat_failing']} above {limits.max_rhat}), min ESS bulk {summary['min_ess_bulk']:.0f} / "
-                 f"tail {summary['min_ess_tail']:.0f} ({summary['n_ess_failing']} below {limits.min_ess:.0f})")
+        f = lambda v, spec=".4f": "nan" if v is None else format(v, spec)  # noqa: E731
+        where = (f"{n} draws/chain, {elapsed:.0f} s: max R-hat of the hyperparameters {f(summary['max_rhat_hyper'])} "
+                 f"(limit {limits.max_rhat}), of r_school {f(summary['r_school_max_rhat'])} "
+                 f"(limit {f(summary['r_school_rhat_limit'])}; block ratio {f(summary['r_school_ratio_bulk'], '.3f')} / "
+                 f"limit {f(summary['r_school_ratio_limit'], '.3f')}), {summary['n_rhat_failing']} failing R-hat; "
+                 f"min ESS bulk {f(summary['min_ess_bulk'], '.0f')} / tail {f(summary['min_ess_tail'], '.0f')} / "
+                 f"2.5-97.5% quantiles {f(summary['min_ess_q025_q975'], '.0f')} "
+                 f"({summary['n_ess_failing']} below {limits.min_ess:.0f})"
+                 + (f"; non-finite: {summary['non_finite']}" if summary["n_non_finite"] else ""))
         if (summary["divergences"] or 0) > limits.max_divergences:
             return Verdict(False, True, f"{summary['divergences']} divergent transitions at {where}: more draws "
                            "cannot remove them (raise adapt_delta or reparameterise)")

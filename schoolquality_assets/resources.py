@@ -75,13 +75,17 @@ class SamplerResource(dg.ConfigurableResource):
 
 
 class ConvergenceResource(dg.ConfigurableResource):
-    """Thresholds of the posterior checks (printed in each check's metadata)."""
+    """Thresholds of the posterior checks (printed in each check's metadata); the same fields and
+    defaults as :class:`diagnostics.Thresholds` (``max_rhat`` for the hyperparameters; the
+    ``r_school`` block rule's family-wise false-fail rate and ratio tolerance)."""
 
     max_rhat: float = 1.01
     max_divergences: int = 0
     min_ess: float = 400.0
     min_bfmi: float = 0.3
     max_treedepth_share: float = 0.01
+    block_false_fail_rate: float = 0.01
+    block_tolerance: float = 0.1
 
     def thresholds(self) -> Thresholds:
         return Thresholds(**self.model_dump())

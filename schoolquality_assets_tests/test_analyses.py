@@ -559,3 +559,17 @@ def test_loo_reports_each_model_as_it_finishes(posteriors):
     done: list[str] = []
     loo.loo_table({"m1": posteriors["m1"]}, on_done=done.append)
     assert done == ["M1 per observation"]
+
+
+def test_loo_marks_models_whose_group_effects_did_not_converge():
+    class Fit:
+        def __init__(self, attrs):
+            self.attrs = attrs
+
+    table = loo._compare({"m2": _pointwise(np.zeros(20), np.zeros(20)), "m3": _pointwise(np.full(20, 0.1), np.zeros(20))},
+                         "observation")
+    fits = {"m2": Fit({"diag_r_cohort_gate_passed": 1}),
+            "m3": Fit({"diag_r_cohort_gate_passed": 1, "diag_r_profile_gate_passed": 0})}
+    marked = loo.mark_unconverged_inputs(table, fits)
+    assert dict(zip(marked["model"], marked["group_effects_converged"])) == {"M3": False, "M2": True}
+    assert "The cohort or profile effects of M3 did not pass" in loo.loo_finding(marked.with_columns(reliable=True))

@@ -115,7 +115,7 @@ def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     with StepProgress(context.log.info, "LOO", parts=2 * len(p)) as progress:
         obs = loo.loo_table(p, on_done=progress.part_done)
         cohort = loo.cohort_loo_table(p, groups=loo.cohort_groups(sample), on_done=progress.part_done)
-    table = loo.comparison(obs, cohort, p | {"m0": None})
+    table = loo.mark_unconverged_inputs(loo.comparison(obs, cohort, p | {"m0": None}), p)
     result = _publish(context, wh, "loo_comparison", table, {}, _run_ids(p), finding=loo.loo_finding(table),
                       **_sources(p, context.partition_key))
     ranked = obs.filter(pl.col("rank").is_not_null())

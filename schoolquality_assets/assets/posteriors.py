@@ -76,7 +76,8 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         failed = diagnostics.failed_blocking(outcomes)
         idata.attrs.update({f"diag_{k}": v for k, v in summary.items() if v is not None}
                            | {"partition": partition, "wall_seconds": wall, "run_id": context.run.run_id,
-                              "gate_passed": int(not failed), "gate_failures": diagnostics.describe(outcomes)})
+                              "gate_passed": int(not failed), "gate_failures": diagnostics.describe(outcomes),
+                              "gate_thresholds": diagnostics.thresholds_key(limits)})
         path = wh.posterior_path(spec.key, partition)
         failed_path = wh.failed_posterior_path(spec.key, partition)
         if failed:

@@ -1,0 +1,229 @@
+"""The convergence gate on simulated chains (numpy + arviz, no Stan): non-finite diagnostics fail
+and are named, the r_school block rule passes stationary chains of the full partition's size
+(which the old max R-hat <= 1.01 rule failed) and fails chains that have not mixed, and the ESS
+of the published 2.5%/97.5% quantiles is gated."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import arviz as az
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.signal import lfilter
+
+from schoolquality_assets import diagnostics
+from schoolquality_assets.resources import ConvergenceResource
+
+LIMITS = diagnostics.Thresholds()
+CHAINS = 4
+
+
+def ar1(rng, shape, ess_ratio: float) -> np.ndarray:
+    """Stationary AR(1) draws along the last axis, unit variance, ESS/N ~ ess_ratio."""
+    rho = (1 - ess_ratio) / (1 + ess_ratio)
+    e = rng.standard_normal(shape)
+    e[..., 1:] *= np.sqrt(1 - rho ** 2)
+    return lfilter([1.0], [1.0, -rho], e, axis=-1)
+
+
+def posterior(school: np.ndarray, rng, cohort: np.ndarray | None = None, **hyper) -> az.InferenceData:
+    """An arviz posterior: r_school from (K, chain, draw) draws, iid hyperparameters unless given."""
+    k, chains, draws = school.shape
+    post = {"b_Intercept": rng.standard_normal((chains, draws)),
+            "sd_school": 0.6 + 0.05 * rng.standard_normal((chains, draws)),
+            "sigma": 1.0 + 0.05 * rng.standard_normal((chains, draws))}
+    post |= hyper
+    post["r_school"] = np.moveaxis(school, 0, 2)
+    dims = {"r_school": ["school"]}
+    coords = {"school": [f"S{i:04d}" for i in range(k)]}
+    if cohort is not None:
+        post["r_cohort"] = np.moveaxis(cohort, 0, 2)
+        dims["r_cohort"] = ["cohort"]
+    return az.from_dict(posterior=post, dims=dims, coords=coords)
+
+
+def judged(idata):
+    summary = diagnostics.convergence_summary(idata, LIMITS)
+    return summary, {o.name: o for o in diagnostics.gate(summary, LIMITS)}
+
+
+@pytest.fixture(scope="module")
+def stationary():
+    """3,000 school effects, 4 chains x 700 draws, ESS/N 0.36: the full partition's size."""
+    rng = np.random.default_rng(20240601)
+    return ar1(rng, (3000, CHAINS, 700), 0.36)
+
+
+# ---------------------------------------------------------------- same numbers as arviz
+def test_vectorised_diagnostics_equal_arviz():
+    rng = np.random.default_rng(3)
+    x = ar1(rng, (40, 3, 201), 0.3)  # odd draws: arviz drops the middle draw when splitting
+    x[:, 0] += 0.3 * rng.standard_normal((40, 1))
+    x[0] = np.round(x[0])             # ties
+    x[1] = np.round(x[1] * 3) / 3
+    x[2] = -0.4 * x[2] + ar1(rng, (3, 201), 1.5)  # antithetic
+    x[3, 1] = 2.0                     # one chain constant
+    d = diagnostics._diagnose(x)
+    ds = az.from_dict(posterior={"v": np.moveaxis(x, 0, 2)}).posterior
+    q = [az.ess(ds, method="quantile", prob=p)["v"].values for p in (0.025, 0.975)]
+    np.testing.assert_allclose(d["rhat"], az.rhat(ds)["v"].values, rtol=1e-10)
+    np.testing.assert_allclose(d["ess_bulk"], az.ess(ds, method="bulk")["v"].values, rtol=1e-10)
+    np.testing.assert_allclose(d["ess_tail"], az.ess(ds, method="tail")["v"].values, rtol=1e-10)
+    np.testing.assert_allclose(d["ess_quantile"], np.minimum(*q), rtol=1e-10)
+
+
+# ---------------------------------------------------------------- non-finite diagnostics fail
+@pytest.mark.parametrize("where", ["r_school", "sd_school"])
+def test_a_constant_gated_quantity_fails_and_is_named(where):
+    """R-hat of a quantity constant over draws is NaN; it sits in the middle of the values (not
+    first), where max() over Python floats skips it."""
+    rng = np.random.default_rng(1)
+    school = rng.standard_normal((50, CHAINS, 400))
+    hyper = {}
+    if where == "r_school":
+        school[20] = 0.25
+        name = "r_school[S0020]"
+    else:
+        hyper["sd_school"] = np.full((CHAINS, 400), 0.6)
+        name = "sd_school"
+    summary, checks = judged(posterior(school, rng, **hyper))
+    assert summary["n_non_finite"] == 1 and summary["non_finite"] == name
+    assert name in summary["worst_rhat"] and summary["n_rhat_failing"] == 1
+    assert not checks["rhat"].passed and checks["rhat"].metadata["non_finite"] == name
+    assert name in diagnostics.describe(list(checks.values()))
+    # everything else is fine: the finite maximum is far below the threshold
+    assert summary["max_rhat"] < 1.01 and checks["ess"].passed
+
+
+def test_a_nan_draw_fails_and_is_named():
+    rng = np.random.default_rng(2)
+    school = rng.standard_normal((50, CHAINS, 400))
+    school[33, 2, 200] = np.nan
+    summary, checks = judged(posterior(school, rng))
+    assert summary["non_finite"] == "r_school[S0033]"
+    assert not checks["rhat"].passed and not checks["ess"].passed
+    assert checks["ess"].metadata["non_finite"] == "r_school[S0033]" and summary["n_ess_failing"] == 1
+    assert all(v is None or isinstance(v, (str, int, float)) for v in summary.values())
+
+
+# ---------------------------------------------------------------- the r_school block rule
+def test_stationary_chains_of_3000_school_effects_pass(stationary):
+    """The case the old rule failed: max R-hat over 3,000 stationary effects is above 1.01."""
+    rng = np.random.default_rng(4)
+    summary, checks = judged(posterior(stationary, rng))
+    assert summary["max_rhat"] > 1.01 and summary["r_school_max_rhat"] > 1.01  # old rule: fail
+    assert summary["r_school_block_passed"] == 1 and summary["r_school_n_rhat_gt_limit"] == 0
+    assert summary["r_school_max_rhat"] < summary["r_school_rhat_limit"] < 1.06
+    assert max(summary["r_school_ratio_bulk"], summary["r_school_ratio_folded"]) < summary["r_school_ratio_limit"]
+    assert checks["rhat"].passed and checks["ess"].passed
+    assert not diagnostics.failed_blocking(list(checks.values()))
+
+
+@pytest.mark.parametrize("share, delta", [(1.0, 0.1), (0.05, 0.3)])
+def test_one_chain_offset_in_school_effects_fails(stationary, share, delta):
+    """One chain offset by delta posterior SDs (random sign) in all, or 5%, of the effects: no
+    single R-hat reaches the per-parameter limit, the between/within ratio catches it."""
+    rng = np.random.default_rng(5)
+    school = stationary.copy()
+    hit = rng.choice(len(school), size=round(share * len(school)), replace=False)
+    school[hit, 0] += delta * rng.choice([-1.0, 1.0], size=(len(hit), 1))
+    summary, checks = judged(posterior(school, rng))
+    assert summary["r_school_block_passed"] == 0 and not checks["rhat"].passed
+    assert summary["r_school_n_rhat_gt_limit"] == 0
+    assert summary["r_school_ratio_bulk"] > summary["r_school_ratio_limit"]
+    assert "r_school block" in summary["worst_rhat"]
+
+
+@pytest.mark.parametrize("kind", ["frozen", "stuck"])
+def test_a_stuck_or_frozen_chain_fails(kind):
+    rng = np.random.default_rng(6)
+    school = ar1(rng, (300, CHAINS, 500), 0.36)
+    school[:, 0] = rng.standard_normal((300, 1)) if kind == "frozen" else ar1(rng, (300, 500), 0.005)
+    summary, checks = judged(posterior(school, rng))
+    assert summary["r_school_block_passed"] == 0 and summary["r_school_n_rhat_gt_limit"] > 0
+    assert not checks["rhat"].passed
+
+
+def test_hyperparameters_keep_rhat_1_01():
+    """A hyperparameter whose R-hat is above 1.01 fails even though it is below the block limit."""
+    rng = np.random.default_rng(7)
+    sd = 0.6 + 0.05 * rng.standard_normal((CHAINS, 400))
+    sd[0] += 0.02  # R-hat ~ 1.03
+    summary, checks = judged(posterior(rng.standard_normal((100, CHAINS, 400)), rng, sd_school=sd))
+    assert 1.01 < summary["max_rhat_hyper"] < summary["r_school_rhat_limit"]
+    assert summary["n_rhat_hyper_failing"] == 1 and summary["worst_rhat"].startswith("sd_school")
+    assert summary["r_school_block_passed"] == 1 and not checks["rhat"].passed
+
+
+def test_block_limit_follows_its_formula():
+    d = {k: np.ones(3300) for k in ("rhat", "ssb_bulk", "ssw_bulk", "ssb_folded", "ssw_folded")}
+    d |= {f"contrasts_{k}": np.random.default_rng(0).standard_normal((3300, 12)) for k in ("bulk", "folded")}
+    rule = diagnostics.block_rule(d, CHAINS, 700, LIMITS)
+    m, n, alpha = 8, 350, LIMITS.block_false_fail_rate
+    q = stats.chi2.isf(alpha / (4 * 3300), m - 1) / (m - 1)
+    assert rule["rhat_limit"] == pytest.approx(np.sqrt((n - 1) / n + m / LIMITS.min_ess * q))
+    smaller = diagnostics.block_rule({k: v[:100] for k, v in d.items()}, CHAINS, 700, LIMITS)
+    assert 1.01 < smaller["rhat_limit"] < rule["rhat_limit"]  # more parameters, higher noise floor
+    assert rule["ratio_limit"] == pytest.approx(1 + LIMITS.block_tolerance)  # the floor at K = 3,300
+    assert smaller["ratio_limit"] > rule["ratio_limit"]       # the F quantile for few parameters
+
+
+# ---------------------------------------------------------------- ESS of the published quantiles
+def _clumped_lower_tail(rng, draws: int = 1000, run: int = 16) -> np.ndarray:
+    """iid draws per chain, except that the values below the 2.5% quantile come in runs: bulk
+    and tail (5%/95%) ESS stay high, the ESS of the 2.5% quantile falls below 400."""
+    x = rng.standard_normal((CHAINS, draws))
+    q = np.quantile(x, 0.025)
+    for c in range(CHAINS):
+        low, rest = np.sort(x[c][x[c] <= q]), rng.permutation(x[c][x[c] > q])
+        cuts = np.sort(rng.choice(len(rest) + 1, -(-len(low) // run), replace=False))
+        pieces, prev = [], 0
+        for i, cut in enumerate(cuts):
+            pieces += [rest[prev:cut], low[i * run:(i + 1) * run]]
+            prev = cut
+        x[c] = np.concatenate(pieces + [rest[prev:]])
+    return x
+
+
+def test_ess_of_the_published_quantiles_is_gated():
+    rng = np.random.default_rng(8)
+    school = rng.standard_normal((20, CHAINS, 1000))
+    school[11] = _clumped_lower_tail(rng)
+    summary, checks = judged(posterior(school, rng))
+    ds = az.from_dict(posterior={"v": school[11]}).posterior
+    q025 = float(az.ess(ds, method="quantile", prob=0.025)["v"])
+    assert summary["min_ess_bulk"] >= 400 and summary["min_ess_tail"] >= 400
+    assert summary["min_ess_q025_q975"] == pytest.approx(q025) and q025 < 400
+    assert not checks["ess"].passed and checks["ess"].metadata["min_ess_q025_q975"] == pytest.approx(q025)
+    assert summary["worst_ess"] == "r_school[S0011]" and summary["n_ess_failing"] == 1
+
+
+def test_quantile_ess_is_the_minimum_over_both_quantiles(stationary):
+    idata = posterior(stationary[:200], np.random.default_rng(9))
+    summary = diagnostics.convergence_summary(idata, LIMITS)
+    post = idata.posterior[["b_Intercept", "sd_school", "sigma", "r_school"]]
+    ref = min(float(min(az.ess(post[[v]], method="quantile", prob=p)[v].min() for p in (0.025, 0.975)))
+              for v in post.data_vars)
+    assert summary["min_ess_q025_q975"] == pytest.approx(ref, rel=1e-10)
+
+
+# ---------------------------------------------------------------- cohort effects: reported, not blocking
+def test_cohort_effects_are_judged_but_not_blocking():
+    rng = np.random.default_rng(10)
+    school = ar1(rng, (200, CHAINS, 600), 0.5)
+    cohort = ar1(rng, (400, CHAINS, 600), 0.5)
+    summary, checks = judged(posterior(school, rng, cohort=cohort))
+    assert summary["r_cohort_gate_passed"] == 1 and summary["r_profile_gate_passed"] is None
+    cohort[:, 0] += 0.3 * rng.choice([-1.0, 1.0], size=(400, 1))
+    summary, checks = judged(posterior(school, rng, cohort=cohort))
+    assert summary["r_cohort_gate_passed"] == 0 and summary["r_cohort_ratio_bulk"] > summary["r_cohort_ratio_limit"]
+    assert checks["rhat"].passed and checks["rhat"].metadata["cohort_gate_passed"] == 0
+
+
+def test_thresholds_and_resource_have_the_same_fields_and_defaults():
+    fields = {f.name: f.default for f in dataclasses.fields(diagnostics.Thresholds)}
+    assert ConvergenceResource().model_dump() == fields
+    assert ConvergenceResource().thresholds() == diagnostics.Thresholds()
+    assert {"block_false_fail_rate", "block_tolerance"} <= set(fields)
