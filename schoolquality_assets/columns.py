@@ -53,13 +53,42 @@ COLUMNS = {
     "mean": "Posterior mean of r_school, M3 (logit scale; > 0 = above average).",
     "sd": "Posterior SD of r_school (logit scale).",
     "rank": "Rank of the posterior mean: 1 = lowest school effect.",
+    # school rankings (M2 posterior draws; the average school = mean of the J school effects in the same draw)
+    "p_below_average": "Posterior probability (0-1) that the school's M2 effect r_school is below the average school "
+                       "(the mean of all J schools' effects in the same draw); 0.5 = no evidence either way.",
+    "p_below_average_mcse": "Monte Carlo standard error of p_below_average (arviz MCSE of the mean of the per-draw "
+                            "indicator; 0 when the indicator is the same in every draw).",
+    "rank_median": "Posterior median of the school's rank among the J schools of the fit, 1 = lowest school "
+                   "effect, J = highest (a rank that was drawn: the lower median).",
+    "rank_lower_95": "2.5% posterior quantile of the rank (1 = lowest effect): lower end of the 95% rank interval.",
+    "rank_upper_95": "97.5% posterior quantile of the rank (1 = lowest effect): upper end of the 95% rank interval.",
+    "p_bottom_10": "Posterior probability (0-1) that the school is in the bottom 10%: rank <= ceil(0.1 J), "
+                   "1 = lowest effect.",
+    "p_bottom_10_mcse": "Monte Carlo standard error of p_bottom_10 (arviz MCSE; 0 when constant over draws).",
+    "p_top_10": "Posterior probability (0-1) that the school is in the top 10%: rank > J - ceil(0.1 J) "
+                "(the highest effects).",
+    "p_top_10_mcse": "Monte Carlo standard error of p_top_10 (arviz MCSE; 0 when constant over draws).",
+    "distinguishable": "Distinguishable from the average school at 95%: 'below' when p_below_average >= 0.975 (the "
+                       "95% interval of effect minus average lies below 0), 'above' when <= 0.025, else 'cannot tell'.",
+    "below": "Schools below the average school at 95% (distinguishable = 'below').",
+    "above": "Schools above the average school at 95% (distinguishable = 'above').",
+    "cannot_tell": "Schools that cannot be told apart from the average school at 95%.",
+    "median_rank_interval_width": "Median over the band's schools of rank_upper_95 - rank_lower_95: places "
+                                  "a typical 95% rank interval spans.",
     # LOO and diagnostics
     "unit": "What is left out: one observation, or one cohort with its effect integrated out.",
     "elpd_loo": "Expected log predictive density (higher is better).",
     "elpd_diff": "Difference to the best model (0 for the best; negative = worse).",
     "se_diff": "Standard error of elpd_diff.",
     "pareto_k_gt_0_7": "Units whose PSIS Pareto k exceeds 0.7 (unreliable importance weights).",
-    "max_rhat": "Largest rank-normalised split R-hat over the gated quantities (<= 1.01 passes).",
+    "max_rhat": "Largest rank-normalised split R-hat over the gated quantities (hyperparameters pass at <= 1.01; "
+                "school effects at the limit for their number, r_school_rhat_limit).",
+    "max_rhat_hyper": "Largest R-hat of the hyperparameters (intercepts, b, SDs, sigma; <= 1.01 passes).",
+    "r_school_rhat_limit": "R-hat limit of each school effect, for K effects (multiplicity-aware rule).",
+    "r_school_ratio_bulk": "Between/within-chain ratio of the school effects' split-chain mean squares (about 1 when mixed).",
+    "r_school_ratio_limit": "Limit of that ratio (max(1 + block_tolerance, F quantile)).",
+    "min_ess_q025_q975": "Smallest ESS of the 2.5% and 97.5% quantiles over the gated quantities (>= 400 passes).",
+    "n_non_finite": "Gated quantities with a non-finite R-hat or ESS (any fails the gate).",
     "min_ess_bulk": "Smallest bulk ESS over the gated quantities (>= 400 passes).",
     "min_ess_tail": "Smallest tail ESS over the gated quantities (>= 400 passes).",
     "divergences": "Divergent transitions after warmup (0 passes).",
@@ -75,6 +104,8 @@ COLUMNS = {
     "n_units_high_k_diff": "Units above the k threshold in this model or the best one (they carry elpd_diff_high_k).",
     "elpd_diff_high_k": "Part of elpd_diff carried by the units above the k threshold (uncorrected PSIS estimates).",
     "draws_used": "Posterior draws used for LOO.",
+    "group_effects_converged": "The cohort/profile effects LOO conditions on passed the convergence rules (reported, "
+                               "not blocking); empty for models without them.",
     "reliable": "No unit of this model above the k threshold (as the loo package judges PSIS).",
     "note": "Why a model has no LOO values.",
     "draws": "Posterior draws kept (all chains).",
@@ -129,9 +160,9 @@ HEADERS = {
     "n_k_above_threshold": "Units above k threshold", "n_units_high_k_diff": "High-k units in difference",
     "elpd_diff_high_k": "Difference carried by high-k units",
     "reliable": "Reliable",
-    "draws": "Draws", "max_rhat": "Max R-hat", "n_rhat_failing": "Quantities with R-hat > 1.01", "min_ess_bulk": "Min bulk ESS",
+    "draws": "Draws", "max_rhat": "Max R-hat", "n_rhat_failing": "Quantities failing their R-hat rule", "min_ess_bulk": "Min bulk ESS",
     "min_ess_tail": "Min tail ESS", "median_ess_bulk_school": "Median bulk ESS, school effects",
-    "n_ess_failing": "Quantities with ESS < 400", "min_ess_bulk_sd": "Min bulk ESS, SDs", "min_ess_tail_sd": "Min tail ESS, SDs",
+    "n_ess_failing": "Quantities with an ESS < 400", "min_ess_bulk_sd": "Min bulk ESS, SDs", "min_ess_tail_sd": "Min tail ESS, SDs",
     "worst_rhat": "Worst R-hat", "worst_ess": "Worst ESS",
     "r_cohort_share_rhat_gt_1_01": "% cohort effects R-hat > 1.01", "r_cohort_max_rhat": "Max R-hat, cohort effects",
     "r_cohort_min_ess_bulk": "Min bulk ESS, cohort effects", "r_cohort_share_ess_lt_min": "% cohort effects ESS < 400",

@@ -43,6 +43,13 @@ FIGURES = {  # name -> (label, caption)
         "mean number of students per observation (yellow = small)."),
 }
 FIGURES |= {
+    "school_ranks_league_table": (
+        "League table: school ranks with 95% intervals (M2)",
+        "Every school's posterior median rank under M2 (1 = lowest school effect), schools ordered by it, with "
+        "its 95% rank interval (2.5% and 97.5% quantiles of the school's rank over the posterior draws); colour "
+        "is the band of mean students per observation. A long vertical line: the data cannot place the school."),
+}
+FIGURES |= {
     f"trace_{k}": (f"Trace plot, {k.upper()} SDs",
                    f"{k.upper()}: posterior density (left) and trace (right) of each SD hyperparameter, one colour per "
                    "chain; overlapping chains that mix without trends indicate convergence.")
@@ -185,4 +192,43 @@ def trace_png(idata, var_names, model: str) -> bytes:
     for line in legend.get_lines():
         line.set_linewidth(2)
     fig.suptitle(f"Trace plot, {model} SDs", x=0.02, ha="left")
+    return figure_png(fig)
+
+
+def league_table_png(rankings: pl.DataFrame, eligible: pl.DataFrame) -> bytes:
+    """Schools ordered by posterior median rank (x), each with its 95% rank interval (vertical line)
+    and median (dot), coloured by size band (mean_n_trials of ``eligible``); 1 = lowest effect.
+    Ties in the median rank are ordered by p_below_average (more likely below = further left)."""
+    from schoolquality_assets.analyses import band_of
+
+    size = pl.col("mean_n_trials")
+    t = (rankings.join(eligible.select("school_id", "mean_n_trials"), on="school_id", how="left")
+         .with_columns(pl.when(size.is_null()).then(None).otherwise(band_of(size)).alias("band"))
+         .sort(["rank_median", "p_below_average"], descending=[False, True])
+         .with_columns(pl.int_range(1, pl.len() + 1).alias("_position")))
+    n = t.height
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    lw = 0.9 if n <= 400 else 0.4
+    for band in BANDS:  # small schools (widest intervals) first, large ones drawn over them
+        b = t.filter(pl.col("band") == band)
+        if not b.height:
+            continue
+        x = b["_position"].to_numpy()
+        ax.vlines(x, b["rank_lower_95"].to_numpy(), b["rank_upper_95"].to_numpy(), colors=[BAND_COLOURS[band]],
+                  lw=lw, alpha=0.55)
+        width = float((b["rank_upper_95"] - b["rank_lower_95"]).median())
+        ax.scatter(x, b["rank_median"].to_numpy(), color=BAND_COLOURS[band], s=3, zorder=3,
+                   label=f"n {band_label(band)}: {b.height:,} schools, median interval {width:,.0f} places")
+    unknown = t.filter(pl.col("mean_n_trials").is_null())
+    if unknown.height:
+        ax.vlines(unknown["_position"].to_numpy(), unknown["rank_lower_95"].to_numpy(),
+                  unknown["rank_upper_95"].to_numpy(), colors="grey", lw=lw, alpha=0.55)
+        ax.scatter(unknown["_position"].to_numpy(), unknown["rank_median"].to_numpy(), color="grey", s=3,
+                   label=f"size unknown: {unknown.height:,} schools")
+    ax.plot([1, n], [1, n], color="black", lw=0.6, ls=":")
+    ax.set(xlim=(0, n + 1), ylim=(0, n + 1), xlabel="schools ordered by posterior median rank",
+           ylabel=f"rank among the {n:,} schools (1 = lowest effect)",
+           title="League table: school ranks with 95% intervals (M2)")
+    legend = ax.legend(loc="upper left", fontsize=8, markerscale=3)
+    legend.set_title("mean students per observation", prop={"size": 8})
     return figure_png(fig)

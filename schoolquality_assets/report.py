@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import xarray as xr
 
-from schoolquality_assets import figures
+from schoolquality_assets import figures, rankings
 from schoolquality_assets.columns import DESCRIPTIONS, header
 from schoolquality_assets.diagnostics import posterior_summary
 from schoolquality_assets.models import MODELS, posterior_run_id
@@ -31,6 +31,7 @@ SECTIONS = (
     "School random effects",
     "Model comparison (LOO-CV)",
     "Stage 1 production model",
+    "School rankings",
     "Posterior summaries",
     "MCMC diagnostics",
     "Comparison with frequentist approach",
@@ -50,6 +51,7 @@ TEXT = {
     "Stage 1 production model": "M2 on every school of the partition (on full, every eligible school: the production "
     "fit); g3_school_quality.parquet holds each school's posterior "
     "mean and SD of the random intercept.",
+    "School rankings": "Where each school stands among the schools of the M2 fit, with its uncertainty.",
     "Posterior summaries": "brms-style summary of each model: posterior mean (Estimate), posterior SD (Est. error), "
     "95% quantile interval, R-hat and bulk/tail ESS for the intercept, the fixed effects (year x subject contrasts) "
     "and the SDs. Logit scale, except M0 (Normal on proportions).",
@@ -79,6 +81,9 @@ TABLE_CAPTIONS = {
     "mcmc_diagnostics": "Convergence of every model: R-hat and bulk/tail ESS over the gated quantities, cohort and profile "
                         "effects, divergences, E-BFMI, maximum tree depth and sampling time.",
     "frequentist_comparison": "The page's frequentist logit-normal mixed model beside the Bayesian fit of this run.",
+    "school_rankings by size band": "Schools below and above the average school at 95% posterior probability, those "
+                                    "that cannot be told apart from it, and the median width of the 95% rank interval "
+                                    "(places), by average number of students per observation.",
     "g3_school_quality summary": "Stage 1 output: schools, spread of the school means and their mean posterior SD (logit scale).",
 }
 TRANSPOSED = {"mcmc_diagnostics": "model"}  # wide tables shown one row per column: table -> key column
@@ -296,7 +301,26 @@ def build_sections(wh: Warehouse, partition: str) -> dict:
                                            f"No posterior on {partition} for {', '.join(missing)}."])),
         "tables": summaries}
     sections["Stage 1 production model"] = production_section(wh, partition, current)
+    sections["School rankings"] = rankings_section(wh, partition, current)
+    if not sections["School rankings"].get("stale"):
+        sections["Key findings"]["text"] += "\n\n" + sections["School rankings"]["finding"]
     return sections
+
+
+def rankings_section(wh: Warehouse, partition: str, current: dict[str, str]) -> dict:
+    """How many schools are distinguishable from the average, by size band, in words and as a
+    table, and the league table with rank intervals; only from the current M2 fit."""
+    status = section_status(wh, partition, ["school_rankings"], current)
+    if status:
+        return {"text": "\n\n".join([TEXT["School rankings"], status]), "stale": True}
+    table = wh.read_partition("school_rankings", partition)
+    by_band = rankings.distinguishable_by_band(table, wh.read_table("eligible_schools"))
+    finding = rankings.rankings_finding(by_band)
+    png = wh.figure_path(partition, "school_ranks_league_table")
+    return {"text": "\n\n".join([TEXT["School rankings"], rankings.RANKINGS_DEFINITION, finding]),
+            "tables": [("school_rankings by size band", by_band)],
+            "figures": [("school_ranks_league_table", png.read_bytes())] if png.exists() else [],
+            "finding": finding}
 
 
 def accounting(wh: Warehouse) -> str:

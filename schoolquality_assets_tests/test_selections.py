@@ -120,9 +120,11 @@ def test_failed_output_check_records_no_materialization(env):
         wh.write_table("eligible_schools", eligible)
     assert not result.success
     assert not result.get_asset_materialization_events()
-    (evaluation,) = result.get_asset_check_evaluations()
+    evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    evaluation = evals["matches_eligible_schools"]
     assert not evaluation.passed and evaluation.partition == "full"
     assert evaluation.metadata["missing_schools"].value == 1
+    assert evals["ranking_mcse"].passed and evals["ranking_mcse"].metadata["max_mcse"].value <= 0.025
     assert "was not written" in failure_text(result)
     assert target.read_bytes() == before
     record, latest = _latest_check(instance, "g3_school_quality", "matches_eligible_schools", "full")
@@ -136,6 +138,7 @@ def test_report_shows_only_tables_of_the_current_fits(env):
     assert _run(env, "*report", "subsample").success
     html_before = Warehouse.from_env(root).report_path("subsample").read_text()
     assert "Not shown" not in html_before
+    assert 'id="table-school-rankings-by-size-band"' in html_before and "cannot be told apart" in html_before
     assert _run(env, "posterior_m2", "subsample").success
     result = _run(env, "report", "subsample")
     assert result.success, failure_text(result)
@@ -146,7 +149,8 @@ def test_report_shows_only_tables_of_the_current_fits(env):
     assert 'id="table-shrinkage-by-band"' in html         # M0 and M1 were not refitted
     (materialization,) = result.get_asset_materialization_events()
     not_shown = materialization.materialization.metadata["sections_not_shown"].value
-    assert {"Variance decomposition", "Model comparison (LOO-CV)", "Stage 1 production model"} <= set(not_shown)
+    assert {"Variance decomposition", "Model comparison (LOO-CV)", "Stage 1 production model",
+            "School rankings"} <= set(not_shown)
     # the production file was written from the full M2 fit, which is still current
     meta = pq.read_schema(Warehouse.from_env(root).output_path("full")).metadata
     assert meta[b"partition"] == b"full"

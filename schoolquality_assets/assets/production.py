@@ -1,6 +1,7 @@
 """Stage 1 production output: g3_school_quality.parquet from the M2 posterior."""
 
 
+import importlib.metadata
 import json
 import shutil
 import subprocess
@@ -10,20 +11,30 @@ import dagster as dg
 import polars as pl
 import pyarrow.parquet as pq
 
-from schoolquality_assets import analyses, diagnostics, models
-from schoolquality_assets.assets.common import OWNER, code_version_of, load_posterior, markdown, table_metadata
+from schoolquality_assets import analyses, diagnostics, figures, models, rankings
+from schoolquality_assets.assets.common import (OWNER, code_version_of, image_md, load_posterior, markdown, rounded,
+                                                table_metadata)
 from schoolquality_assets.partitions import FULL, sample_partitions
 from schoolquality_assets.progress import StepProgress
 from schoolquality_assets.resources import ConvergenceResource, WarehouseResource
-from schoolquality_assets.warehouse import Warehouse, atomic_path
+from schoolquality_assets.warehouse import CHECKOUT, Warehouse, atomic_path
 
 
 def school_quality_table(idata, eligible: pl.DataFrame, vintage: int) -> pl.DataFrame:
-    """Posterior mean, SD and 95% interval of each school's random intercept (logit scale)."""
+    """Posterior mean, SD and 95% interval of each school's random intercept (logit scale), then
+    where it stands among the schools of the fit (rankings.school_rankings: probability below the
+    average school, rank with its 95% interval, bottom/top 10%, with Monte Carlo errors)."""
     frame = analyses.school_effect_summary(idata).rename({
         "mean": "g3_school_re", "sd": "g3_re_sd", "lower": "g3_re_lower_95", "upper": "g3_re_upper_95"})
     info = eligible.select("school_id", "n_obs", "mean_n_trials")
-    return frame.join(info, on="school_id", how="left").with_columns(data_vintage=pl.lit(vintage, pl.Int32)).sort("school_id")
+    frame = frame.join(info, on="school_id", how="left").with_columns(data_vintage=pl.lit(vintage, pl.Int32))
+    return frame.join(rankings.school_rankings(idata), on="school_id", how="left").sort("school_id")
+
+
+def ranking_mcse_limit(min_ess: float) -> float:
+    """The largest MCSE a published probability may have: that of a probability of 0.5 estimated
+    from the ESS the convergence gate requires, 0.5 / sqrt(min_ess) (0.025 at ESS 400)."""
+    return 0.5 / min_ess ** 0.5
 
 
 def publication_problems(table: pl.DataFrame, expected: set[str]) -> dict[str, int]:
@@ -45,11 +56,17 @@ def _json(values: dict) -> str:
 
 
 def code_version() -> str:
+    """The git commit of the checkout the code runs from; for an installed package (no checkout),
+    its version and a hash of its source files and Stan programs."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=models.STAN_DIR.parent).stdout.strip()
+        if (CHECKOUT / "pyproject.toml").exists():
+            return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                  cwd=CHECKOUT).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        pass
+    package = Path(models.__file__).parent
+    sources = sorted([*package.rglob("*.py"), *models.STAN_DIR.glob("*.stan")])
+    return f"schoolquality {importlib.metadata.version('schoolquality')} (source {code_version_of(*sources)})"
 
 
 def _archive_previous(wh: Warehouse, target) -> str | None:
@@ -72,29 +89,40 @@ def _archive_previous(wh: Warehouse, target) -> str | None:
     group_name="production",
     owners=[OWNER],
     kinds={"parquet", "polars"},
-    code_version=code_version_of(analyses, diagnostics, Path(__file__)),
+    code_version=code_version_of(analyses, diagnostics, rankings, Path(__file__)),
     description="Stage 1 production output: one row per eligible school with the M2 posterior mean (g3_school_re) "
     "and SD (g3_re_sd) of its school random intercept. 'full' writes outputs/g3_school_quality.parquet; "
     "'subsample' is a dry run written to outputs/dry_run/.",
     check_specs=[dg.AssetCheckSpec("matches_eligible_schools", asset="g3_school_quality", blocking=True,
                                    partitions_def=sample_partitions,
-                                   description="One row per eligible school in the sample, no nulls, g3_re_sd > 0")],
+                                   description="One row per eligible school in the sample, no nulls, g3_re_sd > 0"),
+                 dg.AssetCheckSpec("ranking_mcse", asset="g3_school_quality", blocking=True,
+                                   partitions_def=sample_partitions,
+                                   description="Monte Carlo error of every published probability (p_below_average, "
+                                   "p_bottom_10, p_top_10) <= 0.5 / sqrt(min_ess), finite")],
 )
 def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource, convergence: ConvergenceResource):
     wh = warehouse.get()
     partition = context.partition_key
+    limits = convergence.thresholds()
     with StepProgress(context.log.info, "g3_school_quality", parts=2) as progress:
         idata = load_posterior(wh, "m2", partition)
         progress.part_done("posterior loaded")
-        summary = diagnostics.convergence_summary(idata, convergence.thresholds())
-        progress.part_done("convergence gate computed")
-    rhat = summary["max_rhat"]
-    outcomes = diagnostics.gate(summary, convergence.thresholds())
-    if diagnostics.failed_blocking(outcomes):
-        raise dg.Failure(
-            f"posterior_m2[{partition}] fails the convergence gate ({diagnostics.describe(outcomes)}): "
-            "g3_school_quality not written; the previous file is unchanged"
-        )
+        # the posterior asset judged this fit; judge again only when the thresholds changed since
+        judged = idata.attrs.get("gate_thresholds") == diagnostics.thresholds_key(limits)
+        if judged and int(idata.attrs.get("gate_passed", 0)) == 1:
+            rhat = float(idata.attrs["diag_max_rhat"])
+            progress.part_done("convergence gate passed when fitted, with the same thresholds")
+        else:
+            summary = diagnostics.convergence_summary(idata, limits)
+            progress.part_done("convergence gate computed")
+            rhat = summary["max_rhat"]
+            outcomes = diagnostics.gate(summary, limits)
+            if diagnostics.failed_blocking(outcomes):
+                raise dg.Failure(
+                    f"posterior_m2[{partition}] fails the convergence gate ({diagnostics.describe(outcomes)}): "
+                    "g3_school_quality not written; the previous file is unchanged"
+                )
     eligible = wh.read_table("eligible_schools")
     vintage = int(wh.read_table("cleaned_observations")["year"].max())
     table = school_quality_table(idata, eligible, vintage)
@@ -104,11 +132,15 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     check = dg.AssetCheckResult(check_name="matches_eligible_schools", passed=not any(problems.values()),
                                 metadata=problems | {"rows": table.height, "expected": len(expected),
                                                      "posterior_run_id": str(idata.attrs.get("run_id", ""))})
-    if not check.passed:
-        # nothing is published, so no materialization is recorded: only the failed check
+    mcse = rankings.mcse_summary(table, limit=ranking_mcse_limit(convergence.min_ess))
+    mcse_check = dg.AssetCheckResult(check_name="ranking_mcse", passed=mcse["passed"],
+                                     metadata={k: rounded(v) for k, v in mcse.items() if v is not None})
+    if not (check.passed and mcse_check.passed):
+        # nothing is published, so no materialization is recorded: only the checks
         yield check
-        raise dg.Failure(description=f"g3_school_quality[{partition}] failed its check ({problems}); "
-                         f"{target} was not written and is unchanged")
+        yield mcse_check
+        raise dg.Failure(description=f"g3_school_quality[{partition}] failed its checks ({problems}; ranking MCSE "
+                         f"{mcse}); {target} was not written and is unchanged")
     file_meta = {
         "model": "M2 " + models.MODELS["m2"].description, "stan_file": idata.attrs["stan_file"],
         "stan_code_version": models.stan_code_version(models.MODELS["m2"]),
@@ -127,7 +159,47 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
             "path": dg.MetadataValue.path(str(target)), "data_vintage": vintage,
             "archived_previous": archived or "none", "posterior_max_rhat": rhat,
             "posterior_run_id": str(idata.attrs.get("run_id", "")),
+            "distinguishable_from_average": dg.MetadataValue.json(rankings.distinguishable_counts(table)),
             "head": dg.MetadataValue.md(markdown(table.head(10))),
         },
-        check_results=[check],
+        check_results=[check, mcse_check],
     )
+
+
+RANKING_COLUMNS = ["school_id", "g3_school_re", "g3_re_sd", "g3_re_lower_95", "g3_re_upper_95", "mean_n_trials",
+                   *rankings.COLUMNS[1:]]
+
+
+@dg.asset(
+    deps=["g3_school_quality", "eligible_schools"],
+    partitions_def=sample_partitions,
+    group_name="production",
+    owners=[OWNER],
+    kinds={"duckdb", "polars"},
+    code_version=code_version_of(rankings, figures, Path(__file__)),
+    description="Where each school stands, from the partition's g3_school_quality file (the same gated M2 fit): "
+    "posterior mean and SD, probability below the average school, rank (1 = lowest) with its 95% interval, "
+    "bottom/top 10% probabilities with Monte Carlo errors, and below / above / cannot tell at 95%; in DuckDB beside "
+    "eligible_schools, with the league-table figure (ranks with 95% intervals, coloured by size) for the report.",
+)
+def school_rankings(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    wh = warehouse.get()
+    partition = context.partition_key
+    path = wh.output_path(partition)
+    if not path.exists():
+        raise dg.Failure(description=f"no g3_school_quality file on {partition} ({path}): materialize it first")
+    quality = pl.read_parquet(path)
+    meta = pq.read_schema(path).metadata or {}
+    table = quality.select(RANKING_COLUMNS)
+    eligible = wh.read_table("eligible_schools")
+    png = figures.league_table_png(table, eligible)
+    with atomic_path(wh.figure_path(partition, "school_ranks_league_table")) as tmp:
+        tmp.write_bytes(png)
+    wh.write_partition("school_rankings", partition, table, sources={"m2": meta.get(b"posterior_run_id", b"").decode()})
+    by_band = rankings.distinguishable_by_band(table, eligible)
+    return dg.MaterializeResult(metadata=table_metadata(table) | {
+        "distinguishable_from_average": dg.MetadataValue.json(rankings.distinguishable_counts(table)),
+        "by_size_band": dg.MetadataValue.md(markdown(by_band)),
+        "finding": rankings.rankings_finding(by_band),
+        figures.label("school_ranks_league_table"): image_md(png, figures.label("school_ranks_league_table")),
+    })

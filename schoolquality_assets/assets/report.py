@@ -4,7 +4,7 @@ import datetime
 
 import dagster as dg
 
-from schoolquality_assets import columns, figures
+from schoolquality_assets import columns, figures, rankings
 from schoolquality_assets import report as report_html
 from schoolquality_assets.assets.common import OWNER, code_version_of, image_md
 from schoolquality_assets.assets.production import code_version
@@ -18,7 +18,8 @@ from schoolquality_assets.warehouse import atomic_path
 # posterior files (summaries), the partition's g3_school_quality file and the row accounting.
 REPORT_DEPS = [
     "shrinkage", "shrinkage_by_band", "variance_components", "school_sd_by_model", "school_random_effects",
-    "loo_comparison", "mcmc_diagnostics", "frequentist_comparison", "g3_school_quality", "analysis_sample",
+    "loo_comparison", "mcmc_diagnostics", "frequentist_comparison", "g3_school_quality", "school_rankings",
+    "eligible_schools", "analysis_sample",
     *(f"posterior_{k}" for k in MODELS), "rejected_observations", "filtered_observations", "cleaned_observations",
 ]
 
@@ -29,7 +30,7 @@ REPORT_DEPS = [
     group_name="report",
     owners=[OWNER],
     kinds={"html"},
-    code_version=code_version_of(report_html, figures, columns, report_html.TEMPLATES / "report.html.j2"),
+    code_version=code_version_of(report_html, figures, columns, rankings, report_html.TEMPLATES / "report.html.j2"),
     description="Self-contained HTML report of the partition (tables and embedded figures), read like the page. "
     "A section is shown only when its tables were built from the partition's current posteriors; otherwise it "
     "says what is missing or out of date.",
@@ -63,6 +64,7 @@ SUMMARY_TABLES = {  # table -> columns shown in the UI summary
     "loo_comparison": ["model", "unit", "elpd_diff", "se_diff", "pareto_k_gt_0_7"],
     "mcmc_diagnostics": ["model", "max_rhat", "min_ess_bulk", "min_ess_tail", "divergences", "min_bfmi"],
     "shrinkage_by_band": ["band", "schools", "mean_shrinkage_m0_pp", "mean_shrinkage_m1_pp", "max_shrinkage_m1_pp"],
+    "school_rankings by size band": ["band", "schools", "below", "above", "cannot_tell", "median_rank_interval_width"],
 }
 
 
@@ -85,5 +87,6 @@ def _summary(sections: dict) -> str:
 
 
 def _key_figures(sections: dict) -> list[tuple[str, bytes]]:
-    wanted = ("variance_shares", "shrinkage_arrows", "school_sd_by_model", "school_effects_caterpillar")
+    wanted = ("variance_shares", "shrinkage_arrows", "school_sd_by_model", "school_effects_caterpillar",
+              "school_ranks_league_table")
     return [(n, png) for s in sections.values() for n, png in s.get("figures", []) if n in wanted]
