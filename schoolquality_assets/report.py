@@ -344,12 +344,10 @@ def production_section(wh: Warehouse, partition: str, current: dict[str, str]) -
         return {"text": "\n\n".join(text + [f"Not shown: no g3_school_quality {kind} has been written on {partition}."]),
                 "stale": True}
     meta = pq.read_schema(path).metadata or {}
-    run = meta.get(b"posterior_run_id", b"").decode()
-    if current.get("m2") != run:
-        return {"text": "\n\n".join(text + [
-            f"Not shown: the g3_school_quality {kind} ({path.name}) was written from the M2 fit of run {run[:8]}, "
-            f"but the current M2 posterior on {partition} is from run {current.get('m2', 'none')[:8]}. "
-            f"Materialize g3_school_quality on {partition}."]), "stale": True}
+    sources = {"m2": meta.get(b"posterior_run_id", b"").decode()}
+    if reason := stale_reason(f"the g3_school_quality {kind} ({path.name})", partition, sources, current):
+        return {"text": "\n\n".join(text + [f"Not shown: {reason}. Materialize g3_school_quality on {partition}."]),
+                "stale": True}
     q = pl.read_parquet(path)
     summary = q.select(pl.len().alias("schools"), pl.col("g3_school_re").std().alias("sd_of_means"),
                        pl.col("g3_re_sd").mean().alias("mean_posterior_sd"), pl.col("data_vintage").max())
