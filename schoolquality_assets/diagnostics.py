@@ -46,6 +46,7 @@ The ESS rule (check ``ess``): bulk ESS, tail ESS (5%/95% quantiles) and the ESS 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import arviz as az
@@ -53,6 +54,7 @@ import numpy as np
 import polars as pl
 import xarray as xr
 from scipy import stats
+from scipy.fft import next_fast_len
 from scipy.special import ndtri
 
 HYPER = ("b_Intercept", "Intercept", "b", "sd_school", "sd_cohort", "sd_profile", "sigma")
@@ -146,9 +148,81 @@ def _rhat_parts(z: np.ndarray):
     return rhat, ssb, ssw, contrasts
 
 
-def _diagnose(x: np.ndarray, quantiles=PUBLISHED_QUANTILES) -> dict[str, np.ndarray]:
+def _screen_ess(x: np.ndarray) -> np.ndarray:
+    """arviz's ``_ess`` (FFT autocovariance, Geyer's initial positive then monotone sequence) for
+    every row of a (K, M, n) array at once. Only the stop rule's screen uses it (``_diagnose(...,
+    screen=True)``): it decides when arviz is asked, never what is reported; test_diagnostics
+    checks it against arviz."""
+    k, m, n = x.shape
+    out = np.full(k, np.nan)
+    ok = np.isfinite(x.reshape(k, -1)).all(1)
+    flat = np.where(ok[:, None, None], x, 0.0)
+    constant = (flat.max((1, 2)) - flat.min((1, 2))) < np.finfo(float).resolution
+    size = next_fast_len(2 * n)
+    centred = flat - flat.mean(-1, keepdims=True)
+    f = np.fft.rfft(centred, n=size, axis=-1)
+    acov = np.fft.irfft(f * np.conjugate(f), n=size, axis=-1)[..., :n] / n
+    mean_acov = acov.mean(1)                               # (K, n)
+    mean_var = mean_acov[:, 0] * n / (n - 1.0)
+    var_plus = mean_var * (n - 1.0) / n
+    if m > 1:
+        var_plus = var_plus + np.var(flat.mean(-1), axis=1, ddof=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = 1.0 - (mean_var[:, None] - mean_acov) / var_plus[:, None]
+        kept = np.zeros((k, n))
+        kept[:, 0], kept[:, 1] = 1.0, rho[:, 1]
+        even, odd = np.ones(k), rho[:, 1].copy()
+        t = np.ones(k, dtype=int)                              # Geyer's initial positive sequence
+        active = np.full(k, n - 3 > 1) & (even + odd > 0.0)
+        for lag in range(1, n - 3, 2):
+            if not active.any():
+                break
+            e, o = rho[:, lag + 1], rho[:, lag + 2]
+            even, odd = np.where(active, e, even), np.where(active, o, odd)
+            keep = active & (e + o >= 0)
+            kept[keep, lag + 1], kept[keep, lag + 2] = e[keep], o[keep]
+            t = np.where(active, lag + 2, t)
+            active = active & (lag + 2 < n - 3) & (e + o > 0.0)
+        max_t = t - 2
+        rows = np.arange(k)
+        last = np.where(even > 0, even, kept[rows, max_t + 1])
+        kept[rows, max_t + 1] = last
+        pairs = kept[:, 0::2][:, : n // 2] + kept[:, 1::2][:, : n // 2]   # pair j = lags (2j, 2j + 1)
+        n_pairs = (max_t + 1) // 2                                     # pairs inside 0..max_t
+        monotone = np.minimum.accumulate(pairs, axis=1)                # Geyer's initial monotone sequence
+        inside = np.arange(pairs.shape[1])[None, :] < n_pairs[:, None]
+        tau = -1.0 + 2.0 * np.where(inside, monotone, 0.0).sum(1) + last
+        total = m * n
+        tau = np.maximum(tau, 1 / np.log10(total))
+        ess = total / tau
+    out[ok] = np.where(constant, float(m * n), np.where(np.isnan(kept).any(1), np.nan, ess))[ok]
+    return out
+
+
+def _screen_quantile_ess(part: np.ndarray, prob: float) -> np.ndarray:
+    """arviz's quantile ESS (of ``prob``: indicator of draws <= the type-7 quantile, split) per row."""
+    k = part.shape[0]
+    q = np.quantile(part.reshape(k, -1), prob, axis=1)
+    return _screen_ess(_split((part <= q[:, None, None]).astype(float)))
+
+
+_DIAGNOSED: dict = {}  # the last few arviz results by content: the stop rule's final judgement is reused
+
+
+def _diagnose(x: np.ndarray, quantiles=PUBLISHED_QUANTILES, screen: bool = False) -> dict[str, np.ndarray]:
     """Per-parameter diagnostics of (K, chain, draw) draws: R-hat (arviz rank), bulk ESS, tail ESS,
-    the smallest ESS of ``quantiles``, and the block sums of squares (bulk and folded)."""
+    the smallest ESS of ``quantiles``, and the block sums of squares (bulk and folded).
+    ``screen``: the same figures vectorised (the stop rule's screen), not arviz's."""
+    x = np.ascontiguousarray(x, dtype=float)
+    key = (x.shape, hashlib.blake2b(x.data, digest_size=16).digest(), tuple(quantiles), screen)
+    if key not in _DIAGNOSED:
+        while len(_DIAGNOSED) >= 16:
+            _DIAGNOSED.pop(next(iter(_DIAGNOSED)))
+        _DIAGNOSED[key] = _diagnose_draws(x, quantiles, screen)
+    return {k: v.copy() for k, v in _DIAGNOSED[key].items()}
+
+
+def _diagnose_draws(x: np.ndarray, quantiles, screen: bool) -> dict[str, np.ndarray]:
     k, chains, draws = x.shape
     keys = ("rhat", "ess_bulk", "ess_tail", "ess_quantile", "ssb_bulk", "ssw_bulk", "ssb_folded", "ssw_folded")
     out = {key: np.full(k, np.nan) for key in keys}
@@ -164,15 +238,21 @@ def _diagnose(x: np.ndarray, quantiles=PUBLISHED_QUANTILES) -> dict[str, np.ndar
         split = _split(part)
         z, median = _z_scale(split, median=True)
         folded = _z_scale(np.abs(split - median[:, None, None]))
-        # R-hat and ESS are arviz's own; only the block sums of squares are computed here
-        ds = xr.Dataset({"x": (("chain", "draw", "k"), np.moveaxis(part, 0, -1))})
-        res = {"ess_bulk": az.ess(ds, method="bulk")["x"].values,
-               "ess_tail": az.ess(ds, method="tail")["x"].values,
-               "ess_quantile": np.min([az.ess(ds, method="quantile", prob=p)["x"].values for p in quantiles], axis=0)}
+        if screen:
+            qess = {p: _screen_quantile_ess(part, p) for p in set(quantiles) | set(TAIL_QUANTILES)}
+            res = {"ess_bulk": _screen_ess(z), "ess_tail": np.minimum(*(qess[p] for p in TAIL_QUANTILES)),
+                   "ess_quantile": np.min([qess[p] for p in quantiles], axis=0)}
+        else:  # R-hat and ESS are arviz's own; only the block sums of squares are computed here
+            ds = xr.Dataset({"x": (("chain", "draw", "k"), np.moveaxis(part, 0, -1))})
+            res = {"ess_bulk": az.ess(ds, method="bulk")["x"].values,
+                   "ess_tail": az.ess(ds, method="tail")["x"].values,
+                   "ess_quantile": np.min([az.ess(ds, method="quantile", prob=p)["x"].values for p in quantiles],
+                                          axis=0)}
         if chains >= 2:
-            res["rhat"] = az.rhat(ds, method="rank")["x"].values  # max of bulk and folded split R-hat
-            _, res["ssb_bulk"], res["ssw_bulk"], res["contrasts_bulk"] = _rhat_parts(z)
-            _, res["ssb_folded"], res["ssw_folded"], res["contrasts_folded"] = _rhat_parts(folded)
+            rhat_bulk, res["ssb_bulk"], res["ssw_bulk"], res["contrasts_bulk"] = _rhat_parts(z)
+            rhat_folded, res["ssb_folded"], res["ssw_folded"], res["contrasts_folded"] = _rhat_parts(folded)
+            res["rhat"] = (np.maximum(rhat_bulk, rhat_folded) if screen
+                           else az.rhat(ds, method="rank")["x"].values)  # max of bulk and folded split R-hat
         for key, v in res.items():
             out[key][sl] = np.where(finite.reshape(-1, *[1] * (v.ndim - 1)), v, np.nan)
     return out
@@ -260,11 +340,12 @@ def _names_by(names, values, bad, descending: bool, n: int = 5) -> list[str]:
     return [names[i] for i in ordered[:n]]
 
 
-def convergence_summary(idata, limits: Thresholds | None = None) -> dict:
+def convergence_summary(idata, limits: Thresholds | None = None, screen: bool = False, reported: bool = True) -> dict:
     """Convergence figures for one model: R-hat and bulk/tail/2.5%-97.5% quantile ESS over every
     gated quantity (intercepts, b, SDs, sigma, every r_school), with the hyperparameter rule and
-    the r_school block rule (module doc); cohort and profile effects judged the same way, reported.
-    Values are str/int/float or None (they are stored as NetCDF attributes)."""
+    the r_school block rule (module doc); cohort and profile effects judged the same way, reported
+    (``reported``). Values are str/int/float or None (they are stored as NetCDF attributes).
+    ``screen``: vectorised figures instead of arviz's (the stop rule's cheap first look)."""
     limits = limits or Thresholds()
     post, sample_stats = idata.posterior, idata.get("sample_stats")
     chains, draws = int(post.sizes["chain"]), int(post.sizes["draw"])
@@ -273,7 +354,7 @@ def convergence_summary(idata, limits: Thresholds | None = None) -> dict:
     block = None
     for v in hyper + ([BLOCK] if BLOCK in post else []):
         nm, x = _draws(post[v])
-        d = _diagnose(x)
+        d = _diagnose(x, screen=screen)
         if v == BLOCK:
             block, school = block_rule(d, chains, draws, limits), d
             limit = block["rhat_limit"] if block["rhat_limit"] is not None else np.nan
@@ -326,7 +407,8 @@ def convergence_summary(idata, limits: Thresholds | None = None) -> dict:
         f"{BLOCK}_ratio_limit": rule["ratio_limit"], f"{BLOCK}_effective_k": rule["effective_k"],
         f"{BLOCK}_block_passed": int(block["passed"]) if block is not None else None,
     }
-    out |= _reported_blocks(post, chains, draws, limits)
+    out |= (_reported_blocks(post, chains, draws, limits) if reported
+            else {f"{v}_{k}": None for v in REPORTED_BLOCKS for k in _BLOCK_KEYS})
     has = lambda v: sample_stats is not None and v in sample_stats  # noqa: E731
     out["divergences"] = int(sample_stats["diverging"].values.sum()) if has("diverging") else None
     out["min_bfmi"] = float(np.min(az.bfmi(idata))) if has("energy") else None

@@ -147,18 +147,33 @@ def stan_data(spec: ModelSpec, mi: ModelInput, collapse: bool = True) -> dict:
     With ``collapse`` a binomial model whose linear predictor depends on the school alone (M1:
     no fixed effects, no cohort or profile) gets one row per school, (Σ y, Σ n): the likelihood
     is the same up to a constant (the binomial coefficients), so the posterior is the same, and
-    ~20 likelihood terms per school become one. The program is unchanged; everything else (LOO,
-    initial values, the InferenceData) keeps the observation rows.
+    ~20 likelihood terms per school become one. M0 (Normal, school only) likewise gets each
+    school's count, mean and within sum of squares; without ``collapse`` every observation is a
+    row of one (count 1, sum of squares 0), the program's literal likelihood. Everything else
+    (LOO, initial values, the InferenceData) keeps the observation rows.
     """
     drop = STAN_ONLY_IN_PYTHON if spec.cohort else ("group_sds",)
     data = {k: v for k, v in mi.data.items() if k not in drop}
     if collapse and school_only_binomial(spec, mi):
         data |= school_totals(mi.data)
+    if not spec.binomial:
+        data |= school_moments(mi.data) if collapse else {"n_obs": np.ones(mi.data["N"], dtype=np.int64),
+                                                          "ss_within": np.zeros(mi.data["N"])}
     return data
 
 
 def school_only_binomial(spec: ModelSpec, mi: ModelInput) -> bool:
     return spec.binomial and not (spec.cohort or spec.profile) and mi.data["K"] == 0
+
+
+def school_moments(d: dict) -> dict:
+    """Sufficient statistics of M0 (Normal, school only): per school the count, mean proportion and
+    the sum of squares about it."""
+    J, idx, y = d["J_school"], d["school"] - 1, d["proportion"]
+    count = np.bincount(idx, minlength=J)
+    mean = np.bincount(idx, weights=y, minlength=J) / count
+    return {"N": J, "school": np.arange(1, J + 1, dtype=np.int64), "proportion": mean,
+            "n_obs": count.astype(np.int64), "ss_within": np.bincount(idx, weights=(y - mean[idx]) ** 2, minlength=J)}
 
 
 def school_totals(d: dict) -> dict:
@@ -379,8 +394,13 @@ def convergence_judge(spec: ModelSpec, mi: ModelInput, limits):
         coords = {"school": mi.coords["school"], "coef": mi.coords.get("coef", [])}
         stats = {SAMPLE_STATS[k]: p[k] for k in ("divergent__", "energy__")}
         idata = az.from_dict(posterior=post, sample_stats=stats, coords=coords, dims=dims)
-        summary = diagnostics.convergence_summary(idata, limits)
+        # a vectorised screen first; arviz judges only a checkpoint the screen passes (or that has
+        # divergences), so arviz has the final say at the cost of one arviz pass per fit
+        summary = diagnostics.convergence_summary(idata, limits, screen=True, reported=False)
         failed = diagnostics.failed_blocking(diagnostics.gate(summary, limits))
+        if not failed or (summary["divergences"] or 0) > limits.max_divergences:
+            summary = diagnostics.convergence_summary(idata, limits, reported=False)
+            failed = diagnostics.failed_blocking(diagnostics.gate(summary, limits))
         f = lambda v, spec=".4f": "nan" if v is None else format(v, spec)  # noqa: E731
         where = (f"{n} draws/chain, {elapsed:.0f} s: max R-hat of the hyperparameters {f(summary['max_rhat_hyper'])} "
                  f"(limit {limits.max_rhat}), of r_school {f(summary['r_school_max_rhat'])} "

@@ -74,6 +74,35 @@ def test_vectorised_diagnostics_equal_arviz():
     np.testing.assert_allclose(d["ess_quantile"], np.minimum(*q), rtol=1e-10)
 
 
+@pytest.mark.parametrize("draws", [201, 9, 400])
+def test_the_stop_rules_screen_equals_arviz(draws):
+    """The screen (vectorised, no arviz) must give arviz's figures: it decides when arviz is asked."""
+    rng = np.random.default_rng(draws)
+    x = ar1(rng, (60, 4, draws), 0.2)
+    x[:, 1] += 0.5 * rng.standard_normal((60, 1))
+    x[0] = np.round(x[0])
+    x[1] = 3.0                         # constant: R-hat NaN, ESS = size (arviz)
+    x[2, 3, draws // 2] = np.nan
+    x[3] = ar1(rng, (4, draws), 0.01)  # barely moving
+    arviz, screen = diagnostics._diagnose(x), diagnostics._diagnose(x, screen=True)
+    for key in ("rhat", "ess_bulk", "ess_tail", "ess_quantile"):
+        np.testing.assert_array_equal(np.isnan(screen[key]), np.isnan(arviz[key]))
+        np.testing.assert_allclose(screen[key], arviz[key], rtol=1e-10, err_msg=key)
+    assert np.isnan(screen["rhat"][1]) and np.isnan(screen["ess_bulk"][2])
+
+
+def test_screened_and_arviz_summaries_agree(stationary):
+    rng = np.random.default_rng(8)
+    school = stationary[:800, :, :300].copy()
+    school[:40, 0] += 0.3
+    idata = posterior(school, rng)
+    a = diagnostics.convergence_summary(idata, LIMITS, reported=False)
+    s = diagnostics.convergence_summary(idata, LIMITS, screen=True, reported=False)
+    assert a.keys() == s.keys()
+    for key, v in a.items():
+        assert s[key] == pytest.approx(v, rel=1e-9) if isinstance(v, float) else s[key] == v, key
+
+
 # ---------------------------------------------------------------- non-finite diagnostics fail
 @pytest.mark.parametrize("where", ["r_school", "sd_school"])
 def test_a_constant_gated_quantity_fails_and_is_named(where):

@@ -219,3 +219,29 @@ def test_school_totals_give_m1_the_same_posterior(small_province):
         assert np.all(z < 4.5), (name, float(np.max(z)))
         sd_ratio = b.std(("chain", "draw")).values / a.std(("chain", "draw")).values
         assert np.all(np.abs(sd_ratio - 1) < 0.15), (name, float(np.max(np.abs(sd_ratio - 1))))
+
+
+def test_school_moments_give_m0_the_same_log_density(small_province):
+    """M0 on one row per school (count, mean, within sum of squares) against the same program on
+    every observation: at random parameter values the log densities differ by one constant."""
+    import httpstan.models
+
+    from schoolquality_assets.stan_engine import compile_pystan
+
+    _, cleaned = small_province
+    spec = models.MODELS["m0"]
+    mi = models.model_input(spec, cleaned)
+    collapsed, rows = models.stan_data(spec, mi), models.stan_data(spec, mi, collapse=False)
+    assert collapsed["N"] == mi.data["J_school"] < rows["N"] == cleaned.height
+    assert collapsed["n_obs"].sum() == rows["N"]
+    module = httpstan.models.import_services_extension_module(compile_pystan(spec.path, lambda m: None)[0])
+    jsonable = lambda d: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}  # noqa: E731
+    rng = np.random.default_rng(5)
+    lps = []
+    for _ in range(6):
+        theta = np.concatenate([rng.normal(0.6, 0.1, 1), rng.normal(-2, 0.5, 2),
+                                rng.normal(0.6, 0.15, mi.data["J_school"])]).tolist()
+        lps.append([module.log_prob(jsonable(d), theta, True) for d in (collapsed, rows)])
+    collapsed_lp, rows_lp = np.array(lps).T
+    assert np.ptp(rows_lp) > 10  # the density moves with theta; the difference must not
+    np.testing.assert_allclose(collapsed_lp - rows_lp, collapsed_lp[0] - rows_lp[0], rtol=0, atol=1e-8 * np.abs(rows_lp).max())
