@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing as mp
 import os
+import pickle
 import queue
 import select
 import shutil
+import site
 import socket
+import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -203,31 +207,25 @@ def compile_pystan(stan_file: Path, progress: Progress = print) -> tuple[str, fl
 
 
 def _sample_pystan(stan_file, data, settings, inits, progress, stop) -> Draws:
-    """Every chain in its own process, all at once; draws land in memory-mapped tables that
+    """Every chain in its own child process, all at once; draws land in memory-mapped tables that
     this process reads at checkpoints (``stop``) or when the chains end."""
     model_name, compile_seconds = compile_pystan(stan_file, progress)
-    ctx = mp.get_context("fork")  # like httpstan; spawn would need a __main__ guard in callers
-    manager = ctx.Manager()
-    messages = manager.Queue()
+    messages: queue.Queue = queue.Queue()
     workdir = Path(tempfile.mkdtemp(prefix="schoolquality_draws_"))
     capacity = stop.max_draws if stop else settings.draws
     procs = []
     start = time.monotonic()
     try:
         for c in range(settings.chains):
-            proc = ctx.Process(target=_run_chain, daemon=True, args=(
-                model_name, data, (inits[c] if inits else {}), c + 1, settings, capacity, workdir, messages))
-            proc.start()
-            procs.append(proc)
+            procs.append(_ChainProcess(workdir, messages, model_name=model_name, data=data,
+                                       init=(inits[c] if inits else {}), chain=c + 1, settings=settings,
+                                       capacity=capacity))
         tables = [_ChainTable(workdir, c + 1) for c in range(settings.chains)]
-        heartbeat = _Heartbeat(progress, settings.warmup, stop)
+        heartbeat = _Heartbeat(progress, settings.warmup, stop, chains=settings.chains, total=settings.warmup + capacity)
         kept, verdict, warmup_seconds = _watch(procs, tables, capacity, stop, messages, heartbeat, start)
     finally:
         for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-            proc.join()
-        manager.shutdown()
+            proc.stop()
     try:
         if kept == 0:
             raise SamplingError(f"{stan_file.name}: no draws kept: {verdict.status if verdict else 'sampling ended early'}")
@@ -240,6 +238,42 @@ def _sample_pystan(stan_file, data, settings, inits, progress, stop) -> Draws:
     draws = _stack(chains, settings, "pystan", compile_seconds, seconds)
     draws.verdict, draws.warmup_seconds = verdict, warmup_seconds
     return draws
+
+
+class _ChainProcess:
+    """One chain as a child process, ``python -m schoolquality_assets.stan_chain ARGS PARENT``: a
+    new interpreter, not a fork, so a fit runs wherever a Dagster step runs (a Celery or Dask worker
+    is a daemonic process, and multiprocessing refuses to fork children from one). The arguments of
+    :func:`_run_chain` go pickled into the work directory; the chain's messages come back on its
+    stdout, one JSON value a line, which a thread puts on ``messages``. The chain dies with this
+    process (stan_chain.die_with_parent); :meth:`stop` kills it."""
+
+    def __init__(self, workdir: Path, messages: queue.Queue, **args):
+        path = workdir / f"chain_{args['chain']}.args.pkl"
+        path.write_bytes(pickle.dumps(args | {"workdir": str(workdir)}))
+        root = str(Path(__file__).resolve().parents[1])  # a checkout: import this copy of the package
+        env = os.environ if root in site.getsitepackages() else os.environ | {
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        self.proc = subprocess.Popen([sys.executable, "-m", "schoolquality_assets.stan_chain", str(path), str(os.getpid())],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
+        self.reader = threading.Thread(target=self._read, args=(messages,), daemon=True)
+        self.reader.start()
+
+    def _read(self, messages: queue.Queue) -> None:
+        for line in self.proc.stdout:
+            message = json.loads(line)
+            messages.put(tuple(message) if isinstance(message, list) else message)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.proc.poll()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.reader.join(timeout=5)
+        self.proc.stdout.close()
 
 
 def _watch(procs, tables, capacity, stop, messages, progress, start):
@@ -309,28 +343,41 @@ def _drain(messages, progress) -> None:
 
 HEARTBEAT_SECONDS = 30.0          # sampling progress line
 COMPILE_HEARTBEAT_SECONDS = 15.0  # "still compiling" line
+STALL_BEHIND = 0.25               # a chain below this share of the median chain's iteration is stalled ...
+STALL_HEARTBEATS = 4              # ... and so is one without a new iteration for this many heartbeats
 
 
 class _Heartbeat:
     """Turns the chains' iteration reports into one progress line every ``interval`` seconds:
-    elapsed time, each chain's phase and iteration, draws per second, and what remains."""
+    elapsed time, each chain's phase and iteration, draws per second, and what remains. A chain
+    that stalls gets a warning line, once per stall: after two heartbeats, one below STALL_BEHIND
+    of the median chain's iteration, or one that has not reported a new iteration for
+    STALL_HEARTBEATS heartbeats while another chain has (every chain slow is slow, not stalled).
+    ``chains`` counts a chain that never reported; ``total`` (warmup + draws) marks a chain done."""
 
-    def __init__(self, progress: Progress, warmup: int, stop, interval: float = HEARTBEAT_SECONDS):
+    def __init__(self, progress: Progress, warmup: int, stop, interval: float = HEARTBEAT_SECONDS,
+                 chains: int = 0, total: int | None = None, clock: Callable[[], float] = time.monotonic):
         self.progress, self.warmup, self.stop, self.interval = progress, warmup, stop, interval
-        self.start = self.last = time.monotonic()
+        self.total, self.clock = total, clock
+        self.start = self.last = clock()
         self.chains: dict[int, int] = {}
+        self.moved = dict.fromkeys(range(1, chains + 1), self.start)  # when each chain last reported a new iteration
+        self.stalled: set[int] = set()
 
     def __call__(self, text: str) -> None:
         self.progress(text)
 
     def message(self, message) -> None:
         if isinstance(message, tuple):  # ("iteration", chain, iteration)
-            self.chains[message[1]] = message[2]
+            _, chain, iteration = message
+            if self.chains.get(chain) != iteration:
+                self.moved[chain] = self.clock()
+            self.chains[chain] = iteration
         else:
             self.progress(message)
 
     def tick(self, kept: int, checkpoint: int | None) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last < self.interval or not self.chains:
             return
         self.last = now
@@ -346,6 +393,25 @@ class _Heartbeat:
             todo = f"{kept} draws kept per chain"
         budget = f", budget {self.stop.budget_seconds:.0f} s" if self.stop else ""
         self.progress(f"sampling {elapsed:.0f} s{budget}: {phases}; {rate:.2f} iterations/s per chain; {todo}")
+        self._stalls(now, elapsed)
+
+    def _stalls(self, now: float, elapsed: float) -> None:
+        iterations = {c: self.chains.get(c, 0) for c in self.moved}
+        median = statistics.median(iterations.values())
+        patience = STALL_HEARTBEATS * self.interval
+        for chain, i in sorted(iterations.items()):
+            idle = now - self.moved[chain]
+            others_moved = any(now - t < patience for c, t in self.moved.items() if c != chain)
+            behind = elapsed >= 2 * self.interval and i < STALL_BEHIND * median
+            stuck = idle >= patience and others_moved
+            if (behind or stuck) and (self.total is None or i < self.total):
+                if chain not in self.stalled:
+                    self.stalled.add(chain)
+                    self.progress(f"warning: chain {chain} stalled at iteration {i} ({i / elapsed:.2f} iterations/s, "
+                                  f"the median chain {median:.0f} at {median / elapsed:.2f} iterations/s); "
+                                  f"no new iteration for {idle:.0f} s")
+            else:
+                self.stalled.discard(chain)
 
 
 def _stack(chains: dict[int, dict], settings, engine, compile_seconds, sample_seconds) -> Draws:
@@ -381,7 +447,8 @@ def _group_columns(names: list[str]) -> dict[str, list[int]]:
 
 
 def _run_chain(model_name, data, init, chain, settings: SamplerSettings, capacity, workdir, messages) -> None:
-    """One chain in its own process: run the sampler, write each kept draw to this chain's table."""
+    """One chain in its own process (stan_chain.py): run the sampler, write each kept draw to this
+    chain's table; ``messages.put`` reports iterations and warnings."""
     import httpstan.models
 
     try:
@@ -439,9 +506,18 @@ class _ChainTable:
         return self.dir / f"chain_{self.chain}.{what}"
 
     def create(self, names: list[str], capacity: int) -> None:
-        self._path("names.json").write_text(json.dumps(names))
-        self.table = np.lib.format.open_memmap(self._path("npy"), mode="w+", shape=(capacity, len(names)))
-        self.counter = np.lib.format.open_memmap(self._path("rows.npy"), mode="w+", dtype=np.int64, shape=(1,))
+        # each file is written under a temporary name and renamed into place: the reader polls
+        # rows() and must never open a file whose header is half written
+        def placed(what: str, make):
+            tmp = self._path(f"tmp.{what}")
+            value = make(tmp)
+            os.replace(tmp, self._path(what))
+            return value
+
+        placed("names.json", lambda tmp: tmp.write_text(json.dumps(names)))
+        self.table = placed("npy", lambda tmp: np.lib.format.open_memmap(tmp, mode="w+", shape=(capacity, len(names))))
+        self.counter = placed("rows.npy", lambda tmp: np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64,
+                                                                               shape=(1,)))
 
     def append(self, row: np.ndarray, index: int) -> None:
         self.table[index] = row
@@ -453,7 +529,8 @@ class _ChainTable:
                 return 0
             try:
                 self.counter = np.load(self._path("rows.npy"), mmap_mode="r")
-            except (ValueError, OSError):  # header not written yet
+            except (ValueError, OSError, EOFError):  # not readable yet (cannot happen with create's renames)
+                self.counter = None
                 return 0
         return int(self.counter[0])
 
