@@ -3,12 +3,13 @@
 
 import dagster as dg
 
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
-
 from schoolquality_assets import contract
-from schoolquality_assets.assets.ingest import landing_observation
 from schoolquality_assets.partitions import FULL, SUBSAMPLE
 from schoolquality_assets.resources import WarehouseResource
+
+# Dagster's run monitoring (dagster.yaml) cancels a run older than this: a backstop for a worker
+# that is alive but stuck, far above any measured run (production 25 min, each fit's budget 20 min).
+MAX_RUNTIME = {"dagster/max_runtime": str(6 * 3600)}
 
 # Every asset: a report is built in the same run as every table it shows (the g3_school_quality
 # on the subsample is the dry run).
@@ -17,6 +18,7 @@ comparison_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("ingest", "sample", "models", "analyses", "production", "report"),
     description="Everything on the partition (meant for the subsample): M0-M3, the page's analyses, the "
     "g3_school_quality dry run and the report.",
+    tags=MAX_RUNTIME,
 )
 # Production needs only part of the models and analyses groups: M3 and the comparisons that
 # need it (variance, caterpillar, LOO, frequentist) are the comparison job's.
@@ -27,8 +29,16 @@ production_job = dg.define_asset_job(
                                "school_sd_by_model", "mcmc_diagnostics"),
     description="Stage 1 on every eligible school: M0, M1, M2, shrinkage, school SD, g3_school_quality, report "
     "(a section whose tables were not built from this run's fits, such as M3's, says so instead of showing them).",
+    tags=MAX_RUNTIME,
 )
-JOB_PARTITIONS = {"comparison_job": SUBSAMPLE, "production_job": FULL}
+# An asset job either materializes or observes, so observing landing_files is a run of its own.
+landing_observation_job = dg.define_asset_job(
+    "landing_observation_job", selection=dg.AssetSelection.assets("landing_files"),
+    description="Observe landing_files: record the landing folder's content fingerprint as its data version.",
+)
+# In the order the queue starts them (first in, first out): the observation, so that raw_observations
+# records the version it reads, then production, then the comparison.
+JOB_PARTITIONS = {"landing_observation_job": None, "production_job": FULL, "comparison_job": SUBSAMPLE}
 
 
 def _run_requests(tag: str) -> list[dg.RunRequest]:
@@ -73,21 +83,22 @@ annual_comparison_after_failure = dg.run_failure_sensor(
 
 
 @dg.sensor(
-    jobs=[comparison_job, production_job],
+    jobs=[landing_observation_job, production_job, comparison_job],
     minimum_interval_seconds=300,
-    description="Observes landing_files (content fingerprint as its data version, so the UI marks what is stale) "
-    "and launches production_job (full) and comparison_job (subsample) once per new content.",
+    description="When the landing files' content changes: observe landing_files (its new data version marks "
+    "raw_observations and what follows stale), then production_job (full), then comparison_job (subsample), once "
+    "per content.",
     default_status=dg.DefaultSensorStatus.STOPPED,
 )
 def new_results_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
+    """A sensor, not declarative automation: an AutomationCondition materializes stale assets, each
+    partition on its own, so it cannot say "the production selection on full, then the comparison
+    selection on subsample, one run each, in that order, once per content". The cursor is the content
+    fingerprint, and the run keys carry it: Dagster itself never launches the same key twice, so one
+    content gives one run per job even if the cursor were lost."""
     fingerprint = contract.landing_fingerprint(warehouse.get().raw_dir)
     if fingerprint is None:
         return dg.SkipReason("no landing files in raw/")
     if fingerprint == context.cursor:
         return dg.SkipReason("landing files unchanged since the last launch")
-    version, metadata = landing_observation(warehouse)
-    observation = dg.AssetObservation("landing_files", metadata=metadata, tags={DATA_VERSION_TAG: version})
-    # The run keys carry the fingerprint: Dagster itself never launches the same key twice,
-    # so one content gives one run per job even if the cursor were lost.
-    return dg.SensorResult(run_requests=_run_requests(f"landing-{fingerprint[:16]}"), asset_events=[observation],
-                           cursor=fingerprint)
+    return dg.SensorResult(run_requests=_run_requests(f"landing-{fingerprint[:16]}"), cursor=fingerprint)

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from schoolquality_assets.definitions import EXECUTOR
+from schoolquality_assets.run_liveness import dead_run_worker_sensor
 
 
 @dg.op(pool="stan")
@@ -34,4 +35,4 @@ def needs_slot():
     use_stan_slot()
 
 
-defs = dg.Definitions(jobs=[holds_slot, needs_slot])
+defs = dg.Definitions(jobs=[holds_slot, needs_slot], sensors=[dead_run_worker_sensor])

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.launcher import WorkerStatus
+
+from schoolquality_assets.run_liveness import dead_run_worker_sensor, release_stale_slots, worker_alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -70,13 +71,12 @@ def test_dg_launch_after_a_killed_run_heals_without_a_daemon(home):
         instance = dg.DagsterInstance.from_config(str(home))
         assert _slot_holders(instance) == 1
         (killed,) = instance.get_runs()
-        health = instance.run_launcher.check_run_worker_health   # what the daemon's run monitoring asks
-        assert health(killed).status == WorkerStatus.RUNNING
+        assert worker_alive(instance, killed.run_id) is True
         os.killpg(holder.pid, signal.SIGKILL)            # the run worker and its step process
         holder.wait(timeout=30)
         killed = instance.get_run_by_id(killed.run_id)
         assert killed.status == dg.DagsterRunStatus.STARTED  # nothing noticed the kill yet
-        assert health(killed).status == WorkerStatus.FAILED
+        assert worker_alive(instance, killed.run_id) is False
 
         started = time.monotonic()
         follower = subprocess.run([sys.executable, "-c", EXECUTE, "needs_slot"], cwd=REPO_ROOT, env=env,
@@ -94,6 +94,33 @@ def test_dg_launch_after_a_killed_run_heals_without_a_daemon(home):
     assert _slot_holders(instance) == 0
 
 
+def test_dead_run_worker_sensor_fails_a_run_no_code_server_reports(home):
+    """A killed run that no code server watches (a `dg launch`, or a run whose code server died too)
+    stays STARTED; the sensor, the health check Dagster's default run launcher lacks, fails it.
+    Its slot is then Dagster's to free (free_slots_after_run_end_seconds) or the next run's executor's."""
+    home, env, marker = home
+    holder = subprocess.Popen([sys.executable, "-c", EXECUTE, "holds_slot"], cwd=REPO_ROOT, env=env,
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(marker.exists, 120, "the holding run's step started")
+        instance = dg.DagsterInstance.from_config(str(home))
+        (run,) = instance.get_runs()
+        alive = dead_run_worker_sensor(dg.build_sensor_context(instance=instance))
+        assert alive.skip_message == "no started run with a dead worker"
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+        dead = dead_run_worker_sensor(dg.build_sensor_context(instance=instance))
+        assert run.run_id in dead.skip_message
+    finally:
+        if holder.poll() is None:
+            os.killpg(holder.pid, signal.SIGKILL)
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert any("is gone" in (e.message or "") for e in instance.all_logs(run.run_id))
+    assert _slot_holders(instance) == 1
+    assert release_stale_slots(instance) == [run.run_id] and _slot_holders(instance) == 0
+
+
 def _launch(env, workspace: Path, job: str) -> None:
     subprocess.run([str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-j", job], cwd=REPO_ROOT,
                    env=env, check=True, capture_output=True, timeout=120)
@@ -107,8 +134,8 @@ def _run_of(instance, job: str):
 def test_daemon_frees_the_slot_of_a_killed_run_and_starts_the_queued_one(home, tmp_path):
     """Runs queued through the daemon: SIGKILL only the run worker (its step process keeps sleeping).
 
-    Here the code server that started the worker reports its death. When the code server dies
-    too, run monitoring does (the health check is tested in the test above). Killing the code
+    Here the code server that started the worker reports its death (Dagster's own). When the code
+    server dies too, dead_run_worker_sensor does (tested above). Killing the code
     server in this test would also fail the next launch ("Unexpected error in IPC client").
     That is Dagster's behaviour and is not what is tested here."""
     home, env, marker = home

@@ -9,8 +9,9 @@ makes the instance use the QueuedRunCoordinator (the default in Dagster 1.13 any
 through GraphQL (``launchRun``) is only *submitted*: it stays QUEUED until ``dagster-daemon`` dequeues
 it. So the test keeps the project's real dagster.yaml (its run and pool limits are part of what is
 tested) and starts ``dagster-daemon run`` next to the webserver, as ``dagster dev`` would. The
-daemon's other work is harmless here: the schedule and new_results_sensor default to STOPPED, and
-the two run-status sensors only act on annual production_job runs.
+daemon's other work is harmless here: the schedule and new_results_sensor default to STOPPED, the
+two run-status sensors only act on annual production_job runs, and dead_run_worker_sensor only
+fails runs whose worker is gone.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ query SchoolqualityRepository($selector: RepositorySelector!) {
       sensors { name }
       assetNodes {
         assetKey { path }
+        isObservable
+        internalFreshnessPolicy {
+          __typename
+          ... on CronFreshnessPolicy { deadlineCron lowerBoundDeltaSeconds timezone }
+        }
         assetChecksOrError {
           __typename
           ... on AssetChecks { checks { name blocking } }
@@ -261,10 +267,16 @@ def test_webserver_lists_assets_checks_jobs_schedule_sensor(stack):
     missing = CHECKS - checks
     assert not missing, f"asset checks missing from the webserver: {sorted(missing)}"
 
-    assert {"comparison_job", "production_job"} <= {j["name"] for j in repo["jobs"]}
+    assert {"comparison_job", "production_job", "landing_observation_job"} <= {j["name"] for j in repo["jobs"]}
     schedules = {s["name"]: s["cronSchedule"] for s in repo["schedules"]}
     assert schedules.get("annual_rerun_schedule") == "0 6 15 9 *"
-    assert "new_results_sensor" in {s["name"] for s in repo["sensors"]}
+    assert {"new_results_sensor", "dead_run_worker_sensor"} <= {s["name"] for s in repo["sensors"]}
+
+    by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
+    assert [k for k, n in by_key.items() if n["isObservable"]] == ["landing_files"]   # the UI's Observe button
+    assert by_key["g3_school_quality"]["internalFreshnessPolicy"] == {
+        "__typename": "CronFreshnessPolicy", "deadlineCron": "0 6 1 10 *", "lowerBoundDeltaSeconds": 16 * 86400,
+        "timezone": "America/Toronto"}
 
 
 CHECK_EXECUTIONS_QUERY = """
@@ -343,3 +355,34 @@ def test_check_executions_carry_their_partition_over_graphql(stack):
     none_on_full = stack.graphql(CHECK_EXECUTIONS_QUERY, {"assetKey": key, "checkName": "sample_schools_eligible",
                                                          "partition": "full"})["assetCheckExecutions"]
     assert none_on_full == []
+
+
+STALE_QUERY = """
+query Stale($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys) {
+    assetKey { path }
+    staleStatus
+    staleCauses { key { path } reason dependency { path } }
+  }
+}
+"""
+
+
+def _stale(stack, asset: str) -> dict:
+    (node,) = stack.graphql(STALE_QUERY, {"keys": [{"path": [asset]}]})["assetNodes"]
+    return node
+
+
+def test_new_landing_content_observed_marks_raw_observations_stale(stack):
+    """Observe landing_files (as the UI's Observe button), materialize raw_observations: fresh. A
+    file changes and landing_files is observed again: the UI shows raw_observations stale, because
+    of landing_files. (Last in this module: it changes the landing folder.)"""
+    _launch(stack, ("landing_files",))
+    _launch(stack, ("raw_observations",))
+    assert _stale(stack, "raw_observations")["staleStatus"] == "FRESH"
+    (stack.warehouse / "raw" / "late_delivery.csv").write_text(
+        "school_id,year,subject,n_eligible,n_participating,n_l3l4\nLATE,2024,math,10,9,4\n")
+    _launch(stack, ("landing_files",))
+    node = _stale(stack, "raw_observations")
+    assert node["staleStatus"] == "STALE", node
+    assert {"key": {"path": ["landing_files"]}, "reason": "has a new data version", "dependency": None} in node["staleCauses"]

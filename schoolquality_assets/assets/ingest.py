@@ -8,7 +8,6 @@ in the UI) computes the pair's step and writes only the tables selected.
 
 
 import dagster as dg
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
 import polars as pl
 
 from schoolquality_assets import contract, filters, synthetic
@@ -55,13 +54,19 @@ def landing_observation(warehouse: WarehouseResource) -> tuple[str, dict]:
     }
 
 
-# An external asset: Dagster does not produce it; new_results_sensor and raw_observations record
-# observations of it whose data version is the content fingerprint.
-landing_files = dg.AssetSpec(
+# The AssetSpec form of observable_source_asset (which builds a SourceAsset, deprecated in 1.13), so
+# the asset keeps its owners and kinds.
+@dg.multi_observable_source_asset(specs=[dg.AssetSpec(
     "landing_files", group_name="ingest", owners=[OWNER], kinds={"csv", "parquet"},
-    description="The landing folder warehouse/raw/ (CSV/Parquet files of the landing contract). Its data version "
-    "is a SHA-256 over file names and contents, so raw_observations shows as stale when new results land.",
-)
+    description="The landing folder warehouse/raw/ (CSV/Parquet files of the landing contract). Observing it "
+    "records its data version, a SHA-256 over file names and contents (the synthetic seed when it is empty), "
+    "so raw_observations shows as stale when new results land.",
+)])
+def landing_files(warehouse: WarehouseResource) -> dg.ObserveResult:
+    """Dagster observes the landing folder: the UI's Observe button, or landing_observation_job (which
+    new_results_sensor launches before production and comparison)."""
+    version, metadata = landing_observation(warehouse)
+    return dg.ObserveResult(data_version=dg.DataVersion(version), metadata=metadata)
 
 
 @dg.multi_asset(
@@ -76,8 +81,6 @@ landing_files = dg.AssetSpec(
 )
 def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     selected = {k.to_user_string() for k in context.selected_asset_keys}
-    version, landing_metadata = landing_observation(warehouse)
-    context.log_event(dg.AssetObservation("landing_files", metadata=landing_metadata, tags={DATA_VERSION_TAG: version}))
     try:
         frame, source, files, truth = _landing(warehouse)
     except contract.LandingFileError as exc:
@@ -98,6 +101,7 @@ def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         asset_key="raw_observations",
         metadata=table_metadata(frame) | {
             "source": source,
+            "landing_files_version": landing_observation(warehouse)[0],   # what it read, beside what was observed
             "files": dg.MetadataValue.json(files),
             "ignored_files": dg.MetadataValue.json([p.name for p in ignored]),
         }

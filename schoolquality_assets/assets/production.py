@@ -5,6 +5,7 @@ import importlib.metadata
 import json
 import shutil
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -83,6 +84,15 @@ def _archive_previous(wh: Warehouse, target) -> str | None:
     return str(archive)
 
 
+# Published once a year: annual_rerun_schedule starts production_job on 15 September, 06:00 Toronto
+# time, and the file is due by 1 October, 06:00 (two weeks to rerun a failed fit). Past the deadline
+# without a materialization since 15 September, the UI shows g3_school_quality failing its freshness
+# policy until it is materialized. Dagster judges freshness per asset, not per partition: the
+# subsample dry run counts as a materialization too.
+ANNUAL_PUBLICATION = dg.FreshnessPolicy.cron(deadline_cron="0 6 1 10 *", lower_bound_delta=timedelta(days=16),
+                                             timezone="America/Toronto")
+
+
 @dg.asset(
     deps=["posterior_m2", "eligible_schools", "cleaned_observations"],
     partitions_def=sample_partitions,
@@ -93,6 +103,7 @@ def _archive_previous(wh: Warehouse, target) -> str | None:
     description="Stage 1 production output: one row per eligible school with the M2 posterior mean (g3_school_re) "
     "and SD (g3_re_sd) of its school random intercept. 'full' writes outputs/g3_school_quality.parquet; "
     "'subsample' is a dry run written to outputs/dry_run/.",
+    freshness_policy=ANNUAL_PUBLICATION,
     check_specs=[dg.AssetCheckSpec("matches_eligible_schools", asset="g3_school_quality", blocking=True,
                                    partitions_def=sample_partitions,
                                    description="One row per eligible school in the sample, no nulls, g3_re_sd > 0"),
