@@ -1,0 +1,1 @@
+"""Deployment configurations of the code location (see celery_location.py for Celery)."""

@@ -1,0 +1,1 @@
+"""Kubernetes deployment files (see README, Deployment)."""
