@@ -61,14 +61,23 @@ def _kill(pid: int) -> None:
         pass
 
 
+def _start_slot_holder(env) -> subprocess.Popen:
+    """A run (in its own session, so killpg takes its step too) whose step holds the stan slot."""
+    return subprocess.Popen([sys.executable, "-c", EXECUTE, "holds_slot"], cwd=REPO_ROOT, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _when_holding(home, marker) -> dg.DagsterInstance:
+    _wait_for(marker.exists, 120, "the holding run's step started")
+    return dg.DagsterInstance.from_config(str(home))
+
+
 def test_dg_launch_after_a_killed_run_heals_without_a_daemon(home):
     """`dg launch` executes in its own process: SIGKILL it while its step holds the slot."""
     home, env, marker = home
-    holder = subprocess.Popen([sys.executable, "-c", EXECUTE, "holds_slot"], cwd=REPO_ROOT, env=env,
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder = _start_slot_holder(env)
     try:
-        _wait_for(marker.exists, 120, "the holding run's step started")
-        instance = dg.DagsterInstance.from_config(str(home))
+        instance = _when_holding(home, marker)
         assert _slot_holders(instance) == 1
         (killed,) = instance.get_runs()
         assert worker_alive(instance, killed.run_id) is True
@@ -99,11 +108,9 @@ def test_dead_run_worker_sensor_fails_a_run_no_code_server_reports(home):
     stays STARTED; the sensor, the health check Dagster's default run launcher lacks, fails it.
     Its slot is then Dagster's to free (free_slots_after_run_end_seconds) or the next run's executor's."""
     home, env, marker = home
-    holder = subprocess.Popen([sys.executable, "-c", EXECUTE, "holds_slot"], cwd=REPO_ROOT, env=env,
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder = _start_slot_holder(env)
     try:
-        _wait_for(marker.exists, 120, "the holding run's step started")
-        instance = dg.DagsterInstance.from_config(str(home))
+        instance = _when_holding(home, marker)
         (run,) = instance.get_runs()
         alive = dead_run_worker_sensor(dg.build_sensor_context(instance=instance))
         assert alive.skip_message == "no started run with a dead worker"
