@@ -22,8 +22,8 @@ CHECKS = dg.load_asset_checks_from_modules([ingest])
 # time (each samples 4 chains on the machine's cores), and at most two steps of any kind. Before
 # any step, pool slots left by dead runs are freed; dead_run_worker_sensor fails runs whose worker
 # died (run_liveness).
-# Steps start from a forkserver that has imported the code location once: a step starts in ~1 s
-# instead of the ~5 s a fresh interpreter needs to import dagster, polars, arviz and the project.
+# Steps start from a forkserver that has imported the code location once, not as fresh interpreters
+# that each import dagster, polars, arviz and the project again (benchmarks/README.md: step start-up).
 EXECUTOR = schoolquality_executor.configured({
     "max_concurrent": 2,
     "tag_concurrency_limits": [{"key": posteriors.STAN_TAG, "value": "true", "limit": 1}],
