@@ -38,14 +38,6 @@ from schoolquality_assets.warehouse import ENV_VAR as WAREHOUSE_ENV_VAR, Warehou
 ENGINES = ("auto", "pystan", "cmdstanpy")
 
 
-def _integer(text: str) -> int:
-    return int(text)
-
-
-def _number(text: str) -> float:
-    return float(text)
-
-
 def _flag(text: str) -> bool:
     if text.strip() not in ("0", "1"):
         raise ValueError(text)
@@ -58,7 +50,7 @@ def _engine(text: str) -> str:
     return text.strip()
 
 
-_EXPECTED = {_integer: "an integer", _number: "a number", _flag: "0 or 1", _engine: " / ".join(ENGINES)}
+_EXPECTED = {int: "an integer", float: "a number", _flag: "0 or 1", _engine: " / ".join(ENGINES)}
 
 
 @dataclass(frozen=True)
@@ -67,7 +59,7 @@ class EnvSetting:
 
     variable: str
     default: Any
-    parse: Callable[[str], Any] = _integer
+    parse: Callable[[str], Any] = int
 
     def read(self) -> tuple[Any, str]:
         """(value, source) from the environment now: the variable's value, else the default."""
@@ -96,7 +88,7 @@ SAMPLER_ENV = {
     "min_draws": EnvSetting("SCHOOLQUALITY_MIN_DRAWS", 100),
     "check_every": EnvSetting("SCHOOLQUALITY_CHECK_EVERY", 100),
     "max_draws": EnvSetting("SCHOOLQUALITY_MAX_DRAWS", 5000),
-    "budget_seconds": EnvSetting("SCHOOLQUALITY_BUDGET_SECONDS", 1200.0, _number),
+    "budget_seconds": EnvSetting("SCHOOLQUALITY_BUDGET_SECONDS", 1200.0, float),
     "seed_from_previous": EnvSetting("SCHOOLQUALITY_SEED_FROM_PREVIOUS", False, _flag),
     "seed": EnvSetting("SCHOOLQUALITY_SEED", 20240601),
     "engine": EnvSetting("SCHOOLQUALITY_ENGINE", "auto", _engine),
