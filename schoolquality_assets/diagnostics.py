@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -454,10 +455,35 @@ def _reported_blocks(post, chains: int, draws: int, limits: Thresholds) -> dict:
     return out
 
 
-def mcmc_diagnostics(idatas: dict) -> pl.DataFrame:
+def summary_attrs(summary: dict, limits: Thresholds) -> dict:
+    """The summary as NetCDF attributes of the posterior it judged (``diag_*``; None values are
+    listed in ``diag_none``), with the thresholds and code that judged it (``gate_thresholds``)."""
+    return ({f"diag_{k}": v for k, v in summary.items() if v is not None}
+            | {"diag_none": ",".join(k for k, v in summary.items() if v is None),
+               "gate_thresholds": thresholds_key(limits)})
+
+
+def stored_summary(idata, limits: Thresholds) -> dict | None:
+    """The summary stored with a posterior (summary_attrs) if it was judged with ``limits`` by this
+    code, else None (then judge again)."""
+    attrs = idata.attrs
+    if attrs.get("gate_thresholds") != thresholds_key(limits) or "diag_none" not in attrs:
+        return None
+    plain = lambda v: v.item() if isinstance(v, np.generic) else v  # noqa: E731  (NetCDF gives numpy scalars)
+    out = {k[5:]: plain(v) for k, v in attrs.items() if k.startswith("diag_") and k != "diag_none"}
+    return out | dict.fromkeys(filter(None, str(attrs["diag_none"]).split(",")))
+
+
+def summary_of(idata, limits: Thresholds | None = None) -> dict:
+    """The posterior's convergence summary under ``limits``: the stored one when it applies."""
+    limits = limits or Thresholds()
+    return stored_summary(idata, limits) or convergence_summary(idata, limits)
+
+
+def mcmc_diagnostics(idatas: dict, limits: Thresholds | None = None) -> pl.DataFrame:
     rows = []
     for key, idata in idatas.items():
-        rows.append(convergence_summary(idata) | {"model": key.upper()})
+        rows.append(summary_of(idata, limits) | {"model": key.upper()})
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
@@ -553,10 +579,13 @@ def posterior_summary(idata) -> pl.DataFrame:
                          "ess_tail": s["ess_tail"].to_numpy(float)})
 
 
+_CODE = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=8).hexdigest()  # this module's source
+
+
 def thresholds_key(limits: Thresholds) -> str:
-    """The thresholds a fit was judged with, as stored with the posterior (``gate_thresholds``):
-    a consumer judges again only when its thresholds differ."""
+    """The thresholds a fit was judged with, and the version of this module that judged it, as
+    stored with the posterior (``gate_thresholds``): a consumer judges again when either differs."""
     import json
     from dataclasses import asdict
 
-    return json.dumps(asdict(limits), sort_keys=True)
+    return json.dumps(asdict(limits) | {"diagnostics_code": _CODE}, sort_keys=True)

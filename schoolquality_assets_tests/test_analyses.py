@@ -334,6 +334,25 @@ def test_mcmc_diagnostics(posteriors):
     assert figures.trace_png(posteriors["m2"], ["sd_school", "sd_cohort"], "M2")[:4] == b"\x89PNG"
 
 
+def test_mcmc_diagnostics_reuses_the_summary_stored_with_the_fit(posteriors, tmp_path):
+    limits = diagnostics.Thresholds(min_ess=100.0)
+    fitted = posteriors["m2"].copy()
+    summary = diagnostics.convergence_summary(fitted, limits)
+    fitted.attrs.update(diagnostics.summary_attrs(summary, limits))
+    models.save_posterior(fitted, tmp_path / "m2.nc")
+    idata = models.load_posterior(tmp_path / "m2.nc")
+    stored = diagnostics.stored_summary(idata, limits)
+    assert stored == summary and {type(v) for v in stored.values()} <= {int, float, str, type(None)}
+    assert stored["r_profile_max_rhat"] is None  # None values survive NetCDF (which has no None)
+    idata.attrs["diag_max_rhat"] = 9.0   # a marker: the table shows the stored figure, not a recomputed one
+    assert diagnostics.mcmc_diagnostics({"m2": idata}, limits)["max_rhat"].to_list() == [9.0]
+    other = diagnostics.Thresholds(min_ess=200.0)  # other thresholds: judged again
+    assert diagnostics.stored_summary(idata, other) is None
+    assert diagnostics.mcmc_diagnostics({"m2": idata}, other)["max_rhat"].item() == pytest.approx(summary["max_rhat"])
+    del idata.attrs["diag_none"]  # stored by an older version: judged again
+    assert diagnostics.stored_summary(idata, limits) is None
+
+
 # ---------------------------------------------------------------- frequentist
 def test_frequentist_comparison(sim):
     sample, _ = sim

@@ -7,7 +7,7 @@ from schoolquality_assets import analyses, diagnostics, figures, loo, models
 from schoolquality_assets.assets.common import OWNER, code_version_of, image_md, load_posterior, markdown, rounded, table_metadata
 from schoolquality_assets.partitions import sample_partitions
 from schoolquality_assets.progress import StepProgress
-from schoolquality_assets.resources import WarehouseResource
+from schoolquality_assets.resources import ConvergenceResource, WarehouseResource
 from schoolquality_assets.warehouse import Warehouse, atomic_path
 
 # analyses.py and figures.py compute every table and figure; diagnostics and loo two of them
@@ -131,14 +131,16 @@ def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResour
 
 @dg.asset(deps=["posterior_m0", "posterior_m1", "posterior_m2", "posterior_m3"],
           description="Convergence table and trace plots of every model with a posterior on the partition.", **ANALYSIS_ASSET)
-def mcmc_diagnostics(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def mcmc_diagnostics(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                     convergence: ConvergenceResource) -> dg.MaterializeResult:
     wh = warehouse.get()
     keys = [k for k in models.MODELS if wh.posterior_path(k, context.partition_key).exists()]
     p = _posteriors(wh, context.partition_key, keys)
+    limits = convergence.thresholds()
     with StepProgress(context.log.info, "MCMC diagnostics", parts=len(keys)) as progress:
         tables, traces = [], {}
-        for k in keys:
-            tables.append(diagnostics.mcmc_diagnostics({k: p[k]}))
+        for k in keys:  # the summary stored with each fit, unless the thresholds or the code changed since
+            tables.append(diagnostics.mcmc_diagnostics({k: p[k]}, limits))
             traces[f"trace_{k}"] = figures.trace_png(p[k], models.MODELS[k].sd_names, k.upper())
             progress.part_done(k.upper())
     table = pl.concat(tables, how="diagonal_relaxed")

@@ -74,10 +74,9 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         summary = diagnostics.convergence_summary(idata, limits)
         outcomes = diagnostics.gate(summary, limits)
         failed = diagnostics.failed_blocking(outcomes)
-        idata.attrs.update({f"diag_{k}": v for k, v in summary.items() if v is not None}
+        idata.attrs.update(diagnostics.summary_attrs(summary, limits)
                            | {"partition": partition, "wall_seconds": wall, "run_id": context.run.run_id,
-                              "gate_passed": int(not failed), "gate_failures": diagnostics.describe(outcomes),
-                              "gate_thresholds": diagnostics.thresholds_key(limits)})
+                              "gate_passed": int(not failed), "gate_failures": diagnostics.describe(outcomes)})
         path = wh.posterior_path(spec.key, partition)
         failed_path = wh.failed_posterior_path(spec.key, partition)
         if failed:

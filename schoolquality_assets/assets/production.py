@@ -119,21 +119,18 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     with StepProgress(context.log.info, "g3_school_quality", parts=2) as progress:
         idata = load_posterior(wh, "m2", partition)
         progress.part_done("posterior loaded")
-        # the posterior asset judged this fit; judge again only when the thresholds changed since
-        judged = idata.attrs.get("gate_thresholds") == diagnostics.thresholds_key(limits)
-        if judged and int(idata.attrs.get("gate_passed", 0)) == 1:
-            rhat = float(idata.attrs["diag_max_rhat"])
-            progress.part_done("convergence gate passed when fitted, with the same thresholds")
-        else:
-            summary = diagnostics.convergence_summary(idata, limits)
-            progress.part_done("convergence gate computed")
-            rhat = summary["max_rhat"]
-            outcomes = diagnostics.gate(summary, limits)
-            if diagnostics.failed_blocking(outcomes):
-                raise dg.Failure(
-                    f"posterior_m2[{partition}] fails the convergence gate ({diagnostics.describe(outcomes)}): "
-                    "g3_school_quality not written; the previous file is unchanged"
-                )
+        # the posterior asset judged this fit; judge again only when the thresholds or the code changed since
+        stored = diagnostics.stored_summary(idata, limits)
+        summary = stored or diagnostics.convergence_summary(idata, limits)
+        progress.part_done("convergence gate: the one stored with the fit (same thresholds and code)"
+                           if stored is not None else "convergence gate computed")
+        rhat = summary["max_rhat"]
+        outcomes = diagnostics.gate(summary, limits)
+        if diagnostics.failed_blocking(outcomes):
+            raise dg.Failure(
+                f"posterior_m2[{partition}] fails the convergence gate ({diagnostics.describe(outcomes)}): "
+                "g3_school_quality not written; the previous file is unchanged"
+            )
     eligible = wh.read_table("eligible_schools")
     vintage = int(wh.read_table("cleaned_observations")["year"].max())
     table = school_quality_table(idata, eligible, vintage)
@@ -156,7 +153,7 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
         "model": "M2 " + models.MODELS["m2"].description, "stan_file": idata.attrs["stan_file"],
         "stan_code_version": models.stan_code_version(models.MODELS["m2"]),
         "sampler": _json({k[8:]: v for k, v in idata.attrs.items() if k.startswith("sampler_")}),
-        "diagnostics": _json({k[5:]: v for k, v in idata.attrs.items() if k.startswith("diag_")}),
+        "diagnostics": _json({k: v for k, v in summary.items() if v is not None}),
         "code_version": code_version(), "run_id": context.run.run_id, "posterior_run_id": str(idata.attrs.get("run_id", "")),
         "data_vintage": str(vintage), "partition": partition, "scale": "logit",
     }
