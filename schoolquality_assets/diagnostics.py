@@ -47,6 +47,7 @@ The ESS rule (check ``ess``): bulk ESS, tail ESS (5%/95% quantiles) and the ESS 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,6 +222,45 @@ def _diagnose(x: np.ndarray, quantiles=PUBLISHED_QUANTILES, screen: bool = False
             _DIAGNOSED.pop(next(iter(_DIAGNOSED)))
         _DIAGNOSED[key] = _diagnose_draws(x, quantiles, screen)
     return {k: v.copy() for k, v in _DIAGNOSED[key].items()}
+
+
+def diagnose_in_parallel(x: np.ndarray, workers: int | None = None) -> dict[str, np.ndarray]:
+    """arviz's diagnostics (``_diagnose_draws``) of a large (K, chain, draw) block, its parameters
+    split between this process and ``workers - 1`` fresh interpreters (diagnose_worker; default:
+    one per core this process may use). Each parameter's figures depend on its own draws only, so
+    the result equals the one-process result exactly. Used for the reported cohort and profile
+    blocks, judged after sampling, when the cores are free; a block too small to repay a worker's
+    start-up (~2 s) is judged here alone. A worker that fails is redone here."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from schoolquality_assets.stan_chain import child_env
+
+    workers = workers or len(os.sched_getaffinity(0))
+    parts = max(1, min(workers, x.size // _PARALLEL_MIN_VALUES, x.shape[0]))
+    bounds = np.linspace(0, x.shape[0], parts + 1).astype(int)
+    if parts == 1:
+        return _diagnose_draws(x, PUBLISHED_QUANTILES, screen=False)
+    with tempfile.TemporaryDirectory(prefix="schoolquality-diagnose-") as tmp:
+        jobs = []
+        for i, (lo, hi) in enumerate(zip(bounds[1:-1], bounds[2:]), start=1):
+            np.save(f"{tmp}/draws_{i}.npy", x[lo:hi])
+            jobs.append((lo, hi, f"{tmp}/out_{i}.npz", subprocess.Popen(
+                [sys.executable, "-m", "schoolquality_assets.diagnose_worker", f"{tmp}/draws_{i}.npy",
+                 f"{tmp}/out_{i}.npz", str(os.getpid())], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                env=child_env())))
+        pieces = [_diagnose_draws(x[: bounds[1]], PUBLISHED_QUANTILES, screen=False)]
+        for lo, hi, out, proc in jobs:
+            if proc.wait() == 0 and Path(out).exists():
+                with np.load(out) as f:
+                    pieces.append({k: f[k] for k in f.files})
+            else:
+                pieces.append(_diagnose_draws(x[lo:hi], PUBLISHED_QUANTILES, screen=False))
+    return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+
+
+_PARALLEL_MIN_VALUES = 8_000_000  # draws per worker below which a worker costs more than it saves
 
 
 def _diagnose_draws(x: np.ndarray, quantiles, screen: bool) -> dict[str, np.ndarray]:
@@ -433,7 +473,7 @@ def _reported_blocks(post, chains: int, draws: int, limits: Thresholds) -> dict:
             out |= {f"{v}_{k}": None for k in _BLOCK_KEYS}
             continue
         names, x = _draws(post[v])
-        d = _diagnose(x)
+        d = diagnose_in_parallel(x)
         rule = block_rule(d, chains, draws, limits)
         r, e = d["rhat"], np.minimum(np.minimum(d["ess_bulk"], d["ess_tail"]), d["ess_quantile"])
         finite = np.isfinite(r) & np.isfinite(e)

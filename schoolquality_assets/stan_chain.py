@@ -45,6 +45,16 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def child_env() -> dict:
+    """The environment of a child interpreter (a chain, a diagnostics worker): in a checkout that
+    is not installed in site-packages, it imports this copy of the package."""
+    import site
+
+    root = str(Path(__file__).resolve().parents[1])
+    return dict(os.environ) if root in site.getsitepackages() else os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
 def main(args_file: str, parent: str) -> None:
     die_with_parent(int(parent))
     out = os.fdopen(os.dup(1), "w", buffering=1)

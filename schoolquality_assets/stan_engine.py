@@ -22,7 +22,6 @@ import pickle
 import queue
 import select
 import shutil
-import site
 import socket
 import statistics
 import subprocess
@@ -35,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from schoolquality_assets import stan_chain
 
 SAMPLE_STATS = {
     "lp__": "lp",
@@ -251,11 +252,8 @@ class _ChainProcess:
     def __init__(self, workdir: Path, messages: queue.Queue, **args):
         path = workdir / f"chain_{args['chain']}.args.pkl"
         path.write_bytes(pickle.dumps(args | {"workdir": str(workdir)}))
-        root = str(Path(__file__).resolve().parents[1])  # a checkout: import this copy of the package
-        env = os.environ if root in site.getsitepackages() else os.environ | {
-            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self.proc = subprocess.Popen([sys.executable, "-m", "schoolquality_assets.stan_chain", str(path), str(os.getpid())],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=stan_chain.child_env())
         self.reader = threading.Thread(target=self._read, args=(messages,), daemon=True)
         self.reader.start()
 

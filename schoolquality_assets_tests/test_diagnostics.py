@@ -74,6 +74,34 @@ def test_vectorised_diagnostics_equal_arviz():
     np.testing.assert_allclose(d["ess_quantile"], np.minimum(*q), rtol=1e-10)
 
 
+def test_a_block_judged_in_parallel_equals_one_process(monkeypatch):
+    x = np.random.default_rng(3).normal(size=(45, 4, 60)).cumsum(-1)  # autocorrelated, unequal rows
+    x[7] = 1.0  # constant: NaN R-hat
+    x[8, 2, 5] = np.nan
+    one = diagnostics._diagnose_draws(x, diagnostics.PUBLISHED_QUANTILES, screen=False)
+    monkeypatch.setattr(diagnostics, "_PARALLEL_MIN_VALUES", 1)
+    parallel = diagnostics.diagnose_in_parallel(x, workers=3)  # this process and two workers
+    assert one.keys() == parallel.keys()
+    for k in one:
+        np.testing.assert_array_equal(parallel[k], one[k])
+    assert np.isnan(parallel["rhat"][7]) and np.isnan(parallel["ess_bulk"][8])
+    # other quantiles in this process only: rows 15-44 still agree, so the workers computed them
+    monkeypatch.setattr(diagnostics, "PUBLISHED_QUANTILES", (0.1, 0.9))
+    mixed = diagnostics.diagnose_in_parallel(x, workers=3)["ess_quantile"]
+    np.testing.assert_array_equal(mixed[15:], one["ess_quantile"][15:])
+    assert not np.array_equal(mixed[:15], one["ess_quantile"][:15])
+
+
+def test_a_failed_diagnostics_worker_is_redone_here(monkeypatch):
+    x = np.random.default_rng(4).normal(size=(20, 4, 50))
+    monkeypatch.setattr(diagnostics, "_PARALLEL_MIN_VALUES", 1)
+    monkeypatch.setenv("PYTHONPATH", "/nonexistent")
+    monkeypatch.setattr("sys.executable", "/bin/false")  # every worker fails at once
+    parallel = diagnostics.diagnose_in_parallel(x, workers=2)
+    np.testing.assert_array_equal(parallel["ess_bulk"],
+                                  diagnostics._diagnose_draws(x, diagnostics.PUBLISHED_QUANTILES, False)["ess_bulk"])
+
+
 @pytest.mark.parametrize("draws", [201, 9, 400])
 def test_the_stop_rules_screen_equals_arviz(draws):
     """The screen (vectorised, no arviz) must give arviz's figures: it decides when arviz is asked."""
