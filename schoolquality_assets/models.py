@@ -354,12 +354,13 @@ def log_likelihood(idata: az.InferenceData, obs: slice | np.ndarray = slice(None
 
 
 def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print, limits=None,
-        prior_sds: dict[str, float] | None = None) -> az.InferenceData:
+        prior_sds: dict[str, float] | None = None, also_compile: tuple[ModelSpec, ...] = ()) -> az.InferenceData:
     """Fit ``spec`` to an analysis sample and return its posterior.
 
     With ``settings.until_converged`` and gate ``limits``, sampling stops at the first
     checkpoint where the blocking gate holds (attrs ``converged`` / ``stop_status`` say how it
-    ended); otherwise it runs ``settings.draws`` per chain.
+    ended); otherwise it runs ``settings.draws`` per chain. ``also_compile``: the run's other
+    models (their programs are compiled with this one's, on every core, when any is missing).
     """
     from schoolquality_assets.stan_engine import StopRule, sample as run_sampler
 
@@ -368,7 +369,8 @@ def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print, limits=
     stop = None
     if settings.until_converged and limits is not None:
         stop = StopRule.for_settings(settings, convergence_judge(spec, mi, limits))
-    draws = run_sampler(spec.path, stan_data(spec, mi), settings, inits=inits, progress=progress, stop=stop)
+    draws = run_sampler(spec.path, stan_data(spec, mi), settings, inits=inits, progress=progress, stop=stop,
+                        also_compile=tuple(s.path for s in also_compile if s.key != spec.key))
     idata = to_inference_data(spec, mi, draws)
     if draws.verdict is not None:
         idata.attrs |= {"converged": int(draws.verdict.passed), "stop_status": draws.verdict.status}

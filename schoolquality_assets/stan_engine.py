@@ -162,14 +162,18 @@ def sample(
     inits: list[dict] | None = None,
     progress: Progress = print,
     stop: StopRule | None = None,
+    also_compile: tuple[Path, ...] = (),
 ) -> Draws:
     """Compile (or reuse) ``stan_file`` and sample it: ``settings.draws`` per chain, or, with a
     ``stop`` rule, until the rule is satisfied. CmdStan writes its draws only at the end, so under
-    cmdstanpy the rule judges once, after ``stop.max_draws`` draws per chain."""
+    cmdstanpy the rule judges once, after ``stop.max_draws`` draws per chain. Under PyStan, the
+    programs ``also_compile`` (the run's other fits) are compiled with ``stan_file`` when any of
+    them is not compiled yet, as many at once as there are cores."""
     engine = choose_engine(settings.engine)
     if engine == "cmdstanpy":
         return _sample_cmdstanpy(Path(stan_file), dict(data), settings, inits, progress, stop)
-    return _sample_pystan(Path(stan_file), dict(data), settings, inits, progress, stop)
+    waited = compile_pystan_programs([Path(stan_file), *map(Path, also_compile)], progress) if also_compile else 0.0
+    return _sample_pystan(Path(stan_file), dict(data), settings, inits, progress, stop, waited)
 
 
 # --------------------------------------------------------------------------- PyStan / httpstan
@@ -207,10 +211,60 @@ def compile_pystan(stan_file: Path, progress: Progress = print) -> tuple[str, fl
     return name, seconds
 
 
-def _sample_pystan(stan_file, data, settings, inits, progress, stop) -> Draws:
+def compile_pystan_programs(stan_files: list[Path], progress: Progress = print, parallel: int | None = None) -> float:
+    """Compile those of ``stan_files`` that httpstan's cache lacks, ``parallel`` at once (default:
+    one per core), each by its own interpreter (``sys.executable``: httpstan's cache key includes
+    it). Returns the seconds spent. A program that fails here is compiled again when a fit needs
+    it, and that compile reports the error."""
+    import httpstan.models
+
+    def cached(path: Path) -> bool:
+        try:
+            httpstan.models.import_services_extension_module(httpstan.models.calculate_model_name(path.read_text()))
+            return True
+        except KeyError:
+            return False
+
+    todo = [p for p in dict.fromkeys(stan_files) if not cached(p)]
+    if not todo:
+        return 0.0
+    parallel = max(1, parallel or len(os.sched_getaffinity(0)))
+    progress(f"compiling {', '.join(p.name for p in todo)} with g++, {min(parallel, len(todo))} at a time "
+             "(about a minute each)")
+    build = ("import asyncio, pathlib, sys, httpstan.models; "
+             "from schoolquality_assets.stan_chain import die_with_parent; die_with_parent(int(sys.argv[2])); "
+             "asyncio.run(httpstan.models.build_services_extension_module(pathlib.Path(sys.argv[1]).read_text()))")
+    start, waiting, running = time.monotonic(), list(todo), {}
+    last_beat = start
+    while waiting or running:
+        while waiting and len(running) < parallel:
+            path = waiting.pop(0)
+            log = tempfile.TemporaryFile()  # the compiler's messages (a pipe could fill and block it)
+            running[path] = (subprocess.Popen([sys.executable, "-c", build, str(path), str(os.getpid())], stdin=subprocess.DEVNULL,
+                                              stdout=log, stderr=subprocess.STDOUT, env=stan_chain.child_env()),
+                             time.monotonic(), log)
+        time.sleep(0.5)
+        for path, (proc, began, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[path]
+            log.seek(0)
+            err = log.read().decode(errors="replace").strip().splitlines()
+            log.close()
+            progress(f"{path.name}: compiled in {time.monotonic() - began:.0f} s" if proc.returncode == 0 else
+                     f"{path.name}: compiling failed (exit {proc.returncode}; the fit that needs it compiles it again): "
+                     + (" | ".join(line.strip() for line in err[-4:] if line.strip()) or "no message"))
+        if running and time.monotonic() - last_beat >= COMPILE_HEARTBEAT_SECONDS:
+            last_beat = time.monotonic()
+            progress(f"still compiling {', '.join(p.name for p in running)} ({last_beat - start:.0f} s)")
+    return time.monotonic() - start
+
+
+def _sample_pystan(stan_file, data, settings, inits, progress, stop, compile_waited: float = 0.0) -> Draws:
     """Every chain in its own child process, all at once; draws land in memory-mapped tables that
     this process reads at checkpoints (``stop``) or when the chains end."""
     model_name, compile_seconds = compile_pystan(stan_file, progress)
+    compile_seconds += compile_waited
     messages: queue.Queue = queue.Queue()
     workdir = Path(tempfile.mkdtemp(prefix="schoolquality_draws_"))
     capacity = stop.max_draws if stop else settings.draws

@@ -199,3 +199,24 @@ def test_chains_slow_together_finished_or_silent():
         _advance(beat, clock, 30, {1: 100 * t, 2: 100 * t})
     (warning,) = _warnings(lines)
     assert warning.startswith("warning: chain 3 stalled at iteration 0 (0.00 iterations/s, the median chain 200 "), warning
+
+
+@pytest.mark.stan
+def test_the_runs_programs_compile_together_and_a_broken_one_is_left_to_its_fit(tmp_path, monkeypatch):
+    """compile_pystan_programs (the first fit of a run compiles the run's programs): a fresh
+    httpstan cache, one good program and one that stanc rejects, compiled side by side."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    good, broken = tmp_path / "good.stan", tmp_path / "broken.stan"
+    good.write_text("parameters { real x; } model { x ~ normal(0, 1); }\n")
+    broken.write_text("parameters { real x; } model { x ~ no_such_distribution(0, 1); }\n")
+    lines = []
+    assert stan_engine.compile_pystan_programs([good, broken], lines.append, parallel=2) > 0
+    assert any("good.stan: compiled in" in line for line in lines), lines
+    failed = [line for line in lines if line.startswith("broken.stan: compiling failed")]
+    assert failed and "no_such_distribution" in failed[0], lines
+    name, seconds = stan_engine.compile_pystan(good, lines.append)  # in the cache now: nothing to compile
+    assert seconds == 0.0 and (tmp_path / "cache" / "httpstan").is_dir()
+    lines.clear()
+    assert stan_engine.compile_pystan_programs([good], lines.append) == 0.0 and lines == []
+    with pytest.raises(SamplingError, match="compiling .*broken.stan failed"):  # its fit reports the error
+        stan_engine.compile_pystan(broken, lines.append)

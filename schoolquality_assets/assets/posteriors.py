@@ -30,6 +30,12 @@ def check_results(outcomes: list[diagnostics.CheckOutcome], limits: ConvergenceR
     ]
 
 
+def fits_in_run(context: dg.AssetExecutionContext) -> tuple[models.ModelSpec, ...]:
+    """The models this run fits (its posterior steps): the first one compiles all their programs."""
+    steps = set(context.run.step_keys_to_execute or [n.name for n in context.job_def.nodes])
+    return tuple(s for s in models.MODELS.values() if f"posterior_{s.key}" in steps)
+
+
 def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
     name = f"posterior_{spec.key}"
     key = dg.AssetKey(name)
@@ -65,7 +71,8 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
                          + (f"; scales seeded from the previous posterior {prior_sds}" if prior_sds else ""))
         start = time.monotonic()
         try:
-            idata = models.fit(spec, sample, settings, progress=context.log.info, limits=limits, prior_sds=prior_sds)
+            idata = models.fit(spec, sample, settings, progress=context.log.info, limits=limits, prior_sds=prior_sds,
+                               also_compile=fits_in_run(context))
         except SamplingError as exc:
             raise dg.Failure(description=f"{name}[{partition}] did not produce a posterior: {exc}. Nothing was written; "
                              "every published file is unchanged. Give the sampler more time "
