@@ -235,9 +235,9 @@ def diagnose_in_parallel(x: np.ndarray, workers: int | None = None) -> dict[str,
     import sys
     import tempfile
 
-    from schoolquality_assets.stan_chain import child_env
+    from schoolquality_assets.stan_chain import child_env, usable_cores
 
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or usable_cores()
     parts = max(1, min(workers, x.size // _PARALLEL_MIN_VALUES, x.shape[0]))
     bounds = np.linspace(0, x.shape[0], parts + 1).astype(int)
     if parts == 1:

@@ -45,6 +45,11 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def child_env() -> dict:
     """The environment of a child interpreter (a chain, a diagnostics worker): in a checkout that
     is not installed in site-packages, it imports this copy of the package."""

@@ -228,7 +228,7 @@ def compile_pystan_programs(stan_files: list[Path], progress: Progress = print, 
     todo = [p for p in dict.fromkeys(stan_files) if not cached(p)]
     if not todo:
         return 0.0
-    parallel = max(1, parallel or len(os.sched_getaffinity(0)))
+    parallel = max(1, parallel or stan_chain.usable_cores())
     progress(f"compiling {', '.join(p.name for p in todo)} with g++, {min(parallel, len(todo))} at a time "
              "(about a minute each)")
     build = ("import asyncio, pathlib, sys, httpstan.models; "
