@@ -179,18 +179,26 @@ def sample(
 # --------------------------------------------------------------------------- PyStan / httpstan
 
 
+def _in_cache(model_name: str) -> bool:
+    """Whether httpstan's cache holds the compiled program ``model_name``."""
+    import httpstan.models
+
+    try:
+        httpstan.models.import_services_extension_module(model_name)
+        return True
+    except KeyError:
+        return False
+
+
 def compile_pystan(stan_file: Path, progress: Progress = print) -> tuple[str, float]:
     """Return httpstan's model name for ``stan_file``, compiling it on first use."""
     import httpstan.models
 
     code = stan_file.read_text()
     name = httpstan.models.calculate_model_name(code)
-    try:
-        httpstan.models.import_services_extension_module(name)
+    if _in_cache(name):
         progress(f"{stan_file.name}: compiled program found in httpstan's cache")
         return name, 0.0
-    except KeyError:
-        pass
     progress(f"{stan_file.name}: compiling with g++ (about a minute)")
     start = time.monotonic()
     done = threading.Event()
@@ -218,14 +226,7 @@ def compile_pystan_programs(stan_files: list[Path], progress: Progress = print, 
     it, and that compile reports the error."""
     import httpstan.models
 
-    def cached(path: Path) -> bool:
-        try:
-            httpstan.models.import_services_extension_module(httpstan.models.calculate_model_name(path.read_text()))
-            return True
-        except KeyError:
-            return False
-
-    todo = [p for p in dict.fromkeys(stan_files) if not cached(p)]
+    todo = [p for p in dict.fromkeys(stan_files) if not _in_cache(httpstan.models.calculate_model_name(p.read_text()))]
     if not todo:
         return 0.0
     parallel = max(1, parallel or stan_chain.usable_cores())
