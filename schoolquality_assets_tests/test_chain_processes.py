@@ -220,3 +220,58 @@ def test_the_runs_programs_compile_together_and_a_broken_one_is_left_to_its_fit(
     assert stan_engine.compile_pystan_programs([good], lines.append) == 0.0 and lines == []
     with pytest.raises(SamplingError, match="compiling .*broken.stan failed"):  # its fit reports the error
         stan_engine.compile_pystan(broken, lines.append)
+
+
+def test_a_pause_for_a_checkpoint_is_not_a_stall():
+    lines: list[str] = []
+    beat, clock = _beat(lines, chains=2)
+    _advance(beat, clock, 30, {1: 100, 2: 100})
+    clock.now += 200                                # every chain paused 200 s while a checkpoint was judged
+    beat.resumed()
+    _advance(beat, clock, 30, {1: 130})             # chain 1 reports first after the pause
+    assert not _warnings(lines), lines
+
+
+def _chain_states() -> dict[int, str]:
+    """State letter (/proc/PID/stat) of every chain process of this process."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and b"schoolquality_assets.stan_chain" in (d / "cmdline").read_bytes():
+                stat = (d / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2:].split()
+                if int(fields[1]) == os.getpid():
+                    out[int(d.name)] = fields[0]
+        except OSError:
+            continue
+    return out
+
+
+@pytest.mark.stan
+@pytest.mark.skipif(not stan_engine.PAUSE_WHILE_JUDGING, reason="chains pause while judged on Linux only")
+def test_chains_wait_while_a_checkpoint_is_judged_and_draw_the_same(monkeypatch):
+    spec, mi = _cbpp()
+    seen = []
+
+    def judge(views, n, elapsed):
+        deadline = time.monotonic() + 5             # SIGSTOP lands asynchronously
+        while True:
+            states = _chain_states()
+            if all(s == "T" for s in states.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        seen.append((n, states))
+        return stan_engine.Verdict(passed=n >= 200, final=n >= 200, status=f"{n}")
+
+    settings = SamplerSettings(chains=2, warmup=100, seed=5, min_draws=100, check_every=100, max_draws=1000)
+    paused = sample(spec.path, mi.data, settings, progress=lambda line: None,
+                    stop=stan_engine.StopRule.for_settings(settings, judge))
+    assert [n for n, _ in seen] == [100, 200]
+    for n, states in seen:
+        assert len(states) == 2 and set(states.values()) == {"T"}, (n, states)   # both chains stopped
+    monkeypatch.setattr(stan_engine, "PAUSE_WHILE_JUDGING", False)
+    running = sample(spec.path, mi.data, settings, progress=lambda line: None,
+                     stop=stan_engine.StopRule.for_settings(settings, lambda v, n, e: stan_engine.Verdict(
+                         passed=n >= 200, final=n >= 200, status=f"{n}")))
+    np.testing.assert_array_equal(paused.params["mu_school"], running.params["mu_school"])
+    np.testing.assert_array_equal(paused.sample_stats["energy"], running.sample_stats["energy"])
