@@ -4,10 +4,11 @@
         Cost per leapfrog step of each exact form of M2 in the sampling phase: one chain alone,
         150 warmup iterations (tree depth capped at 6), then two runs of 20 and 60 draws with the
         same seed, differenced (start-up, data load and warmup cancel).
-    .venv/bin/python benchmarks/bench_m2.py converge [subsample|full]
-        The production rule (sample until the gate holds, default settings): warmup and sampling
-        seconds, draws per chain, leapfrog steps per iteration, min ESS per draw over the school
-        effects, max R-hat, wall time and peak RSS.
+    .venv/bin/python benchmarks/bench_m2.py converge [subsample|full] [--warmup N]
+        The production rule (sample until the gate holds, default settings, or another warmup
+        length): warmup and sampling seconds, draws per chain, leapfrog steps per iteration, min
+        ESS per draw over the school effects, max R-hat, wall time, and the peak memory of the fit
+        (this process and its chain processes together, polled every 0.5 s from /proc).
     .venv/bin/python benchmarks/bench_m2.py brms
         benchmarks/data/brms_m2_subsample.csv, the 11,487 rows brms fitted (README of
         ../shared/data): the project's M2 at brms's settings 4 x (1000 + 1000) and under the
@@ -22,7 +23,6 @@ cell, cohorts centred on schools, no multipliers) and benchmarks/m2_brms_noncent
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -45,10 +45,48 @@ BRMS = {"seconds": 4151.0, "ess_sd_school": 1991.0, "ess_sd_cohort": 1535.0, "sd
 QUIET = lambda m: None  # noqa: E731
 
 
-def peak_rss_gb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024**2
+class TreeMemory:
+    """Peak resident memory of this process and all its descendants together (Linux /proc,
+    polled in a thread): the memory of a fit, chain processes included."""
+
+    def __init__(self, interval: float = 0.5):
+        import threading
+
+        self.peak, self.interval, self._stop = 0, interval, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    @staticmethod
+    def _tree_rss() -> int:
+        children: dict[int, list[int]] = {}
+        rss: dict[int, int] = {}
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2:].split()
+                children.setdefault(int(fields[1]), []).append(int(d.name))
+                rss[int(d.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, ValueError):
+                continue
+        total, todo = 0, [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            total += rss.get(pid, 0)
+            todo += children.get(pid, [])
+        return total
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._tree_rss())
+
+    def __enter__(self) -> "TreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def cleaned_from(frame: pl.DataFrame) -> pl.DataFrame:
@@ -110,13 +148,14 @@ def steps(partition: str) -> None:
         print(f"{name:34s} {1000 * per_step:8.2f} {1e9 * per_step / n:7.0f} {per_iter:16.1f}", flush=True)
 
 
-def converge(partition: str) -> None:
+def converge(partition: str, warmup: int | None = None) -> None:
     spec = models.MODELS["m2"]
     sample_ = province_sample(partition)
-    settings = SamplerSettings(warmup=300 if partition == "full" else 1000)
+    settings = SamplerSettings(warmup=warmup or (300 if partition == "full" else 1000))
     compile_pystan(spec.path, progress=QUIET)
     start = time.monotonic()
-    idata = models.fit(spec, sample_, settings, progress=QUIET, limits=diagnostics.Thresholds())
+    with TreeMemory() as memory:
+        idata = models.fit(spec, sample_, settings, progress=QUIET, limits=diagnostics.Thresholds())
     wall = time.monotonic() - start
     s = diagnostics.convergence_summary(idata)
     post = idata.posterior
@@ -132,7 +171,7 @@ def converge(partition: str) -> None:
           f"min ESS per draw over r_school: bulk {bulk.min() / draws:.3f}, tail {tail.min() / draws:.3f} "
           f"(median bulk {np.median(bulk) / draws:.3f}); max R-hat {s['max_rhat']:.4f}; divergences {s['divergences']}")
     print(f"  sd_school {float(post['sd_school'].mean()):.3f}, sd_cohort {float(post['sd_cohort'].mean()):.3f}; "
-          f"peak RSS {peak_rss_gb():.2f} GB", flush=True)
+          f"peak memory of the fit (this process and its chains together) {memory.peak / 1024**3:.2f} GiB", flush=True)
 
 
 def _ess_row(label: str, sd_school: np.ndarray, sd_cohort: np.ndarray, seconds: float) -> None:
@@ -173,6 +212,9 @@ def brms() -> None:
 
 
 if __name__ == "__main__":
-    what = sys.argv[1] if len(sys.argv) > 1 else "steps"
-    partition = sys.argv[2] if len(sys.argv) > 2 else "subsample"
-    {"steps": lambda: steps(partition), "converge": lambda: converge(partition), "brms": brms}[what]()
+    args = sys.argv[1:]
+    warmup = int(args.pop(args.index("--warmup") + 1)) if "--warmup" in args else None
+    args = [a for a in args if a != "--warmup"]
+    what = args[0] if args else "steps"
+    partition = args[1] if len(args) > 1 else "subsample"
+    {"steps": lambda: steps(partition), "converge": lambda: converge(partition, warmup), "brms": brms}[what]()
