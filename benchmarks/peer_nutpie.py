@@ -71,10 +71,10 @@ def report(label: str, posterior, seconds: float) -> None:
     values = {name: np.asarray(posterior[name]) for name in ("sd_school", "sd_cohort", "r_school")}
     ess = [float(az.ess(values[name])) for name in ("sd_school", "sd_cohort")]
     hyper = max(float(az.rhat(values[name])) for name in ("sd_school", "sd_cohort"))
-    schools = values["r_school"]
-    rhat = az.rhat(az.convert_to_dataset(schools))["x"].values
-    bulk = az.ess(az.convert_to_dataset(schools), method="bulk")["x"].values
-    tail = az.ess(az.convert_to_dataset(schools), method="tail")["x"].values
+    schools = az.convert_to_dataset(values["r_school"])
+    rhat = az.rhat(schools)["x"].values
+    bulk = az.ess(schools, method="bulk")["x"].values
+    tail = az.ess(schools, method="tail")["x"].values
     print(f"{label:44s} {seconds:8.0f} {values['sd_school'].mean():6.3f} {values['sd_cohort'].mean():6.3f} "
           f"{ess[0]:7.0f} {ess[1]:7.0f} {ess[0] / seconds:7.2f} {ess[1] / seconds:7.2f}   "
           f"R-hat hyper {hyper:.4f}, r_school {np.nanmax(rhat):.4f}; min ESS r_school bulk {np.nanmin(bulk):.0f} / "

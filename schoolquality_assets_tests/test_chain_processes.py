@@ -112,11 +112,16 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
+def _state(pid: int) -> str:
+    """The process's state letter (/proc/PID/stat); "X" once it is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
-        return False
+        return "X"
+
+
+def _alive(pid: int) -> bool:
+    return _state(pid) not in "ZX"
 
 
 class Clock:
@@ -233,18 +238,14 @@ def test_a_pause_for_a_checkpoint_is_not_a_stall():
 
 
 def _chain_states() -> dict[int, str]:
-    """State letter (/proc/PID/stat) of every chain process of this process."""
-    out = {}
-    for d in Path("/proc").iterdir():
+    """State letter of every chain process of this process."""
+    def is_chain(pid: int) -> bool:
         try:
-            if d.name.isdigit() and b"schoolquality_assets.stan_chain" in (d / "cmdline").read_bytes():
-                stat = (d / "stat").read_text()
-                fields = stat[stat.rindex(")") + 2:].split()
-                if int(fields[1]) == os.getpid():
-                    out[int(d.name)] = fields[0]
+            return b"schoolquality_assets.stan_chain" in Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
-            continue
-    return out
+            return False
+
+    return {pid: _state(pid) for pid in _children(os.getpid()) if is_chain(pid)}
 
 
 @pytest.mark.stan
