@@ -264,7 +264,10 @@ def test_chains_wait_while_a_checkpoint_is_judged_and_draw_the_same(monkeypatch)
         seen.append((n, states))
         return stan_engine.Verdict(passed=n >= 200, final=n >= 200, status=f"{n}")
 
-    settings = SamplerSettings(chains=2, warmup=100, seed=5, min_draws=100, check_every=100, max_draws=1000)
+    # Room for far more draws than the rule takes: cbpp is so cheap that, under load, one chain could
+    # otherwise finish its whole run (and a pause of an ended chain is a no-op) before the other
+    # reaches the first checkpoint (seen once in CI: only one chain left at draw 100).
+    settings = SamplerSettings(chains=2, warmup=100, seed=5, min_draws=100, check_every=100, max_draws=100_000)
     paused = sample(spec.path, mi.data, settings, progress=lambda line: None,
                     stop=stan_engine.StopRule.for_settings(settings, judge))
     assert [n for n, _ in seen] == [100, 200]
