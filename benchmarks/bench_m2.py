@@ -14,6 +14,17 @@
         ../shared/data): the project's M2 at brms's settings 4 x (1000 + 1000) and under the
         production rule, and the brms-style non-centred form in the same run, beside brms's
         recorded figures. BENCH_NC_WARMUP / BENCH_NC_DRAWS shorten the non-centred run.
+    .venv/bin/python benchmarks/bench_m2.py chains [m2|m3] [subsample|full] [--draws N]
+        Each chain's adaptation, with the asset's settings, seed and initial values (so the same
+        chains as the asset's fit) and N draws (default 100): the step size and diagonal inverse
+        metric Stan adapted, leapfrog steps per iteration, and the coordinates whose draws spread
+        furthest in the metric's units (SD of the unconstrained draws / sqrt(inverse metric); 1
+        where the metric fits the posterior): a chain whose trees are deep shows which direction.
+    .venv/bin/python benchmarks/bench_m2.py scale [FACTOR ...] [--budget SECONDS]
+        How the cost grows: M2 on the full sample of synthetic provinces of FACTOR x the built-in
+        province's schools (default 1 2 4; same parameters, same seed), production rule and default
+        settings except the time budget (default: none, so that the gate is reached): time to the
+        gate, draws per chain it needed, and the fit's peak memory, with the default budget's verdict.
 
 Forms compared by ``steps``: stan/m2_cohort.stan (the project), benchmarks/m2_csr_first_release.stan
 (the first release: CSR products inside Stan), benchmarks/m2_plain_indexed.stan (one effect per
@@ -174,6 +185,76 @@ def converge(partition: str, warmup: int | None = None) -> None:
           f"peak memory of the fit (this process and its chains together) {memory.peak / 1024**3:.2f} GiB", flush=True)
 
 
+# The unconstrained parameters of the cohort programs, in the order of their parameters block,
+# and the Stan data entry of each one's multiplier (the unconstrained value is value / multiplier).
+UNCONSTRAINED = {
+    "Intercept": "fixed_scale", "delta": "fixed_scale", "log_sd_school": ("log_sd_scale", 0),
+    "log_sd_cohort": ("log_sd_scale", 1), "mu_school_c": "school_c_scale", "z_school": "school_nc_scale",
+    "mu_cohort_c": "cohort_c_scale", "z_cohort": "cohort_nc_scale", "log_sd_profile": ("log_sd_scale", 2),
+    "z_profile": None,
+}
+
+
+def chains(model: str, partition: str, n_draws: int) -> None:
+    spec = models.MODELS[model]
+    mi = models.model_input(spec, province_sample(partition))
+    data = models.stan_data(spec, mi)
+    settings = SamplerSettings(warmup=300 if partition == "full" else 1000, draws=n_draws, until_converged=False)
+    compile_pystan(spec.path, progress=QUIET)
+    inits = models.initial_values(spec, mi, settings.chains, settings.seed)
+    draws = sample(spec.path, data, settings, inits=inits, progress=QUIET)
+    names, scales, columns = [], [], []
+    for name in (n for n in UNCONSTRAINED if n in draws.params):
+        value = draws.params[name].reshape(settings.chains, n_draws, -1)
+        where = UNCONSTRAINED[name]
+        scale_ = (np.ones(value.shape[-1]) if where is None else
+                  np.broadcast_to(np.asarray(data[where[0]][where[1]] if isinstance(where, tuple) else data[where], float),
+                                  value.shape[-1:]))
+        names += [f"{name}[{i}]" if value.shape[-1] > 1 else name for i in range(value.shape[-1])]
+        scales.append(scale_)
+        columns.append(value)
+    unconstrained = np.concatenate(columns, axis=-1) / np.concatenate(scales)
+    print(f"{model} on {partition}: {mi.data['N']} observations, {len(names)} unconstrained parameters; "
+          f"warmup {settings.warmup}, {n_draws} draws, seed {settings.seed}, the asset's initial values")
+    for c in range(settings.chains):
+        a = draws.adaptation[c]
+        assert a["inv_metric"].size == len(names), (a["inv_metric"].size, len(names))
+        spread = unconstrained[c].std(axis=0) / np.sqrt(a["inv_metric"])
+        top = np.argsort(spread)[::-1][:5]
+        steps_ = draws.sample_stats["n_steps"][c]
+        print(f"chain {c + 1}: step size {a['stepsize']:.4f}, leapfrog steps per iteration {steps_.mean():.0f} "
+              f"(max {steps_.max()}), spread in metric units median {np.median(spread):.2f}; widest: "
+              + ", ".join(f"{names[j]} {spread[j]:.1f} (inv metric {a['inv_metric'][j]:.3g})" for j in top), flush=True)
+        for block in dict.fromkeys(n.split("[")[0] for n in names):
+            cols = [j for j, n in enumerate(names) if n.split("[")[0] == block]
+            print(f"    {block:15s} inverse metric median {np.median(a['inv_metric'][cols]):.3g}, "
+                  f"spread median {np.median(spread[cols]):.2f} max {spread[cols].max():.2f}")
+
+
+def scale(factors: list[float], budget: float | None) -> None:
+    spec = models.MODELS["m2"]
+    compile_pystan(spec.path, progress=QUIET)
+    default = SamplerSettings()
+    settings = SamplerSettings(warmup=300, budget_seconds=budget or 24 * 3600.0)
+    print(f"M2 on full, production rule (warmup {settings.warmup}, checkpoints every {settings.check_every}, "
+          f"budget {settings.budget_seconds:.0f} s; the default budget is {default.budget_seconds:.0f} s)")
+    print(f"{'schools':>7s} {'obs':>7s} {'cohorts':>7s} {'warmup s':>8s} {'to gate s':>9s} {'draws':>6s} "
+          f"{'steps/it':>8s} {'peak GiB':>8s}  verdict")
+    for factor in factors:
+        province = synthetic.generate_province(n_schools=round(factor * synthetic.DEFAULT_N_SCHOOLS))
+        sample_ = filters.analysis_sample(cleaned_from(province.observations), "full")
+        with TreeMemory() as memory:
+            idata = models.fit(spec, sample_, settings, progress=QUIET, limits=diagnostics.Thresholds())
+        post, a = idata.posterior, idata.attrs
+        seconds = a["sample_seconds"]
+        within = "within" if seconds <= default.budget_seconds else "over"
+        print(f"{post.sizes['school']:7d} {sample_.height:7d} {post.sizes.get('cohort', 0):7d} "
+              f"{a['warmup_seconds']:8.0f} {seconds:9.0f} {post.sizes['draw']:6d} "
+              f"{float(idata.sample_stats['n_steps'].mean()):8.1f} {memory.peak / 1024**3:8.2f}  "
+              f"{a.get('stop_status')} ({within} the default budget)", flush=True)
+    print("to gate: seconds from the start of warmup to the checkpoint whose draws passed the gate")
+
+
 def _ess_row(label: str, sd_school: np.ndarray, sd_cohort: np.ndarray, seconds: float) -> None:
     ess = [float(az.ess(x)) for x in (sd_school, sd_cohort)]
     rate = [e / seconds for e in ess]
@@ -214,7 +295,11 @@ def brms() -> None:
 if __name__ == "__main__":
     args = sys.argv[1:]
     warmup = int(args.pop(args.index("--warmup") + 1)) if "--warmup" in args else None
-    args = [a for a in args if a != "--warmup"]
+    budget = float(args.pop(args.index("--budget") + 1)) if "--budget" in args else None
+    n_draws = int(args.pop(args.index("--draws") + 1)) if "--draws" in args else 100
+    args = [a for a in args if a not in ("--warmup", "--budget", "--draws")]
     what = args[0] if args else "steps"
     partition = args[1] if len(args) > 1 else "subsample"
-    {"steps": lambda: steps(partition), "converge": lambda: converge(partition, warmup), "brms": brms}[what]()
+    {"steps": lambda: steps(partition), "converge": lambda: converge(partition, warmup), "brms": brms,
+     "chains": lambda: chains(args[1] if len(args) > 1 else "m3", args[2] if len(args) > 2 else "full", n_draws),
+     "scale": lambda: scale([float(a) for a in args[1:]] or [1, 2, 4], budget)}[what]()

@@ -16,6 +16,7 @@ Two engines share the same ``.stan`` files:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -93,6 +94,9 @@ class Draws:
     messages: list[str] = field(default_factory=list)
     verdict: "Verdict | None" = None  # set when sampling ran under a StopRule
     warmup_seconds: float | None = None  # until every chain had its first kept draw (PyStan engine)
+    # Each chain's adapted step size and diagonal inverse metric (unconstrained parameters in the
+    # order of the parameters block), as Stan wrote them when warmup ended (PyStan engine).
+    adaptation: dict[int, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -288,13 +292,14 @@ def _sample_pystan(stan_file, data, settings, inits, progress, stop, compile_wai
         if kept == 0:
             raise SamplingError(f"{stan_file.name}: no draws kept: {verdict.status if verdict else 'sampling ended early'}")
         chains = {c: t.read(kept) for c, t in enumerate(tables)}
+        adaptation = {c: a for c, t in enumerate(tables) if (a := t.adaptation()) is not None}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     seconds = time.monotonic() - start
     progress(f"{stan_file.name}: {settings.chains} chains x {kept} draws in {seconds:.0f} s"
              + (f" ({verdict.status})" if verdict else ""))
     draws = _stack(chains, settings, "pystan", compile_seconds, seconds)
-    draws.verdict, draws.warmup_seconds = verdict, warmup_seconds
+    draws.verdict, draws.warmup_seconds, draws.adaptation = verdict, warmup_seconds, adaptation
     return draws
 
 
@@ -436,6 +441,8 @@ HEARTBEAT_SECONDS = 30.0          # sampling progress line
 COMPILE_HEARTBEAT_SECONDS = 15.0  # "still compiling" line
 STALL_BEHIND = 0.25               # a chain below this share of the median chain's iteration is stalled ...
 STALL_HEARTBEATS = 4              # ... and so is one without a new iteration for this many heartbeats
+SLOW_MIN_ITERATIONS = 20          # a chain is slow below STALL_BEHIND of the median chain's iterations over the
+                                  # last STALL_HEARTBEATS heartbeats, once the median chain made this many
 
 
 class _Heartbeat:
@@ -444,7 +451,8 @@ class _Heartbeat:
     that stalls gets a warning line, once per stall: after two heartbeats, one below STALL_BEHIND
     of the median chain's iteration, or one that has not reported a new iteration for
     STALL_HEARTBEATS heartbeats while another chain has (every chain slow is slow, not stalled).
-    ``chains`` counts a chain that never reported; ``total`` (warmup + draws) marks a chain done."""
+    A chain that moves on, but at less than STALL_BEHIND of the median chain's pace over the last
+    STALL_HEARTBEATS heartbeats, gets a "slow" warning, once per episode. ``chains`` counts a chain that never reported; ``total`` (warmup + draws) marks a chain done."""
 
     def __init__(self, progress: Progress, warmup: int, stop, interval: float = HEARTBEAT_SECONDS,
                  chains: int = 0, total: int | None = None, clock: Callable[[], float] = time.monotonic):
@@ -454,6 +462,8 @@ class _Heartbeat:
         self.chains: dict[int, int] = {}
         self.moved = dict.fromkeys(range(1, chains + 1), self.start)  # when each chain last reported a new iteration
         self.stalled: set[int] = set()
+        self.slow: set[int] = set()
+        self.history: collections.deque = collections.deque(maxlen=STALL_HEARTBEATS + 1)  # (time, iterations)
 
     def __call__(self, text: str) -> None:
         self.progress(text)
@@ -462,6 +472,7 @@ class _Heartbeat:
         """The chains were paused (a checkpoint was judged): a pause is not a stall."""
         now = self.clock()
         self.moved = dict.fromkeys(self.moved, now)
+        self.history.clear()
 
     def message(self, message) -> None:
         if isinstance(message, tuple):  # ("iteration", chain, iteration)
@@ -490,6 +501,30 @@ class _Heartbeat:
         budget = f", budget {self.stop.budget_seconds:.0f} s" if self.stop else ""
         self.progress(f"sampling {elapsed:.0f} s{budget}: {phases}; {rate:.2f} iterations/s per chain; {todo}")
         self._stalls(now, elapsed)
+        self._slow(now)
+
+    def _slow(self, now: float) -> None:
+        iterations = {c: self.chains.get(c, 0) for c in self.moved}
+        self.history.append((now, iterations))
+        if len(self.history) <= STALL_HEARTBEATS:
+            return
+        then, before = self.history[0]
+        span = now - then
+        moved = {c: i - before.get(c, 0) for c, i in iterations.items() if self.total is None or i < self.total}
+        if len(moved) < 2:
+            return
+        median = statistics.median(moved.values())
+        for chain, d in sorted(moved.items()):
+            if chain in self.stalled:
+                continue
+            if median >= SLOW_MIN_ITERATIONS and d < STALL_BEHIND * median:
+                if chain not in self.slow:
+                    self.slow.add(chain)
+                    self.progress(f"warning: chain {chain} slow at iteration {iterations[chain]}: {d} iterations in the "
+                                  f"last {span:.0f} s ({d / span:.2f} iterations/s), the median chain {median:.0f} "
+                                  f"({median / span:.2f} iterations/s)")
+            elif d >= 2 * STALL_BEHIND * median:   # back to half the median pace: the episode is over
+                self.slow.discard(chain)
 
     def _stalls(self, now: float, elapsed: float) -> None:
         iterations = {c: self.chains.get(c, 0) for c in self.moved}
@@ -641,6 +676,22 @@ class _ChainTable:
         view = self.view(rows)
         return {"names": view["names"], "table": np.array(view["table"])}
 
+    def write_adaptation(self, lines: list[str]) -> None:
+        """Stan's adaptation messages ("Step size = h", then the inverse metric's diagonal as one
+        comma-separated line), kept as {"stepsize", "inv_metric"} (written once, renamed into place)."""
+        stepsize = next(float(x.split("=")[1]) for x in lines if x.startswith("Step size"))
+        metric = [float(v) for v in lines[-1].split(",")]
+        tmp = self._path("tmp.adaptation.json")
+        tmp.write_text(json.dumps({"stepsize": stepsize, "inv_metric": metric}))
+        os.replace(tmp, self._path("adaptation.json"))
+
+    def adaptation(self) -> dict | None:
+        path = self._path("adaptation.json")
+        if not path.exists():
+            return None
+        found = json.loads(path.read_text())
+        return {"stepsize": found["stepsize"], "inv_metric": np.array(found["inv_metric"])}
+
 
 class _ChainReader:
     """Parse the writer messages of one chain as they arrive."""
@@ -653,6 +704,7 @@ class _ChainReader:
         self.names: list[str] | None = None
         self.row = 0
         self.errors: list[str] = []
+        self.adaptation: list[str] | None = None  # Stan's adaptation messages, once warmup ends
 
     def serve(self, server: socket.socket, finished: threading.Event) -> None:
         buffers: dict[socket.socket, bytearray] = {}
@@ -689,8 +741,22 @@ class _ChainReader:
                 return
             if b'"topic":"sample"' in line[:40] and b'"values":{' in line[:60]:
                 self._draw(line)
+            elif b'"topic":"sample"' in line[:40] and b'"values":["' in line[:60]:
+                self._sampler_message(str(json.loads(line)["values"][0]))
             elif b'"topic":"logger"' in line[:40]:
                 self._logger(line)
+
+    def _sampler_message(self, text: str) -> None:
+        """At the end of warmup Stan writes "Adaptation terminated", "Step size = h", "Diagonal
+        elements of inverse mass matrix:" and the diagonal on one line."""
+        if text.startswith("Adaptation terminated"):
+            self.adaptation = []
+        elif self.adaptation is not None:
+            self.adaptation.append(text)
+            if len(self.adaptation) >= 3 and self.adaptation[-2].startswith("Diagonal elements"):
+                self.store.write_adaptation(self.adaptation)
+                self.messages.put(f"chain {self.chain}: warmup ended; adapted step size {self.adaptation[0].split('=')[1].strip()}")
+                self.adaptation = None
 
     def _logger(self, line: bytes) -> None:
         text = str(json.loads(line)["values"][0])

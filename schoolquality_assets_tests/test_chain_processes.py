@@ -58,6 +58,20 @@ def test_a_fit_inside_a_daemonic_process_samples_the_same_draws():
 
 
 @pytest.mark.stan
+def test_each_chains_adaptation_is_kept_and_logged():
+    """The step size and diagonal inverse metric Stan adapted, per chain (benchmarks/bench_m2.py
+    chains reads them): the step size is the one every kept draw was taken with."""
+    spec, mi = _cbpp()
+    lines = []
+    draws = sample(spec.path, mi.data, SETTINGS, progress=lines.append)
+    assert sorted(draws.adaptation) == [0, 1]
+    for c, a in draws.adaptation.items():
+        np.testing.assert_allclose(draws.sample_stats["step_size"][c], a["stepsize"], rtol=1e-5)  # Stan prints 6 digits
+        assert a["inv_metric"].size >= mi.data["J_school"] + 1 and np.all(a["inv_metric"] > 0)
+        assert any(line.startswith(f"chain {c + 1}: warmup ended; adapted step size ") for line in lines), lines
+
+
+@pytest.mark.stan
 def test_a_failing_chain_is_reported_with_its_error():
     spec, mi = _cbpp()
     data = {k: v for k, v in mi.data.items() if k != "N"}   # the program reads N first
@@ -182,6 +196,22 @@ def test_a_chain_far_behind_the_median_is_reported():
     (warning,) = _warnings(lines)
     assert warning == ("warning: chain 2 stalled at iteration 45 (0.75 iterations/s, the median chain 400 at "
                        "6.67 iterations/s); no new iteration for 30 s")
+
+
+def test_a_chain_that_moves_at_a_fraction_of_the_others_pace_is_reported_slow():
+    """M3 on the full built-in province (2026-12-01): chain 3 went on at ~0.2 iterations/s, trees of
+    depth 7-10, while the others made ~1/s at depth 6. It reported every 15 iterations, so it was
+    never stalled and never below a quarter of the median chain's iteration."""
+    lines: list[str] = []
+    beat, clock = _beat(lines)
+    for t in range(1, 8):                           # chains 1, 2, 4: 30 per heartbeat; chain 3: 15 every third
+        _advance(beat, clock, 30, {1: 300 + 30 * t, 2: 300 + 30 * t, 3: 300 + 15 * (t // 3), 4: 300 + 30 * t})
+    (warning,) = _warnings(lines)                   # after four heartbeats of history, once
+    assert warning == ("warning: chain 3 slow at iteration 315: 15 iterations in the last 120 s (0.12 "
+                       "iterations/s), the median chain 120 (1.00 iterations/s)"), lines
+    for t in range(8, 14):                          # back to the others' pace: no new warning
+        _advance(beat, clock, 30, {1: 300 + 30 * t, 2: 300 + 30 * t, 3: 345 + 30 * (t - 7), 4: 300 + 30 * t})
+    assert len(_warnings(lines)) == 1 and 3 not in beat.slow
 
 
 def test_chains_slow_together_finished_or_silent():
