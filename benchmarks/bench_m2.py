@@ -14,7 +14,7 @@
         ../shared/data): the project's M2 at brms's settings 4 x (1000 + 1000) and under the
         production rule, and the brms-style non-centred form in the same run, beside brms's
         recorded figures. BENCH_NC_WARMUP / BENCH_NC_DRAWS shorten the non-centred run.
-    .venv/bin/python benchmarks/bench_m2.py chains [m2|m3] [subsample|full] [--draws N]
+    .venv/bin/python benchmarks/bench_m2.py chains [m2|m3] [subsample|full] [--draws N] [--adapt-delta D]
         Each chain's adaptation, with the asset's settings, seed and initial values (so the same
         chains as the asset's fit) and N draws (default 100): the step size and diagonal inverse
         metric Stan adapted, leapfrog steps per iteration, and the coordinates whose draws spread
@@ -191,15 +191,17 @@ UNCONSTRAINED = {
     "Intercept": "fixed_scale", "delta": "fixed_scale", "log_sd_school": ("log_sd_scale", 0),
     "log_sd_cohort": ("log_sd_scale", 1), "mu_school_c": "school_c_scale", "z_school": "school_nc_scale",
     "mu_cohort_c": "cohort_c_scale", "z_cohort": "cohort_nc_scale", "log_sd_profile": ("log_sd_scale", 2),
-    "z_profile": None,
+    "r_profile_c": "profile_c_scale", "z_profile": "profile_nc_scale",
 }
 
 
-def chains(model: str, partition: str, n_draws: int) -> None:
+def chains(model: str, partition: str, n_draws: int, adapt_delta: float | None = None) -> None:
     spec = models.MODELS[model]
     mi = models.model_input(spec, province_sample(partition))
     data = models.stan_data(spec, mi)
     settings = SamplerSettings(warmup=300 if partition == "full" else 1000, draws=n_draws, until_converged=False)
+    if adapt_delta is not None:
+        settings = SamplerSettings(**(settings.as_dict() | {"adapt_delta": adapt_delta}))
     compile_pystan(spec.path, progress=QUIET)
     inits = models.initial_values(spec, mi, settings.chains, settings.seed)
     draws = sample(spec.path, data, settings, inits=inits, progress=QUIET)
@@ -215,7 +217,8 @@ def chains(model: str, partition: str, n_draws: int) -> None:
         columns.append(value)
     unconstrained = np.concatenate(columns, axis=-1) / np.concatenate(scales)
     print(f"{model} on {partition}: {mi.data['N']} observations, {len(names)} unconstrained parameters; "
-          f"warmup {settings.warmup}, {n_draws} draws, seed {settings.seed}, the asset's initial values")
+          f"warmup {settings.warmup}, {n_draws} draws, seed {settings.seed}, adapt_delta {settings.adapt_delta}, "
+          "the asset's initial values")
     for c in range(settings.chains):
         a = draws.adaptation[c]
         assert a["inv_metric"].size == len(names), (a["inv_metric"].size, len(names))
@@ -297,9 +300,10 @@ if __name__ == "__main__":
     warmup = int(args.pop(args.index("--warmup") + 1)) if "--warmup" in args else None
     budget = float(args.pop(args.index("--budget") + 1)) if "--budget" in args else None
     n_draws = int(args.pop(args.index("--draws") + 1)) if "--draws" in args else 100
-    args = [a for a in args if a not in ("--warmup", "--budget", "--draws")]
+    delta = float(args.pop(args.index("--adapt-delta") + 1)) if "--adapt-delta" in args else None
+    args = [a for a in args if a not in ("--warmup", "--budget", "--draws", "--adapt-delta")]
     what = args[0] if args else "steps"
     partition = args[1] if len(args) > 1 else "subsample"
     {"steps": lambda: steps(partition), "converge": lambda: converge(partition, warmup), "brms": brms,
-     "chains": lambda: chains(args[1] if len(args) > 1 else "m3", args[2] if len(args) > 2 else "full", n_draws),
+     "chains": lambda: chains(args[1] if len(args) > 1 else "m3", args[2] if len(args) > 2 else "full", n_draws, delta),
      "scale": lambda: scale([float(a) for a in args[1:]] or [1, 2, 4], budget)}[what]()

@@ -4,7 +4,7 @@
   school's mean cohort row (Xss) and each observation's row minus its cohort's (X - Xbar). Stan
   multiplies the few distinct rows by ``b`` and indexes; Python derives ``r_school`` and
   ``r_cohort`` from the same arrays (:func:`group_effects`).
-* The parameterisation of each school and cohort: centred where the data identify the group
+* The parameterisation of each school, cohort and (M3) subject profile: centred where the data identify the group
   mean sharply (data precision x prior variance >= 1), non-centred (``sd * z``) where they do not.
   Both are exact; the choice only changes how well the sampler mixes.
 * Sampling scales: approximate posterior SDs of each parameter, used as Stan multipliers.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-FLOOR_SD = {"school": 0.1, "cohort": 0.05}
+FLOOR_SD = {"school": 0.1, "cohort": 0.05, "profile": 0.03}
 
 
 def distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +78,56 @@ def moment_sds(data: dict) -> dict[str, float]:
     return {"school": float(np.sqrt(max(var_school, FLOOR_SD["school"] ** 2))), "cohort": sd_cohort}
 
 
+def profile_information(data: dict) -> np.ndarray:
+    """Binomial Fisher information n p (1 - p) about each subject profile's logit."""
+    y, n = data["y_success"], data["n_trials"]
+    p = np.clip((y + 0.5) / (n + 1.0), 0.05, 0.95)
+    return np.bincount(data["subject_profile"] - 1, weights=n * p * (1 - p), minlength=data["J_profile"])
+
+
+def moment_profile_sd(data: dict) -> float:
+    """Rough profile SD from the covariance between years of a profile: each observation's
+    empirical logit minus its cohort's mean logit (the school and the cohort cancel) and minus
+    its year_subject cell's mean of that (the fixed effects) keeps the profile's effect, less its
+    cohort's mean over the S subjects, in every year, and noise that is independent between
+    years; so the mean product of two years of one profile estimates (1 - 1/S) sd_profile^2 with
+    no model of the noise (which is ~40 times larger). Like :func:`moment_sds`, it only steers the
+    parameterisation and the multipliers."""
+    y, n = data["y_success"], data["n_trials"]
+    logit = np.log((y + 0.5) / (n - y + 0.5))
+    cohort = data["cohort"] - 1
+    size = np.bincount(cohort, minlength=data["J_cohort"])[cohort].astype(float)
+    mean = lambda x, index: (np.bincount(index, weights=x) / np.maximum(np.bincount(index), 1))[index]  # noqa: E731
+    dev = logit - mean(logit, cohort)
+    cells = np.unique(data["X"], axis=0, return_inverse=True)[1].reshape(-1)
+    dev = (dev - mean(dev, cells))[size > 1]
+    profile = data["subject_profile"][size > 1] - 1
+    total = np.bincount(profile, weights=dev, minlength=data["J_profile"])
+    square = np.bincount(profile, weights=dev**2, minlength=data["J_profile"])
+    years = np.bincount(profile, minlength=data["J_profile"])
+    pairs = float(np.sum(years * (years - 1)))
+    if pairs == 0:
+        return FLOOR_SD["profile"]
+    covariance = float(np.sum(total**2 - square)) / pairs
+    loss = float(np.mean(1 - 1 / size[size > 1]))
+    return float(np.sqrt(max(covariance / loss, FLOOR_SD["profile"] ** 2)))
+
+
+def profile_parameterisation(data: dict, sd_profile: float) -> tuple[dict, dict, float]:
+    """Stan data choosing centred / non-centred profile effects (as :func:`parameterisation` does
+    for schools and cohorts), their sampling scales, and the sampling scale of log sd_profile:
+    1 / sqrt(2 J_eff), J_eff the profiles' summed squared shrinkage factors (the number the data
+    identify), at most 0.3."""
+    info = profile_information(data)
+    var = 1.0 / (info + sd_profile**-2)
+    centred = info * sd_profile**2 >= 1.0
+    shrink = info * sd_profile**2 / (1.0 + info * sd_profile**2)
+    choice = {"J_profile_c": int(centred.sum()),
+              "profile_c": np.flatnonzero(centred) + 1, "profile_nc": np.flatnonzero(~centred) + 1}
+    scales = {"profile_c_scale": np.sqrt(var[centred]), "profile_nc_scale": np.sqrt(var[~centred]) / sd_profile}
+    return choice, scales, float(min(0.3, 1.0 / np.sqrt(2.0 * max(float(np.sum(shrink**2)), 1.0))))
+
+
 def parameterisation(data: dict, sds: dict[str, float]) -> tuple[dict, dict]:
     """Stan data choosing centred / non-centred groups, and the sampling scales to go with them."""
     info, _ = information(data)
@@ -118,6 +168,13 @@ def group_effects(p: dict, data: dict, cohorts: bool = True) -> dict[str, np.nda
     r_cohort[..., data["cohort_c"] - 1] = p["mu_cohort_c"] - cohort_mean[..., data["cohort_c"] - 1]
     r_cohort[..., data["cohort_nc"] - 1] = p["sd_cohort"][..., None] * p["z_cohort"]
     return {"r_school": mu_school - school_mean, "r_cohort": r_cohort, "mu_school": mu_school}
+
+
+def profile_effects(p: dict, data: dict) -> np.ndarray:
+    """r_profile (chain, draw, profile) from M3's centred r_profile_c and non-centred z_profile."""
+    shape = p["sd_profile"].shape + (data["J_profile"],)
+    return _assemble(np.zeros(shape), data["profile_c"], p["r_profile_c"], data["profile_nc"], p["sd_profile"],
+                     p["z_profile"])
 
 
 def _assemble(mean, centred, mu, noncentred, sd, z) -> np.ndarray:

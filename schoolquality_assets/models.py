@@ -9,6 +9,7 @@ of observation i is ``b_Intercept + X[i] @ b + r_school + r_cohort + r_profile``
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,8 @@ class ModelSpec:
     cohort: bool = False         # school x year effects
     profile: bool = False        # school x subject effects
     binomial: bool = True        # False: Normal on proportions (M0)
+    # Stan's target acceptance rate is at least this for the model (the settings' adapt_delta when higher).
+    min_adapt_delta: float = 0.0
 
     @property
     def path(self) -> Path:
@@ -52,8 +55,12 @@ MODELS = {
     "m1": ModelSpec(key="m1", stan_file="m1_school.stan", description="Binomial, school only"),
     "m2": ModelSpec(key="m2", stan_file="m2_cohort.stan", description="Binomial, year x subject + school + cohort",
                     fixed_effects=True, cohort=True),
+    # M3 on the full built-in province (benchmarks/README.md, "M3 on every school"): at adapt_delta
+    # 0.8 two chains in eight adapted step sizes >= 0.0985 and went on with trees 2-4 times deeper
+    # (up to depth 10) than the others' constant depth 6, holding every checkpoint back; at 0.9
+    # every chain stayed at depth 6 (step sizes 0.071-0.093), so no iteration cost more.
     "m3": ModelSpec(key="m3", stan_file="m3_profile.stan", description="Binomial, M2 + subject profile",
-                    fixed_effects=True, cohort=True, profile=True),
+                    fixed_effects=True, cohort=True, profile=True, min_adapt_delta=0.9),
 }
 
 
@@ -131,9 +138,13 @@ def model_input(spec: ModelSpec, sample: pl.DataFrame, prior_sds: dict[str, floa
         coords["profile"] = profiles
     if spec.cohort:
         data |= design.cohort_design(X, data["cohort"], data["cohort_school"], data["J_cohort"], len(schools))
-        sds = prior_sds or design.moment_sds(data)
+        sds = dict(prior_sds or design.moment_sds(data))
         choice, scales = design.parameterisation(data, sds)
-        log_sd = [1 / np.sqrt(2 * data["J_school"]), 1 / np.sqrt(2 * data["J_cohort"])] + [0.3] * spec.profile
+        log_sd = [1 / np.sqrt(2 * data["J_school"]), 1 / np.sqrt(2 * data["J_cohort"])]
+        if spec.profile:
+            sds["profile"] = sds.get("profile") or design.moment_profile_sd(data)
+            profile_choice, profile_scales, log_sd_profile_scale = design.profile_parameterisation(data, sds["profile"])
+            choice, scales, log_sd = choice | profile_choice, scales | profile_scales, log_sd + [log_sd_profile_scale]
         data |= choice | scales | {"log_sd_scale": np.array(log_sd), "emit_eta": 0, "group_sds": sds}
     return ModelInput(data, coords, frame)
 
@@ -225,7 +236,9 @@ def initial_values(spec: ModelSpec, mi: ModelInput, chains: int, seed: int) -> l
             init |= _split(mu_cohort, parent, init["sd_cohort"], d["cohort_c"], d["cohort_nc"], "cohort")
         if spec.profile:
             init["sd_profile"] = 0.1 * np.exp(rng.normal(0.0, 0.2))
-            init["z_profile"] = rng.normal(0.0, 0.5, d["J_profile"])
+            z = rng.normal(0.0, 0.5, d["J_profile"])
+            init |= {k: v for k, v in {"r_profile_c": init["sd_profile"] * z[d["profile_c"] - 1],
+                                       "z_profile": z[d["profile_nc"] - 1]}.items() if v.size}
         if spec.cohort:  # M2 and M3 sample the SDs on the log scale
             init |= {f"log_{k}": np.log(init.pop(k)) for k in spec.sd_names}
         inits.append(init)
@@ -271,7 +284,7 @@ def to_inference_data(spec: ModelSpec, mi: ModelInput, draws: Draws) -> az.Infer
         posterior["r_cohort"] = effects["r_cohort"]
         dims["r_cohort"] = ["cohort"]
     if spec.profile:
-        posterior["r_profile"] = p["sd_profile"][..., None] * p["z_profile"]
+        posterior["r_profile"] = design.profile_effects(_with_empty(p, d), d)
         dims["r_profile"] = ["profile"]
     constant = {"school_idx": d["school"] - 1}
     const_dims = {"school_idx": ["obs"]}
@@ -319,6 +332,8 @@ def _with_empty(p: dict, d: dict) -> dict:
     shape = p["Intercept"].shape
     sizes = {"mu_school_c": len(d["school_c"]), "z_school": len(d["school_nc"]),
              "mu_cohort_c": len(d["cohort_c"]), "z_cohort": len(d["cohort_nc"])}
+    if "profile_c" in d:
+        sizes |= {"r_profile_c": len(d["profile_c"]), "z_profile": len(d["profile_nc"])}
     return p | {k: np.empty(shape + (0,)) for k, n in sizes.items() if n == 0 and k not in p}
 
 
@@ -365,6 +380,10 @@ def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print, limits=
     from schoolquality_assets.stan_engine import StopRule, sample as run_sampler
 
     mi = model_input(spec, sample, prior_sds)
+    if settings.adapt_delta < spec.min_adapt_delta:
+        progress(f"{spec.key.upper()} samples with adapt_delta {spec.min_adapt_delta} (the model's minimum; "
+                 f"settings: {settings.adapt_delta})")
+        settings = dataclasses.replace(settings, adapt_delta=spec.min_adapt_delta)
     inits = initial_values(spec, mi, settings.chains, settings.seed)
     stop = None
     if settings.until_converged and limits is not None:

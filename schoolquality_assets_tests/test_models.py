@@ -147,9 +147,11 @@ def test_python_linear_predictor_matches_stan(small_province, key):
     with schools and cohorts in both parameterisations."""
     _, cleaned = small_province
     spec = models.MODELS[key]
-    mi = models.model_input(spec, cleaned, prior_sds={"school": 0.1, "cohort": 0.15})
+    mi = models.model_input(spec, cleaned, prior_sds={"school": 0.1, "cohort": 0.15, "profile": 0.3})
     d = mi.data
     assert 0 < d["J_school_c"] < d["J_school"] and 0 < d["J_cohort_c"] < d["J_cohort"], "both forms exercised"
+    if key == "m3":
+        assert 0 < d["J_profile_c"] < d["J_profile"], "both forms of the profiles exercised"
     settings = SamplerSettings(chains=2, warmup=150, draws=20, seed=4, until_converged=False)
     data = models.stan_data(spec, mi) | {"emit_eta": 1}
     draws = sample(spec.path, data, settings, inits=models.initial_values(spec, mi, 2, 4), progress=lambda m: None)
@@ -245,3 +247,50 @@ def test_school_moments_give_m0_the_same_log_density(small_province):
     collapsed_lp, rows_lp = np.array(lps).T
     assert np.ptp(rows_lp) > 10  # the density moves with theta; the difference must not
     np.testing.assert_allclose(collapsed_lp - rows_lp, collapsed_lp[0] - rows_lp[0], rtol=0, atol=1e-8 * np.abs(rows_lp).max())
+
+
+def test_centring_some_profiles_leaves_m3s_density_unchanged(small_province):
+    """M3 with some profiles centred (r_profile_c ~ normal(0, sd_profile)) and the rest
+    non-centred, against the same program with every profile non-centred (r = sd_profile * z):
+    at random points of the same model, the log densities differ by the change of variables,
+    -J_c log sd_profile, and one constant (the multipliers' Jacobians)."""
+    import httpstan.models
+
+    from schoolquality_assets.stan_engine import compile_pystan
+
+    _, cleaned = small_province
+    spec = models.MODELS["m3"]
+    mi = models.model_input(spec, cleaned, prior_sds={"school": 0.1, "cohort": 0.15, "profile": 0.3})
+    d = mi.data
+    J, centred, noncentred = d["J_profile"], d["profile_c"] - 1, d["profile_nc"] - 1
+    assert 0 < len(centred) < J
+    mixed = models.stan_data(spec, mi)
+    every_nc = mixed | {"J_profile_c": 0, "profile_c": np.zeros(0, np.int64), "profile_nc": np.arange(1, J + 1),
+                        "profile_c_scale": np.zeros(0), "profile_nc_scale": np.ones(J)}
+    module = httpstan.models.import_services_extension_module(compile_pystan(spec.path, lambda m: None)[0])
+    jsonable = lambda x: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in x.items()}  # noqa: E731
+    rng = np.random.default_rng(11)
+    shared = [("Intercept", 1, "fixed_scale"), ("delta", d["K"], "fixed_scale"), ("log_sd_school", 1, 0),
+              ("log_sd_cohort", 1, 1), ("mu_school_c", d["J_school_c"], "school_c_scale"),
+              ("z_school", d["J_school"] - d["J_school_c"], "school_nc_scale"),
+              ("mu_cohort_c", d["J_cohort_c"], "cohort_c_scale"), ("z_cohort", d["J_cohort"] - d["J_cohort_c"], "cohort_nc_scale")]
+    differences, log_sds = [], []
+    for _ in range(6):
+        unconstrained = []
+        for name, size, scale in shared:   # the same values in both programs (unconstrained = value / multiplier)
+            value = rng.normal(0.3 if name.startswith("mu") else 0.0, 0.5 if size > 1 else 0.2, size)
+            multiplier = mixed["log_sd_scale"][scale] if isinstance(scale, int) else mixed[scale]
+            unconstrained.append(value / multiplier)
+        log_sd = rng.normal(np.log(0.2), 0.3)
+        r = rng.normal(0.0, 0.25, J)
+        sd = np.exp(log_sd)
+        lp_mixed = module.log_prob(jsonable(mixed), np.concatenate(
+            unconstrained + [[log_sd / mixed["log_sd_scale"][2]], r[centred] / mixed["profile_c_scale"],
+                             r[noncentred] / sd / mixed["profile_nc_scale"]]).tolist(), True)
+        lp_nc = module.log_prob(jsonable(every_nc), np.concatenate(
+            unconstrained + [[log_sd / mixed["log_sd_scale"][2]], r / sd]).tolist(), True)
+        differences.append(lp_mixed - lp_nc)
+        log_sds.append(log_sd)
+    jacobian = -len(centred) * np.array(log_sds)
+    assert np.ptp(jacobian) > 1                       # the change of variables moves with sd_profile
+    np.testing.assert_allclose(np.array(differences) - jacobian, differences[0] - jacobian[0], rtol=0, atol=1e-6)

@@ -48,6 +48,13 @@ data {
   vector<lower=0>[J_cohort_c] cohort_c_scale;
   vector<lower=0>[J_cohort - J_cohort_c] cohort_nc_scale;
   vector<lower=0>[3] log_sd_scale;
+  // Profiles likewise: centred (r_profile_c ~ normal(0, sd_profile)) where the data identify them
+  // sharply, non-centred (sd_profile * z_profile) where they do not (design.profile_parameterisation).
+  int<lower=0, upper=J_profile> J_profile_c;
+  array[J_profile_c] int<lower=1, upper=J_profile> profile_c;
+  array[J_profile - J_profile_c] int<lower=1, upper=J_profile> profile_nc;
+  vector<lower=0>[J_profile_c] profile_c_scale;
+  vector<lower=0>[J_profile - J_profile_c] profile_nc_scale;
   int<lower=0, upper=1> emit_eta;                   // 1: write the linear predictor (tests)
   real<lower=0> prior_b_sd;                         // > 0: b ~ normal(0, prior_b_sd) (calibration, benchmarks/sbc.py); 0: flat, as brms
 }
@@ -62,10 +69,9 @@ parameters {
   vector<multiplier=school_nc_scale>[J_school - J_school_c] z_school;
   vector<multiplier=cohort_c_scale>[J_cohort_c] mu_cohort_c;
   vector<multiplier=cohort_nc_scale>[J_cohort - J_cohort_c] z_cohort;
-  // Non-centred: the profile SD is tiny (~0.06), so the data barely identify each profile
-  // effect and the centred form would be a funnel.
   real<multiplier=log_sd_scale[3]> log_sd_profile;
-  vector[J_profile] z_profile;
+  vector<multiplier=profile_c_scale>[J_profile_c] r_profile_c;
+  vector<multiplier=profile_nc_scale>[J_profile - J_profile_c] z_profile;
 }
 transformed parameters {
   vector[K] b = delta + sum(delta);                 // treatment contrasts: cell minus reference cell
@@ -81,6 +87,7 @@ model {
   vector[J_school] mu_school = assemble(school_mean, school_c, mu_school_c, school_nc, sd_school, z_school);
   vector[J_cohort] cohort_mean = mu_school[cohort_school] + (Xbar_rows * b)[cohort_row] - school_fixed[cohort_school];
   vector[J_cohort] mu_cohort = assemble(cohort_mean, cohort_c, mu_cohort_c, cohort_nc, sd_cohort, z_cohort);
+  vector[J_profile] r_profile = assemble(rep_vector(0, J_profile), profile_c, r_profile_c, profile_nc, sd_profile, z_profile);
 
   Intercept ~ student_t(3, 0, 2.5);
   sd_school ~ student_t(3, 0, 2.5);
@@ -92,9 +99,9 @@ model {
   z_school ~ std_normal();
   mu_cohort_c ~ normal(cohort_mean[cohort_c], sd_cohort);
   z_cohort ~ std_normal();
+  r_profile_c ~ normal(0, sd_profile);
   z_profile ~ std_normal();
-  y_success ~ binomial_logit(n_trials, mu_cohort[cohort] + (Xw_rows * b)[within_row]
-                                       + sd_profile * z_profile[subject_profile]);
+  y_success ~ binomial_logit(n_trials, mu_cohort[cohort] + (Xw_rows * b)[within_row] + r_profile[subject_profile]);
 }
 generated quantities {
   real b_Intercept = Intercept - X_mean * b;
@@ -105,6 +112,6 @@ generated quantities {
                                           sd_school, z_school);
     vector[J_cohort] cohort_mean = mu_school[cohort_school] + (Xbar_rows * b)[cohort_row] - school_fixed[cohort_school];
     eta = assemble(cohort_mean, cohort_c, mu_cohort_c, cohort_nc, sd_cohort, z_cohort)[cohort] + (Xw_rows * b)[within_row]
-          + sd_profile * z_profile[subject_profile];
+          + assemble(rep_vector(0, J_profile), profile_c, r_profile_c, profile_nc, sd_profile, z_profile)[subject_profile];
   }
 }
