@@ -469,11 +469,13 @@ def load_passed_posterior(path: Path, failed_path: Path) -> az.InferenceData:
 
 
 def previous_sds(path: Path) -> dict[str, float] | None:
-    """Posterior means of the school and cohort SDs of a passed posterior (to seed a rerun's scales)."""
+    """Posterior means of the school, cohort (and profile) SDs of a passed posterior (to seed a
+    rerun's scales)."""
     post = load_posterior(path).posterior
     if "sd_cohort" not in post:
         return None
-    return {"school": float(post["sd_school"].mean()), "cohort": float(post["sd_cohort"].mean())}
+    sds = {"school": float(post["sd_school"].mean()), "cohort": float(post["sd_cohort"].mean())}
+    return sds | ({"profile": float(post["sd_profile"].mean())} if "sd_profile" in post else {})
 
 
 def posterior_run_id(path: Path) -> str | None:

@@ -294,3 +294,19 @@ def test_centring_some_profiles_leaves_m3s_density_unchanged(small_province):
     jacobian = -len(centred) * np.array(log_sds)
     assert np.ptp(jacobian) > 1                       # the change of variables moves with sd_profile
     np.testing.assert_allclose(np.array(differences) - jacobian, differences[0] - jacobian[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("sd_profile", [0.0, 0.15, 0.3])
+def test_moment_profile_sd_recovers_the_truth(sd_profile):
+    """The profile SD behind M3's centring rule, from the covariance between a profile's years:
+    near the truth, and the floor when there are no profile effects."""
+    from schoolquality_assets import design
+
+    province = synthetic.generate_province(seed=3, n_schools=800, truth=synthetic.Truth(var_profile=sd_profile**2))
+    mi = models.model_input(models.MODELS["m3"], province_sample(province))
+    estimate = mi.data["group_sds"]["profile"]
+    if sd_profile == 0.0:
+        assert estimate == design.FLOOR_SD["profile"] and mi.data["J_profile_c"] == 0
+    else:
+        assert abs(estimate / sd_profile - 1) < 0.15, estimate
+        assert 0 < mi.data["J_profile_c"] < mi.data["J_profile"]
