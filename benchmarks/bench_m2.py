@@ -200,8 +200,9 @@ def chains(model: str, partition: str, n_draws: int, adapt_delta: float | None =
     mi = models.model_input(spec, province_sample(partition))
     data = models.stan_data(spec, mi)
     settings = SamplerSettings(warmup=300 if partition == "full" else 1000, draws=n_draws, until_converged=False)
-    if adapt_delta is not None:
-        settings = SamplerSettings(**(settings.as_dict() | {"adapt_delta": adapt_delta}))
+    # the model's floor (M3: 0.9), as models.fit applies it, unless --adapt-delta says otherwise
+    delta = adapt_delta if adapt_delta is not None else max(settings.adapt_delta, spec.min_adapt_delta)
+    settings = SamplerSettings(**(settings.as_dict() | {"adapt_delta": delta}))
     compile_pystan(spec.path, progress=QUIET)
     inits = models.initial_values(spec, mi, settings.chains, settings.seed)
     draws = sample(spec.path, data, settings, inits=inits, progress=QUIET)

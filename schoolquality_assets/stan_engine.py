@@ -754,9 +754,12 @@ class _ChainReader:
         elif self.adaptation is not None:
             self.adaptation.append(text)
             if len(self.adaptation) >= 3 and self.adaptation[-2].startswith("Diagonal elements"):
-                self.store.write_adaptation(self.adaptation)
-                self.messages.put(f"chain {self.chain}: warmup ended; adapted step size {self.adaptation[0].split('=')[1].strip()}")
-                self.adaptation = None
+                lines, self.adaptation = self.adaptation, None
+                try:  # a diagnostic: it must never stop the chain's reader
+                    self.store.write_adaptation(lines)
+                    self.messages.put(f"chain {self.chain}: warmup ended; adapted step size {lines[0].split('=')[1].strip()}")
+                except (OSError, ValueError, IndexError, StopIteration) as exc:
+                    self.messages.put(f"chain {self.chain}: warmup ended; its adaptation was not recorded ({exc!r})")
 
     def _logger(self, line: bytes) -> None:
         text = str(json.loads(line)["values"][0])

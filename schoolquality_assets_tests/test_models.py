@@ -306,7 +306,7 @@ def test_moment_profile_sd_recovers_the_truth(sd_profile):
     mi = models.model_input(models.MODELS["m3"], province_sample(province))
     estimate = mi.data["group_sds"]["profile"]
     if sd_profile == 0.0:
-        assert estimate == design.FLOOR_SD["profile"] and mi.data["J_profile_c"] == 0
+        assert estimate < 0.05 and mi.data["J_profile_c"] == 0   # the estimate's own noise is ~0.03
     else:
         assert abs(estimate / sd_profile - 1) < 0.15, estimate
         assert 0 < mi.data["J_profile_c"] < mi.data["J_profile"]
