@@ -47,11 +47,17 @@ def cohort_design(X: np.ndarray, cohort: np.ndarray, cohort_school: np.ndarray, 
     }
 
 
+def _observation_information(data: dict) -> np.ndarray:
+    """Binomial Fisher information n p (1 - p) of each observation about its logit."""
+    y, n = data["y_success"], data["n_trials"]
+    p = np.clip((y + 0.5) / (n + 1.0), 0.05, 0.95)
+    return n * p * (1 - p)
+
+
 def information(data: dict) -> tuple[np.ndarray, np.ndarray]:
     """Binomial Fisher information n p (1 - p) about each cohort's logit, and the empirical logits."""
     y, n = data["y_success"], data["n_trials"]
-    p = np.clip((y + 0.5) / (n + 1.0), 0.05, 0.95)
-    info = np.bincount(data["cohort"] - 1, weights=n * p * (1 - p), minlength=data["J_cohort"])
+    info = np.bincount(data["cohort"] - 1, weights=_observation_information(data), minlength=data["J_cohort"])
     ys = np.bincount(data["cohort"] - 1, weights=y, minlength=data["J_cohort"])
     ns = np.bincount(data["cohort"] - 1, weights=n, minlength=data["J_cohort"])
     return info, np.log((ys + 0.5) / (ns - ys + 0.5))
@@ -80,9 +86,7 @@ def moment_sds(data: dict) -> dict[str, float]:
 
 def profile_information(data: dict) -> np.ndarray:
     """Binomial Fisher information n p (1 - p) about each subject profile's logit."""
-    y, n = data["y_success"], data["n_trials"]
-    p = np.clip((y + 0.5) / (n + 1.0), 0.05, 0.95)
-    return np.bincount(data["subject_profile"] - 1, weights=n * p * (1 - p), minlength=data["J_profile"])
+    return np.bincount(data["subject_profile"] - 1, weights=_observation_information(data), minlength=data["J_profile"])
 
 
 def moment_profile_sd(data: dict) -> float:
@@ -105,10 +109,11 @@ def moment_profile_sd(data: dict) -> float:
     total = np.bincount(profile, weights=dev, minlength=data["J_profile"])
     square = np.bincount(profile, weights=dev**2, minlength=data["J_profile"])
     years = np.bincount(profile, minlength=data["J_profile"])
-    pairs = float(np.sum(years * (years - 1)))
+    weights = (years * (years - 1)).astype(float)   # pairs of distinct years per profile
+    pairs = float(weights.sum())
     if pairs == 0:
         return FLOOR_SD["profile"]
-    products, weights = total**2 - square, (years * (years - 1)).astype(float)
+    products = total**2 - square
     covariance = float(np.sum(products)) / pairs
     # its standard error over profiles; the lower end (estimate - 2 SE) is returned, so that a
     # small sample, whose estimate is noisy, never centres profiles on an SD the data do not show
@@ -125,8 +130,9 @@ def profile_parameterisation(data: dict, sd_profile: float) -> tuple[dict, dict,
     identify), at most 0.3."""
     info = profile_information(data)
     var = 1.0 / (info + sd_profile**-2)
-    centred = info * sd_profile**2 >= 1.0
-    shrink = info * sd_profile**2 / (1.0 + info * sd_profile**2)
+    ratio = info * sd_profile**2             # data precision x prior variance
+    centred = ratio >= 1.0
+    shrink = ratio / (1.0 + ratio)
     choice = {"J_profile_c": int(centred.sum()),
               "profile_c": np.flatnonzero(centred) + 1, "profile_nc": np.flatnonzero(~centred) + 1}
     scales = {"profile_c_scale": np.sqrt(var[centred]), "profile_nc_scale": np.sqrt(var[~centred]) / sd_profile}
