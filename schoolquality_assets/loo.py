@@ -5,7 +5,12 @@ cohort effect integrated out (adaptive Gauss-Hermite). Pure functions on arviz p
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 
 import arviz as az
 import numpy as np
@@ -66,16 +71,45 @@ def _psis_loo(ll: np.ndarray, reff: float) -> tuple[np.ndarray, np.ndarray, np.n
     return elpd, lppd - elpd, np.asarray(k)
 
 
-def pointwise_loo(idata, max_draws: int | None = None, chunk: int = 2000) -> dict:
-    """PSIS-LOO per observation, computing the log-likelihood in chunks of observations."""
+@contextmanager
+def psis_workers(n: int | None = None) -> Iterator[Executor | None]:
+    """Worker processes for PSIS, one per core: arviz's psislw fits each unit's tail in a Python
+    loop, so it is bound to one core. None (PSIS runs in this process, the same numbers) with one
+    core, or where this process may not start children (a daemonic one, e.g. a Celery prefork
+    worker)."""
+    n = n or min(2, os.cpu_count() or 1)
+    if n < 2 or multiprocessing.current_process().daemon:
+        yield None
+        return
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def _psis_chunks(chunks: Iterable[np.ndarray], reff: float, pool: Executor | None,
+                 in_flight: int = 4) -> tuple[np.ndarray, ...]:
+    """:func:`_psis_loo` over chunks of units (each (units, S)), concatenated in order; on
+    ``pool`` when given, with at most ``in_flight`` chunks sent ahead (each is a copy)."""
+    chunks = (np.ascontiguousarray(c) for c in chunks)   # the same sums in both ways (numpy's pairwise sum)
+    if pool is None:
+        parts = [_psis_loo(c, reff) for c in chunks]
+    else:
+        parts, pending = [], deque()
+        for c in chunks:
+            pending.append(pool.submit(_psis_loo, c, reff))
+            if len(pending) >= in_flight:
+                parts.append(pending.popleft().result())
+        parts += [f.result() for f in pending]
+    return tuple(np.concatenate(x) for x in zip(*parts))
+
+
+def pointwise_loo(idata, max_draws: int | None = None, chunk: int = 2000, pool: Executor | None = None) -> dict:
+    """PSIS-LOO per observation, computing the log-likelihood in chunks of observations (smoothed
+    on ``pool``'s processes when given)."""
     thin = _thin(idata, max_draws)
     reff, S = _reff(thin), _n_draws(thin)
     N = idata.constant_data.sizes["obs"]
-    parts = []
-    for a in range(0, N, chunk):
-        ll = models.log_likelihood(thin, slice(a, min(a + chunk, N)))
-        parts.append(_psis_loo(ll.reshape(S, -1).T, reff))
-    elpd, p, k = (np.concatenate(x) for x in zip(*parts))
+    chunks = (models.log_likelihood(thin, slice(a, min(a + chunk, N))).reshape(S, -1).T for a in range(0, N, chunk))
+    elpd, p, k = _psis_chunks(chunks, reff, pool)
     return {"elpd_i": elpd, "p_loo_i": p, "pareto_k": k, "draws_used": S, "reff": reff}
 
 
@@ -181,13 +215,13 @@ def loo_finding(table: pl.DataFrame) -> str:
 
 
 def loo_table(idatas: dict, max_draws: int | None = None, chunk: int = 2000,
-              on_done: Callable[[str], None] = lambda label: None) -> pl.DataFrame:
+              on_done: Callable[[str], None] = lambda label: None, pool: Executor | None = None) -> pl.DataFrame:
     """PSIS-LOO per observation for the binomial models m1..m3 present, compared; ``on_done`` is
     told as each model is finished."""
     pw = {}
     for m in ("m1", "m2", "m3"):
         if m in idatas:
-            pw[m] = pointwise_loo(idatas[m], max_draws, chunk)
+            pw[m] = pointwise_loo(idatas[m], max_draws, chunk, pool)
             on_done(f"{m.upper()} per observation")
     return _with_m0_row(_compare(pw, "observation", M0_NOTE), idatas)
 
@@ -283,24 +317,26 @@ def cohort_log_marginal(idata, groups=None, n_nodes: int = 15, max_draws: int | 
 
 
 def cohort_integrated_loo(idata, n_nodes: int = 15, groups=None, max_draws: int | None = None,
-                          chunk: int = 2000) -> pl.DataFrame:
+                          chunk: int = 2000, pool: Executor | None = None) -> pl.DataFrame:
     """Leave-one-cohort-out PSIS with the cohort effect integrated out (adaptive GH)."""
     labels, counts, logp = cohort_log_marginal(idata, groups, n_nodes, max_draws, chunk)
     thin = _thin(idata, max_draws)
     C = thin.posterior.sizes["chain"]
     total, count = relative_efficiency(logp.reshape(C, -1, logp.shape[1]))
-    elpd, p, k = _psis_loo(logp.T, total / max(count, 1))
+    units = logp.T
+    elpd, p, k = _psis_chunks((units[a:a + chunk] for a in range(0, len(units), chunk)), total / max(count, 1), pool)
     return pl.DataFrame({"cohort": [str(x) for x in labels], "n_obs": counts, "elpd": elpd, "p_loo": p,
                          "pareto_k": k, "draws_used": np.full(len(labels), logp.shape[0])})
 
 
 def cohort_loo_table(idatas: dict, groups=None, n_nodes: int = 15, max_draws: int | None = None,
-                     chunk: int = 2000, on_done: Callable[[str], None] = lambda label: None) -> pl.DataFrame:
+                     chunk: int = 2000, on_done: Callable[[str], None] = lambda label: None,
+                     pool: Executor | None = None) -> pl.DataFrame:
     """Leave-one-cohort-out comparison of m1..m3 (same shape as :func:`loo_table`, unit='cohort')."""
     pw = {}
     for m in ("m1", "m2", "m3"):
         if m in idatas:
-            t = cohort_integrated_loo(idatas[m], n_nodes, groups, max_draws, chunk)
+            t = cohort_integrated_loo(idatas[m], n_nodes, groups, max_draws, chunk, pool)
             pw[m] = {"elpd_i": t["elpd"].to_numpy(), "p_loo_i": t["p_loo"].to_numpy(),
                      "pareto_k": t["pareto_k"].to_numpy(), "draws_used": int(t["draws_used"][0]),
                      "labels": t["cohort"].to_list()}

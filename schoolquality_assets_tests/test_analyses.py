@@ -193,6 +193,22 @@ def test_pointwise_loo_matches_az_loo_and_chunks(posteriors):
         assert pw["p_loo_i"].sum() == pytest.approx(ref.p_loo)
 
 
+def test_psis_in_worker_processes_gives_the_same_numbers(posteriors, sim):
+    """PSIS smoothed on worker processes, chunk by chunk, is the serial result exactly, for both
+    comparisons (the chunks are smaller than the data, so several are in flight at once)."""
+    sample, _ = sim
+    groups = loo.cohort_groups(sample)
+    with loo.psis_workers(2) as pool:
+        assert pool is not None
+        parallel = (loo.loo_table(posteriors, chunk=37, pool=pool),
+                    loo.cohort_loo_table(posteriors, groups=groups, chunk=29, pool=pool))
+    serial = (loo.loo_table(posteriors, chunk=37), loo.cohort_loo_table(posteriors, groups=groups, chunk=29))
+    for a, b in zip(parallel, serial):
+        assert a.equals(b)
+    with loo.psis_workers(1) as pool:
+        assert pool is None
+
+
 def _one_school_exact_posterior(n_draws=4000, seed=3):
     """One school, 12 observations, the M1 layout with r_school = 0 and b_Intercept = logit(p):
     under a flat prior on p the posterior is Beta(1 + Σy, 1 + Σ(n − y)), drawn exactly, and the

@@ -10,7 +10,13 @@ import schoolquality_assets
 from schoolquality_assets import definitions
 from schoolquality_assets.definitions import defs
 from schoolquality_assets.contract import landing_fingerprint
-from schoolquality_assets.orchestration import MAX_RUNTIME, annual_rerun_schedule, new_results_sensor
+from schoolquality_assets.orchestration import (
+    MAX_RUNTIME,
+    annual_comparison_after_failure,
+    annual_comparison_follow_up,
+    annual_rerun_schedule,
+    new_results_sensor,
+)
 from schoolquality_assets.resources import WarehouseResource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -97,8 +103,8 @@ def _sensor(tmp_path, instance, cursor=None):
 
 
 def test_sensor_launches_once_per_new_content(tmp_path):
-    """New content: observe, then production on full, then the comparison on subsample, in that
-    order (the queue starts runs first in, first out); the same content: nothing."""
+    """New content: observe, then production on full, in that order (the queue starts runs first in,
+    first out; the comparison follows production's end); the same content: nothing."""
     raw = tmp_path / "raw"
     raw.mkdir()
     with dg.instance_for_test() as instance:
@@ -108,7 +114,7 @@ def test_sensor_launches_once_per_new_content(tmp_path):
         result = _sensor(tmp_path, instance)
         requests = result.run_requests
         assert [(r.job_name, r.partition_key) for r in requests] == [
-            ("landing_observation_job", None), ("production_job", "full"), ("comparison_job", "subsample")]
+            ("landing_observation_job", None), ("production_job", "full")]
         cursor = result.cursor
         assert cursor == landing_fingerprint(raw)
         assert not result.asset_events                      # the observation is Dagster's own run
@@ -118,8 +124,42 @@ def test_sensor_launches_once_per_new_content(tmp_path):
         assert isinstance(_sensor(tmp_path, instance, cursor=cursor), dg.SkipReason)   # same content: no new runs
         (raw / "g3_2025.csv").write_text(HEADER + "A,2025,math,10,9,6\n")
         changed = _sensor(tmp_path, instance, cursor=cursor)
-        assert len(changed.run_requests) == 3 and changed.cursor != cursor
+        assert len(changed.run_requests) == 2 and changed.cursor != cursor
         assert not {r.run_key for r in changed.run_requests} & {r.run_key for r in requests}
+
+
+def _after_production(sensor, tag: str):
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(defs.resolve_job_def("production_job"), tags={"schoolquality/trigger": tag})
+        context = dg.build_run_status_sensor_context(
+            sensor_name=sensor.name, dagster_instance=instance, dagster_run=run,
+            dagster_event=dg.DagsterEvent(event_type_value="PIPELINE_SUCCESS", job_name="production_job"))
+        return sensor(context)
+
+
+def test_an_automated_production_run_is_followed_by_the_comparison_on_full():
+    """After the schedule's or the sensor's production run: the page on every school. A passed run is
+    followed by what production did not build (M3, what it feeds, the report), with their checks, as
+    one launchable subset of comparison_job; a failed one by the whole comparison_job."""
+    graph = defs.resolve_asset_graph()
+    job = defs.resolve_job_def("comparison_job")
+    for tag in ("annual-2026", "landing-0123456789abcdef"):
+        request = _after_production(annual_comparison_follow_up, tag)
+        assert (request.partition_key, request.run_key) == ("full", f"{tag}:comparison_job")
+        assets = {k.to_user_string() for k in request.asset_selection}
+        assert {"posterior_m3", "variance_components", "school_random_effects", "loo_comparison",
+                "frequentist_comparison", "school_sd_by_model", "mcmc_diagnostics", "report"} <= assets
+        assert not assets & {"raw_observations", "analysis_sample", "posterior_m0", "posterior_m1", "posterior_m2",
+                             "g3_school_quality", "school_rankings", "shrinkage"}
+        checks = set(request.asset_check_keys)
+        assert {c for c in graph.asset_check_keys if c.asset_key.to_user_string() in assets} == checks
+        assert dg.AssetCheckKey(dg.AssetKey("posterior_m3"), "rhat") in checks
+        subset = job.get_subset(asset_selection=set(request.asset_selection), asset_check_selection=checks)
+        assert {n.name for n in subset.nodes} >= {"posterior_m3", "loo_comparison", "report"}
+        after_failure = _after_production(annual_comparison_after_failure, tag)
+        assert after_failure.partition_key == "full"
+        assert after_failure.asset_selection is None and after_failure.asset_check_keys is None   # all of it
+    assert isinstance(_after_production(annual_comparison_follow_up, ""), dg.SkipReason)   # a run by hand
 
 
 def test_jobs_carry_a_max_runtime_for_run_monitoring():
