@@ -72,12 +72,12 @@ def _psis_loo(ll: np.ndarray, reff: float) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 @contextmanager
-def psis_workers(n: int | None = None) -> Iterator[Executor | None]:
-    """Worker processes for PSIS, one per core: arviz's psislw fits each unit's tail in a Python
-    loop, so it is bound to one core. None (PSIS runs in this process, the same numbers) with one
-    core, or where this process may not start children (a daemonic one, e.g. a Celery prefork
-    worker)."""
-    n = n or min(2, os.cpu_count() or 1)
+def loo_workers(n: int | None = None) -> Iterator[Executor | None]:
+    """Worker processes for the LOO work done chunk by chunk (PSIS smoothing, the cohort
+    integrals), one per core up to 4: arviz's psislw fits each unit's tail in a Python loop, bound
+    to one core. None (everything runs in this process, the same numbers) with one core, or where
+    this process may not start children (a daemonic one, e.g. a Celery prefork worker)."""
+    n = n or min(os.cpu_count() or 1, 4)
     if n < 2 or multiprocessing.current_process().daemon:
         yield None
         return
@@ -277,12 +277,13 @@ def _gsum(a: np.ndarray, gid: np.ndarray, G: int) -> np.ndarray:
 
 
 def cohort_log_marginal(idata, groups=None, n_nodes: int = 15, max_draws: int | None = None,
-                        chunk: int = 2000) -> tuple[list, np.ndarray, np.ndarray]:
+                        chunk: int = 2000, pool: Executor | None = None) -> tuple[list, np.ndarray, np.ndarray]:
     """(labels, n_obs per group, log p_s(y_c) of shape (S, C)) with the cohort effect integrated out.
 
     Models with cohorts use their own cohort index (``groups`` ignored); models without
     ``r_cohort`` (M1) need ``groups`` and get the plain sum of binomial log-likelihoods per group.
-    Groups are processed in chunks of ~``chunk`` observations to bound memory.
+    Groups are processed in chunks of ~``chunk`` observations to bound memory; the integrals of
+    each chunk on ``pool``'s processes when given (at most 4 chunks sent ahead).
     """
     thin = _thin(idata, max_draws)
     S = _n_draws(thin)
@@ -297,6 +298,7 @@ def cohort_log_marginal(idata, groups=None, n_nodes: int = 15, max_draws: int | 
     if integrate:  # copied once (thinned views are not contiguous)
         r, sd = post["r_cohort"].values.reshape(S, -1), _flat(post["sd_cohort"])
     out = np.empty((S, C))
+    pending: deque = deque()
     c0 = 0
     while c0 < C:
         c1 = int(np.searchsorted(bounds, bounds[c0] + chunk, side="right")) - 1
@@ -311,15 +313,24 @@ def cohort_log_marginal(idata, groups=None, n_nodes: int = 15, max_draws: int | 
             n = thin.constant_data["n_trials"].values[obs].astype(float)
             logc = gammaln(n + 1) - gammaln(y + 1) - gammaln(n - y + 1)
             u0 = r[:, c0:c1]  # start Newton at the current draw of the cohort effect
-            out[:, c0:c1] = _agh_log_marginal(eta, y, n, logc, gid, c1 - c0, sd, u0, nodes, weights)
+            args = (eta, y, n, logc, gid, c1 - c0, sd, np.ascontiguousarray(u0), nodes, weights)
+            if pool is None:
+                out[:, c0:c1] = _agh_log_marginal(*args)
+            else:
+                pending.append((c0, c1, pool.submit(_agh_log_marginal, *args)))
+                if len(pending) >= 4:
+                    a, b, future = pending.popleft()
+                    out[:, a:b] = future.result()
         c0 = c1
+    for a, b, future in pending:
+        out[:, a:b] = future.result()
     return labels, counts, out
 
 
 def cohort_integrated_loo(idata, n_nodes: int = 15, groups=None, max_draws: int | None = None,
                           chunk: int = 2000, pool: Executor | None = None) -> pl.DataFrame:
     """Leave-one-cohort-out PSIS with the cohort effect integrated out (adaptive GH)."""
-    labels, counts, logp = cohort_log_marginal(idata, groups, n_nodes, max_draws, chunk)
+    labels, counts, logp = cohort_log_marginal(idata, groups, n_nodes, max_draws, chunk, pool)
     thin = _thin(idata, max_draws)
     C = thin.posterior.sizes["chain"]
     total, count = relative_efficiency(logp.reshape(C, -1, logp.shape[1]))

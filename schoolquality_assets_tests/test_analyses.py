@@ -193,19 +193,20 @@ def test_pointwise_loo_matches_az_loo_and_chunks(posteriors):
         assert pw["p_loo_i"].sum() == pytest.approx(ref.p_loo)
 
 
-def test_psis_in_worker_processes_gives_the_same_numbers(posteriors, sim):
-    """PSIS smoothed on worker processes, chunk by chunk, is the serial result exactly, for both
-    comparisons (the chunks are smaller than the data, so several are in flight at once)."""
+def test_loo_in_worker_processes_gives_the_same_numbers(posteriors, sim):
+    """PSIS smoothing and the cohort integrals on worker processes, chunk by chunk, give the
+    serial result exactly, for both comparisons (the chunks are smaller than the data, so several
+    are in flight at once)."""
     sample, _ = sim
     groups = loo.cohort_groups(sample)
-    with loo.psis_workers(2) as pool:
+    with loo.loo_workers(2) as pool:
         assert pool is not None
         parallel = (loo.loo_table(posteriors, chunk=37, pool=pool),
                     loo.cohort_loo_table(posteriors, groups=groups, chunk=29, pool=pool))
     serial = (loo.loo_table(posteriors, chunk=37), loo.cohort_loo_table(posteriors, groups=groups, chunk=29))
     for a, b in zip(parallel, serial):
         assert a.equals(b)
-    with loo.psis_workers(1) as pool:
+    with loo.loo_workers(1) as pool:
         assert pool is None
 
 

@@ -112,8 +112,8 @@ def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     wh = warehouse.get()
     p = _posteriors(wh, context.partition_key, ("m1", "m2", "m3"))
     sample = wh.read_partition("analysis_sample", context.partition_key).sort("school_id", "year", "subject")
-    with StepProgress(context.log.info, "LOO", parts=2 * len(p)) as progress, loo.psis_workers() as pool:
-        context.log.info("PSIS smoothing " + ("in worker processes, one per core" if pool else "in this process"))
+    with StepProgress(context.log.info, "LOO", parts=2 * len(p)) as progress, loo.loo_workers() as pool:
+        context.log.info("PSIS and cohort integrals " + ("in worker processes, one per core" if pool else "in this process"))
         obs = loo.loo_table(p, on_done=progress.part_done, pool=pool)
         cohort = loo.cohort_loo_table(p, groups=loo.cohort_groups(sample), on_done=progress.part_done, pool=pool)
     table = loo.mark_unconverged_inputs(loo.comparison(obs, cohort, p | {"m0": None}), p)
