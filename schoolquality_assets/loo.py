@@ -71,18 +71,31 @@ def _psis_loo(ll: np.ndarray, reff: float) -> tuple[np.ndarray, np.ndarray, np.n
     return elpd, lppd - elpd, np.asarray(k)
 
 
+def _exit_with_parent() -> None:
+    """A worker's initializer: exit when the step's process is gone (even SIGKILLed), not idle on."""
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
+
+
 @contextmanager
 def loo_workers(n: int | None = None) -> Iterator[Executor | None]:
     """Worker processes for the LOO work done chunk by chunk (PSIS smoothing, the cohort
-    integrals), one per core up to 4: arviz's psislw fits each unit's tail in a Python loop, bound
-    to one core. None (everything runs in this process, the same numbers) with one core, or where
-    this process may not start children (a daemonic one, e.g. a Celery prefork worker)."""
-    n = n or min(os.cpu_count() or 1, 4)
+    integrals), one per core this process may use, up to 4: arviz's psislw fits each unit's tail
+    in a Python loop, bound to one core. None (everything runs in this process, the same numbers)
+    with one core, or where this process may not start children (a daemonic one, e.g. a Celery
+    prefork worker)."""
+    n = n or min(len(os.sched_getaffinity(0)), 4)
     if n < 2 or multiprocessing.current_process().daemon:
         yield None
         return
-    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent)
+    try:
         yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _psis_chunks(chunks: Iterable[np.ndarray], reff: float, pool: Executor | None,

@@ -23,8 +23,8 @@ PRODUCTION_SELECTION = (
 )
 # What the comparison adds to a production run of the same partition: what production does not
 # build, and everything M3 feeds (the school SD table, the diagnostics and the report show M3 too).
-AFTER_PRODUCTION_SELECTION = (COMPARISON_SELECTION - PRODUCTION_SELECTION) | dg.AssetSelection.assets(
-    "posterior_m3").downstream()
+AFTER_PRODUCTION_SELECTION = ((COMPARISON_SELECTION - PRODUCTION_SELECTION) | dg.AssetSelection.assets(
+    "posterior_m3").downstream()) & COMPARISON_SELECTION
 
 comparison_job = dg.define_asset_job(
     "comparison_job",

@@ -238,21 +238,42 @@ def _table(wh: Warehouse, name: str, partition: str) -> pl.DataFrame | None:
     return frame if frame.height else None
 
 
+def failed_fits(wh: Warehouse, partition: str) -> dict[str, Path]:
+    """Model key -> failed draws of each model whose latest fit on ``partition`` failed its gate."""
+    return {k: path for k in MODELS if (path := wh.failed_posterior_path(k, partition)).exists()}
+
+
 def current_fits(wh: Warehouse, partition: str) -> dict[str, str]:
-    """Model key -> run id of each passed posterior on ``partition`` (models without one are absent)."""
-    runs = {k: posterior_run_id(wh.posterior_path(k, partition)) for k in MODELS}
+    """Model key -> run id of each model's current posterior on ``partition``: its last passed one,
+    unless its latest fit failed the gate (then it has none; models without a posterior are absent)."""
+    failed = failed_fits(wh, partition)
+    runs = {k: posterior_run_id(wh.posterior_path(k, partition)) for k in MODELS if k not in failed}
     return {k: run for k, run in runs.items() if run is not None}
 
 
-def stale_reason(asset: str, partition: str, sources: dict[str, str] | None, current: dict[str, str]) -> str | None:
+def failed_fit_notice(failed: dict[str, Path], partition: str) -> str:
+    """What the report says when fits failed: nothing built from them (or the fits before) is shown."""
+    if not failed:
+        return ""
+    names = ", ".join(k.upper() for k in failed)
+    return (f"The latest fit of {names} on {partition} failed its convergence gate (failed draws: "
+            f"{', '.join(str(p) for p in failed.values())}). Nothing built from it, or from the fit before it, is "
+            "shown; the tables that compare models leave it out. Refit it until it passes.")
+
+
+def stale_reason(asset: str, partition: str, sources: dict[str, str] | None, current: dict[str, str],
+                 failed: dict[str, Path] | None = None) -> str | None:
     """Why ``asset``'s rows of ``partition`` are not those of the current fits (None when they are).
 
     ``sources`` is what the rows were built from (model -> run id, ``Warehouse.read_sources``);
-    ``current`` the partition's passed posteriors (``current_fits``)."""
+    ``current`` the partition's current posteriors (``current_fits``), ``failed`` its failed fits
+    (``failed_fits``)."""
     if sources is None:
         return f"{asset} has not been built on the {partition} partition"
     for model, run in sorted(sources.items()):
         name = model.upper()
+        if model in (failed or {}):
+            return f"{asset} was built from an earlier {name} fit, and the latest {name} fit on {partition} failed its convergence gate"
         if model not in current:
             return f"{asset} was built from a {name} posterior that {partition} no longer has"
         if current[model] != run:
@@ -261,9 +282,10 @@ def stale_reason(asset: str, partition: str, sources: dict[str, str] | None, cur
     return None
 
 
-def section_status(wh: Warehouse, partition: str, assets: list[str], current: dict[str, str]) -> str | None:
+def section_status(wh: Warehouse, partition: str, assets: list[str], current: dict[str, str],
+                   failed: dict[str, Path] | None = None) -> str | None:
     """None when every asset of a section comes from the current fits; else what to materialize and why."""
-    reasons = [r for a in assets if (r := stale_reason(a, partition, wh.read_sources(a, partition), current))]
+    reasons = [r for a in assets if (r := stale_reason(a, partition, wh.read_sources(a, partition), current, failed))]
     if not reasons:
         return None
     return (f"Not shown: {'; '.join(reasons)}. Materialize {', '.join(assets)} on {partition} "
@@ -273,10 +295,10 @@ def section_status(wh: Warehouse, partition: str, assets: list[str], current: di
 def build_sections(wh: Warehouse, partition: str) -> dict:
     """Section name -> text, tables and figures for ``partition``: only what was built from the
     partition's current posteriors; a section whose tables were not says so in its text."""
-    current = current_fits(wh, partition)
+    current, failed = current_fits(wh, partition), failed_fits(wh, partition)
     sections = {"Why the binomial likelihood matters": {"text": TEXT["Why the binomial likelihood matters"]}}
     for name, (assets, tables, figures) in CONTENT.items():
-        status = section_status(wh, partition, assets, current)
+        status = section_status(wh, partition, assets, current, failed)
         if status:
             sections[name] = {"text": "\n\n".join([TEXT[name], status]), "stale": True}
             continue
@@ -287,30 +309,30 @@ def build_sections(wh: Warehouse, partition: str) -> dict:
     findings = [_finding(name, dict(sections[name].get("tables", []))) for name in CONTENT]
     shown = dict(sections["Variance decomposition"].get("tables", []))
     sample = _table(wh, "analysis_sample", partition)
-    lead = [accounting(wh)]
+    lead = [failed_fit_notice(failed, partition), accounting(wh)]
     if sample is not None:
         lead.append(f"{sample['school_id'].n_unique():,} schools, {sample.height:,} observations "
                     f"({sample['year'].min()}-{sample['year'].max()}; data vintage {sample['year'].max()}).")
     if "variance_components" in shown:
         lead.append(variance_finding(shown["variance_components"]))
     sections["Key findings"] = {"text": "\n\n".join(filter(None, lead + findings))}
-    summaries = posterior_summaries(wh, partition)
+    summaries = posterior_summaries(wh, partition, current)
     missing = [k.upper() for k in MODELS if k not in current]
     sections["Posterior summaries"] = {
         "text": "\n\n".join(filter(None, [TEXT["Posterior summaries"], missing and
                                            f"No posterior on {partition} for {', '.join(missing)}."])),
         "tables": summaries}
-    sections["Stage 1 production model"] = production_section(wh, partition, current)
-    sections["School rankings"] = rankings_section(wh, partition, current)
+    sections["Stage 1 production model"] = production_section(wh, partition, current, failed)
+    sections["School rankings"] = rankings_section(wh, partition, current, failed)
     if not sections["School rankings"].get("stale"):
         sections["Key findings"]["text"] += "\n\n" + sections["School rankings"]["finding"]
     return sections
 
 
-def rankings_section(wh: Warehouse, partition: str, current: dict[str, str]) -> dict:
+def rankings_section(wh: Warehouse, partition: str, current: dict[str, str], failed: dict[str, Path] | None = None) -> dict:
     """How many schools are distinguishable from the average, by size band, in words and as a
     table, and the league table with rank intervals; only from the current M2 fit."""
-    status = section_status(wh, partition, ["school_rankings"], current)
+    status = section_status(wh, partition, ["school_rankings"], current, failed)
     if status:
         return {"text": "\n\n".join([TEXT["School rankings"], status]), "stale": True}
     table = wh.read_partition("school_rankings", partition)
@@ -334,7 +356,8 @@ def accounting(wh: Warehouse) -> str:
             f"(both tables keep each row with its reason), {counts['cleaned_observations']:,} kept.")
 
 
-def production_section(wh: Warehouse, partition: str, current: dict[str, str]) -> dict:
+def production_section(wh: Warehouse, partition: str, current: dict[str, str],
+                       failed: dict[str, Path] | None = None) -> dict:
     """The partition's g3_school_quality file (the production file on full, the dry run otherwise),
     shown only when it was written from the current M2 posterior."""
     path = wh.output_path(partition)
@@ -345,7 +368,7 @@ def production_section(wh: Warehouse, partition: str, current: dict[str, str]) -
                 "stale": True}
     meta = pq.read_schema(path).metadata or {}
     sources = {"m2": meta.get(b"posterior_run_id", b"").decode()}
-    if reason := stale_reason(f"the g3_school_quality {kind} ({path.name})", partition, sources, current):
+    if reason := stale_reason(f"the g3_school_quality {kind} ({path.name})", partition, sources, current, failed):
         return {"text": "\n\n".join(text + [f"Not shown: {reason}. Materialize g3_school_quality on {partition}."]),
                 "stale": True}
     q = pl.read_parquet(path)
@@ -355,10 +378,11 @@ def production_section(wh: Warehouse, partition: str, current: dict[str, str]) -
             "tables": [("g3_school_quality summary", summary)]}
 
 
-def posterior_summaries(wh: Warehouse, partition: str) -> list[tuple[str, pl.DataFrame]]:
-    """brms-style summary of every model with a passed posterior (only the summarised variables are read)."""
-    paths = {k: wh.posterior_path(k, partition) for k in MODELS}
-    return [(f"posterior_summary_{k}", _summary_of(p)) for k, p in paths.items() if p.exists()]
+def posterior_summaries(wh: Warehouse, partition: str, current: dict[str, str] | None = None) -> list[tuple[str, pl.DataFrame]]:
+    """brms-style summary of every model with a current posterior (``current_fits``; only the
+    summarised variables are read)."""
+    current = current_fits(wh, partition) if current is None else current
+    return [(f"posterior_summary_{k}", _summary_of(wh.posterior_path(k, partition))) for k in MODELS if k in current]
 
 
 def _summary_of(path: Path) -> pl.DataFrame:

@@ -68,6 +68,37 @@ def test_comparison_pipeline_on_subsample(small_province):
         assert evals[(f"posterior_{model}", "no_divergences")], model
 
 
+def test_a_failed_m3_does_not_stop_productions_steps(small_province):
+    """M3's latest fit failed (its draws beside the passed posterior): the steps production runs
+    without fitting M3 still build. The tables that compare models leave M3 out, the report says
+    the fit failed first, and nothing built from M3 (or its fit before) is shown."""
+    wh = Warehouse.from_env(small_province)
+    everything = dg.AssetSelection.groups("ingest", "sample", "models", "analyses", "report")
+    if not all(wh.posterior_path(k, "subsample").exists() for k in ("m0", "m1", "m2", "m3")):
+        assert dg.materialize(_assets(), resources=_resources(small_province), partition_key="subsample",
+                              selection=everything).success
+    failed = wh.failed_posterior_path("m3", "subsample")
+    failed.write_bytes(wh.posterior_path("m3", "subsample").read_bytes())   # stands for a failed fit's draws
+    try:
+        result = dg.materialize(_assets(), resources=_resources(small_province), partition_key="subsample",
+                                selection=dg.AssetSelection.assets("school_sd_by_model", "mcmc_diagnostics", "report"),
+                                raise_on_error=False)
+        assert result.success, failure_text(result)
+        assert "M3" not in wh.read_partition("school_sd_by_model", "subsample")["model"].to_list()
+        assert "M3" not in wh.read_partition("mcmc_diagnostics", "subsample")["model"].to_list()
+        assert set(wh.read_partition("mcmc_diagnostics", "subsample")["model"]) == {"M0", "M1", "M2"}
+        html = html_lib.unescape(wh.report_path("subsample").read_text())
+        assert f"The latest fit of M3 on subsample failed its convergence gate (failed draws: {failed})" in html
+        assert ("Not shown: variance_components was built from an earlier M3 fit, and the latest M3 fit on "
+                "subsample failed its convergence gate") in html
+        assert 'id="table-variance-components"' not in html and 'id="table-posterior-summary-m3"' not in html
+        assert 'id="table-school-sd-by-model"' in html and 'id="table-posterior-summary-m2"' in html
+        meta = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "report"]
+        assert meta[0].materialization.metadata["failed_fits"].value == {"M3": str(failed)}
+    finally:
+        failed.unlink()
+
+
 def test_budget_too_short_fails_cleanly_and_blocks_production(small_province):
     """A fit whose time budget runs out before the gate holds fails with where it stood; the
     previous posterior, the tables and the output stay byte-identical, and nothing downstream

@@ -3,7 +3,7 @@
 import dagster as dg
 import polars as pl
 
-from schoolquality_assets import analyses, diagnostics, figures, loo, models
+from schoolquality_assets import analyses, diagnostics, figures, loo, models, report
 from schoolquality_assets.assets.common import OWNER, code_version_of, image_md, load_posterior, markdown, rounded, table_metadata
 from schoolquality_assets.partitions import sample_partitions
 from schoolquality_assets.progress import StepProgress
@@ -17,6 +17,18 @@ ANALYSIS_ASSET = dict(partitions_def=sample_partitions, group_name="analyses", o
 
 def _posteriors(wh: Warehouse, partition: str, keys) -> dict:
     return {k: load_posterior(wh, k, partition) for k in keys}
+
+
+def _current(context, wh: Warehouse, keys) -> list[str]:
+    """Of ``keys``, the models with a current posterior on the partition (a passed one, and the
+    latest fit did not fail); a table comparing models leaves the others out, and the log says why."""
+    partition = context.partition_key
+    failed = report.failed_fits(wh, partition)
+    for k in keys:
+        if k in failed:
+            context.log.warning(f"{k.upper()} left out: its latest fit on {partition} failed its convergence gate "
+                                f"(failed draws: {failed[k]})")
+    return [k for k in keys if k not in failed and wh.posterior_path(k, partition).exists()]
 
 
 def _run_ids(p: dict) -> dict[str, str]:
@@ -85,7 +97,7 @@ def variance_components(context: dg.AssetExecutionContext, warehouse: WarehouseR
           **ANALYSIS_ASSET)
 def school_sd_by_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
-    keys = [k for k in ("m1", "m2", "m3") if wh.posterior_path(k, context.partition_key).exists()]
+    keys = _current(context, wh, ("m1", "m2", "m3"))
     p = _posteriors(wh, context.partition_key, keys)
     table = analyses.school_sd_by_model(p)
     return _publish(context, wh, "school_sd_by_model", table, {"school_sd_by_model": figures.school_sd_png(table)},
@@ -113,7 +125,7 @@ def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     p = _posteriors(wh, context.partition_key, ("m1", "m2", "m3"))
     sample = wh.read_partition("analysis_sample", context.partition_key).sort("school_id", "year", "subject")
     with StepProgress(context.log.info, "LOO", parts=2 * len(p)) as progress, loo.loo_workers() as pool:
-        context.log.info("PSIS and cohort integrals " + ("in worker processes, one per core" if pool else "in this process"))
+        context.log.info("PSIS and cohort integrals " + ("in worker processes" if pool else "in this process"))
         obs = loo.loo_table(p, on_done=progress.part_done, pool=pool)
         cohort = loo.cohort_loo_table(p, groups=loo.cohort_groups(sample), on_done=progress.part_done, pool=pool)
     table = loo.mark_unconverged_inputs(loo.comparison(obs, cohort, p | {"m0": None}), p)
@@ -135,7 +147,7 @@ def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResour
 def mcmc_diagnostics(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                      convergence: ConvergenceResource) -> dg.MaterializeResult:
     wh = warehouse.get()
-    keys = [k for k in models.MODELS if wh.posterior_path(k, context.partition_key).exists()]
+    keys = _current(context, wh, models.MODELS)
     p = _posteriors(wh, context.partition_key, keys)
     limits = convergence.thresholds()
     with StepProgress(context.log.info, "MCMC diagnostics", parts=len(keys)) as progress:
