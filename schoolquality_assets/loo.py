@@ -98,20 +98,25 @@ def loo_workers(n: int | None = None) -> Iterator[Executor | None]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _psis_chunks(chunks: Iterable[np.ndarray], reff: float, pool: Executor | None,
-                 in_flight: int = 4) -> tuple[np.ndarray, ...]:
-    """:func:`_psis_loo` over chunks of units (each (units, S)), concatenated in order; on
-    ``pool`` when given, with at most ``in_flight`` chunks sent ahead (each is a copy)."""
-    chunks = (np.ascontiguousarray(c) for c in chunks)   # the same sums in both ways (numpy's pairwise sum)
+def _map_in_order(fn: Callable, arguments: Iterable[tuple], pool: Executor | None, in_flight: int = 4) -> Iterator:
+    """fn(*args) for each of ``arguments``, in order; on ``pool`` when given, with at most
+    ``in_flight`` calls sent ahead (each sends a copy of its arrays)."""
     if pool is None:
-        parts = [_psis_loo(c, reff) for c in chunks]
-    else:
-        parts, pending = [], deque()
-        for c in chunks:
-            pending.append(pool.submit(_psis_loo, c, reff))
-            if len(pending) >= in_flight:
-                parts.append(pending.popleft().result())
-        parts += [f.result() for f in pending]
+        yield from (fn(*args) for args in arguments)
+        return
+    pending: deque = deque()
+    for args in arguments:
+        pending.append(pool.submit(fn, *args))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _psis_chunks(chunks: Iterable[np.ndarray], reff: float, pool: Executor | None) -> tuple[np.ndarray, ...]:
+    """:func:`_psis_loo` over chunks of units (each (units, S)), concatenated in order."""
+    # contiguous either way, so that both sum in the same order (numpy's pairwise sum)
+    parts = _map_in_order(_psis_loo, ((np.ascontiguousarray(c), reff) for c in chunks), pool)
     return tuple(np.concatenate(x) for x in zip(*parts))
 
 
@@ -310,33 +315,30 @@ def cohort_log_marginal(idata, groups=None, n_nodes: int = 15, max_draws: int | 
     nodes, weights = np.polynomial.hermite.hermgauss(n_nodes)
     if integrate:  # copied once (thinned views are not contiguous)
         r, sd = post["r_cohort"].values.reshape(S, -1), _flat(post["sd_cohort"])
-    out = np.empty((S, C))
-    pending: deque = deque()
-    c0 = 0
+    spans, c0 = [], 0   # (first, last + 1) cohort of each chunk
     while c0 < C:
-        c1 = int(np.searchsorted(bounds, bounds[c0] + chunk, side="right")) - 1
-        c1 = min(max(c1, c0 + 1), C)
-        obs = order[bounds[c0]:bounds[c1]]
-        gid = gidx[obs] - c0
-        if not integrate:
-            out[:, c0:c1] = _gsum(models.log_likelihood(thin, obs).reshape(S, -1), gid, c1 - c0)
-        else:
+        c1 = min(max(int(np.searchsorted(bounds, bounds[c0] + chunk, side="right")) - 1, c0 + 1), C)
+        spans.append((c0, c1))
+        c0 = c1
+    out = np.empty((S, C))
+    if not integrate:
+        for c0, c1 in spans:
+            obs = order[bounds[c0]:bounds[c1]]
+            out[:, c0:c1] = _gsum(models.log_likelihood(thin, obs).reshape(S, -1), gidx[obs] - c0, c1 - c0)
+        return labels, counts, out
+
+    def integrals():
+        for c0, c1 in spans:
+            obs = order[bounds[c0]:bounds[c1]]
             eta = models.linear_predictor(thin, obs).reshape(S, -1) - r[:, gidx[obs]]  # eta without cohort
             y = thin.observed_data["y_success"].values[obs].astype(float)
             n = thin.constant_data["n_trials"].values[obs].astype(float)
             logc = gammaln(n + 1) - gammaln(y + 1) - gammaln(n - y + 1)
-            u0 = r[:, c0:c1]  # start Newton at the current draw of the cohort effect
-            args = (eta, y, n, logc, gid, c1 - c0, sd, np.ascontiguousarray(u0), nodes, weights)
-            if pool is None:
-                out[:, c0:c1] = _agh_log_marginal(*args)
-            else:
-                pending.append((c0, c1, pool.submit(_agh_log_marginal, *args)))
-                if len(pending) >= 4:
-                    a, b, future = pending.popleft()
-                    out[:, a:b] = future.result()
-        c0 = c1
-    for a, b, future in pending:
-        out[:, a:b] = future.result()
+            u0 = np.ascontiguousarray(r[:, c0:c1])  # start Newton at the current draw of the cohort effect
+            yield eta, y, n, logc, gidx[obs] - c0, c1 - c0, sd, u0, nodes, weights
+
+    for (c0, c1), value in zip(spans, _map_in_order(_agh_log_marginal, integrals(), pool)):
+        out[:, c0:c1] = value
     return labels, counts, out
 
 

@@ -28,7 +28,8 @@ def _current(context, wh: Warehouse, keys) -> list[str]:
         if k in failed:
             context.log.warning(f"{k.upper()} left out: its latest fit on {partition} failed its convergence gate "
                                 f"(failed draws: {failed[k]})")
-    return [k for k in keys if k not in failed and wh.posterior_path(k, partition).exists()]
+    current = report.current_fits(wh, partition)
+    return [k for k in keys if k in current]
 
 
 def _run_ids(p: dict) -> dict[str, str]:
