@@ -26,6 +26,12 @@
         settings except the time budget (default: none, so that the gate is reached): time to the
         gate, draws per chain it needed, and the fit's peak memory, with the default budget's verdict.
 
+    .venv/bin/python benchmarks/bench_m2.py flags [subsample|full] [VARIANT ...]
+        Cost per leapfrog step of stan/m2_cohort.stan built with other stanc / g++ flags
+        (``steps``'s method, four rounds in alternating order): httpstan's own ("httpstan", what
+        the engine builds), without Stan's range checks ("no-range-checks"), stanc --O1, and both
+        ("O1-no-range-checks"); "native" (-march=native) aborts.
+
 Forms compared by ``steps``: stan/m2_cohort.stan (the project), benchmarks/m2_csr_first_release.stan
 (the first release: CSR products inside Stan), benchmarks/m2_plain_indexed.stan (one effect per
 cell, cohorts centred on schools, no multipliers) and benchmarks/m2_brms_noncentred.stan.
@@ -296,6 +302,75 @@ def brms() -> None:
     print("ESS: arviz bulk ESS; seconds: sampling (warmup + draws), compile excluded (brms: its total, compile included)")
 
 
+HTTPSTAN_GXX = ("-O3", "-std=c++14", "-Wno-sign-compare")   # httpstan 4.13's own g++ flags
+FLAG_VARIANTS = {  # (stanc flags, g++ flags)
+    "httpstan": ((), HTTPSTAN_GXX),
+    "no-range-checks": ((), HTTPSTAN_GXX + ("-DSTAN_NO_RANGE_CHECKS",)),
+    "O1": (("--O1",), HTTPSTAN_GXX),
+    "O1-no-range-checks": (("--O1",), HTTPSTAN_GXX + ("-DSTAN_NO_RANGE_CHECKS",)),
+    # not a candidate: with -march=native the chain aborts ("double free or corruption"), presumably
+    # because Eigen's alignment then differs from httpstan's prebuilt stan_services.o, which it links
+    "native": ((), HTTPSTAN_GXX + ("-march=native",)),
+}
+
+
+def build_variant(stan_file: Path, variant: str, folder: Path) -> Path:
+    """A copy of ``stan_file`` ending in a comment that names the variant (httpstan's cache is keyed
+    by the program's text), built into httpstan's cache with the variant's stanc and g++ flags;
+    the engine then samples the copy like any program."""
+    import asyncio
+    import importlib.resources
+    import subprocess
+    import tempfile
+
+    import httpstan.compile
+    import httpstan.models
+
+    stanc_flags, gxx_flags = FLAG_VARIANTS[variant]
+    copy = folder / f"{stan_file.stem}_{variant}.stan"
+    copy.write_text(stan_file.read_text() + f"\n// benchmark build: {' '.join(stanc_flags + gxx_flags)}\n")
+
+    def stanc(program_code: str, stan_model_name: str) -> tuple[str, str]:   # httpstan's, with stanc_flags
+        with importlib.resources.path("httpstan", "stanc") as exe, tempfile.TemporaryDirectory() as tmp:
+            source = Path(tmp) / f"{stan_model_name}.stan"
+            source.write_text(program_code)
+            done = subprocess.run([str(exe), "--name", stan_model_name, *stanc_flags, "--print-cpp", str(source)],
+                                  capture_output=True, timeout=120, check=True)
+        return done.stdout.decode().strip(), done.stderr.decode().strip()
+
+    try:
+        httpstan.models.import_services_extension_module(httpstan.models.calculate_model_name(copy.read_text()))
+    except KeyError:
+        own, httpstan.compile.compile = httpstan.compile.compile, stanc
+        try:
+            asyncio.run(httpstan.models.build_services_extension_module(copy.read_text(), extra_compile_args=list(gxx_flags)))
+        finally:
+            httpstan.compile.compile = own
+    return copy
+
+
+def flags(partition: str, variants: list[str], rounds: int = 4) -> None:
+    import statistics
+    import tempfile
+
+    spec = models.MODELS["m2"]
+    mi = models.model_input(spec, province_sample(partition))
+    data, inits, n = models.stan_data(spec, mi), models.initial_values(spec, mi, 1, 1), mi.data["N"]
+    print(f"M2 cost per leapfrog step by build flags, {partition}: {n} observations; one chain alone, "
+          f"'steps' method, {rounds} rounds, the order alternating")
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {name: build_variant(spec.path, name, Path(folder)) for name in variants}   # compiled apart from the timing
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for round_ in range(rounds):
+            for name in variants if round_ % 2 == 0 else variants[::-1]:
+                per_step, per_iter = seconds_per_step(paths[name], data, inits)
+                times[name].append(1000 * per_step)
+                print(f"round {round_ + 1} {name:20s} {1000 * per_step:7.3f} ms/step {1e9 * per_step / n:5.0f} ns/observation "
+                      f"{per_iter:6.1f} steps/iteration", flush=True)
+    for name, ms in times.items():
+        print(f"{name:20s} min {min(ms):7.3f}  median {statistics.median(ms):7.3f} ms/step")
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     warmup = int(args.pop(args.index("--warmup") + 1)) if "--warmup" in args else None
@@ -307,4 +382,5 @@ if __name__ == "__main__":
     partition = args[1] if len(args) > 1 else "subsample"
     {"steps": lambda: steps(partition), "converge": lambda: converge(partition, warmup), "brms": brms,
      "chains": lambda: chains(args[1] if len(args) > 1 else "m3", args[2] if len(args) > 2 else "full", n_draws, delta),
-     "scale": lambda: scale([float(a) for a in args[1:]] or [1, 2, 4], budget)}[what]()
+     "scale": lambda: scale([float(a) for a in args[1:]] or [1, 2, 4], budget),
+     "flags": lambda: flags(partition, args[2:] or ["httpstan", "no-range-checks", "O1", "O1-no-range-checks"])}[what]()

@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import arviz as az
-import duckdb
 import jinja2
 import polars as pl
 import pyarrow.parquet as pq
@@ -20,7 +19,7 @@ from schoolquality_assets.columns import DESCRIPTIONS, header
 from schoolquality_assets.diagnostics import posterior_summary
 from schoolquality_assets.models import MODELS, posterior_run_id
 from schoolquality_assets.partitions import FULL
-from schoolquality_assets.warehouse import Warehouse
+from schoolquality_assets.warehouse import MissingTable, Warehouse
 
 SECTIONS = (
     "Key findings",
@@ -233,7 +232,7 @@ def _like_for_like(rows: list[dict]) -> str:
 def _table(wh: Warehouse, name: str, partition: str) -> pl.DataFrame | None:
     try:
         frame = wh.read_partition(name, partition)
-    except duckdb.CatalogException:
+    except MissingTable:
         return None
     return frame if frame.height else None
 

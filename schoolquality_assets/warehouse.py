@@ -39,6 +39,10 @@ class WarehouseError(RuntimeError):
     """A warehouse path cannot be read or written; the message says which and why."""
 
 
+class MissingTable(WarehouseError):
+    """A table the step reads has not been materialized into this warehouse yet."""
+
+
 @dataclass(frozen=True)
 class Warehouse:
     root: Path
@@ -167,9 +171,17 @@ class Warehouse:
         self._write(frame, statements)
         return frame
 
+    def missing_table(self, name: str) -> MissingTable:
+        return MissingTable(
+            f"the warehouse {self.root} has no table {name} yet: materialize {name} first. A selection "
+            f"with a leading '*' builds what a step needs, e.g. dg launch --assets '*posterior_m2' --partition full "
+            f"(or 'Materialize' with its upstream in the UI); '+asset' reaches one level up only.")
+
     def read_sources(self, name: str, partition: str) -> dict[str, str] | None:
         """The posteriors (model key -> run id) that ``name``'s rows of ``partition`` were built
         from; None when the table has no rows for the partition or no recorded sources."""
+        if not self.database.exists():
+            return None
         try:
             with self.connect(read_only=True) as con:
                 row = con.execute(f"SELECT sources FROM {PROVENANCE} WHERE table_name = ? AND partition = ?",
@@ -180,6 +192,8 @@ class Warehouse:
 
     def row_count(self, name: str) -> int | None:
         """Rows of table ``name``; None when it does not exist."""
+        if not self.database.exists():
+            return None
         try:
             with self.connect(read_only=True) as con:
                 return con.execute(f'SELECT count(*) FROM "{_identifier(name)}"').fetchone()[0]
@@ -187,13 +201,21 @@ class Warehouse:
             return None
 
     def read_table(self, name: str) -> pl.DataFrame:
-        with self.connect(read_only=True) as con:
-            return pl.from_arrow(con.sql(f'SELECT * FROM "{_identifier(name)}"').to_arrow_table())
+        """Every row of table ``name``; MissingTable (saying what to materialize) when it is not there."""
+        return self._read(name, f'SELECT * FROM "{_identifier(name)}"', [])
 
     def read_partition(self, name: str, partition: str) -> pl.DataFrame:
+        sql = f'SELECT * FROM "{_identifier(name)}" WHERE partition = ?'
+        return self._read(name, sql, [partition]).drop("partition")
+
+    def _read(self, name: str, sql: str, params: list) -> pl.DataFrame:
+        if not self.database.exists():
+            raise self.missing_table(name)
         with self.connect(read_only=True) as con:
-            sql = f'SELECT * FROM "{_identifier(name)}" WHERE partition = ?'
-            return pl.from_arrow(con.sql(sql, params=[partition]).to_arrow_table()).drop("partition")
+            if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?",
+                               [_identifier(name)]).fetchall():
+                raise self.missing_table(name)
+            return pl.from_arrow(con.sql(sql, params=params).to_arrow_table())
 
 
 def _fsync(path: Path) -> None:

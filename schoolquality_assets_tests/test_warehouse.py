@@ -1,5 +1,7 @@
 """Warehouse paths and partitioned table writes."""
 
+import re
+
 import polars as pl
 
 from schoolquality_assets.warehouse import Warehouse
@@ -23,3 +25,32 @@ def test_paths_have_one_home(tmp_path):
     assert wh.posterior_path("m2", "full").name == "posterior_m2.nc"
     assert wh.failed_posterior_path("m2", "full").parent == wh.posterior_path("m2", "full").parent
     assert wh.figure_path("subsample", "shrinkage_vs_n").name == "shrinkage_vs_n.png"
+
+
+def test_a_table_not_built_yet_says_what_to_materialize(tmp_path):
+    """Reading a table that is not in the warehouse (no database yet, or a database without it)
+    names the table and the '*' selection that builds it, instead of DuckDB's error; a step run
+    alone on an empty warehouse fails with that message."""
+    import dagster as dg
+    import pytest
+
+    from schoolquality_assets import synthetic
+    from schoolquality_assets.definitions import ASSETS, CHECKS
+    from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
+    from schoolquality_assets.warehouse import MissingTable
+
+    wh = Warehouse.from_env(tmp_path)
+    for attempt in ("no database", "another table only"):
+        with pytest.raises(MissingTable, match=r"no table eligible_schools yet.*leading '\*'"):
+            wh.read_partition("eligible_schools", "full")
+        assert wh.row_count("eligible_schools") is None
+        wh.write_partition("other", "full", pl.DataFrame({"a": [1]}))
+    synthetic.write_province(synthetic.generate_province(seed=5, n_schools=30), tmp_path / "empty" / "raw")
+    result = dg.materialize([*ASSETS, *CHECKS], selection="analysis_sample", partition_key="subsample",
+                            resources={"warehouse": WarehouseResource(root=str(tmp_path / "empty")),
+                                       "sampler": SamplerResource(), "convergence": ConvergenceResource()},
+                            raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    text = str(failure.message) + "".join(str(c.message) for c in [failure.cause] if c)
+    assert re.search(r"has no table \w+ yet: materialize \w+ first", text), text
