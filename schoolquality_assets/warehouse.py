@@ -171,7 +171,7 @@ class Warehouse:
         self._write(frame, statements)
         return frame
 
-    def missing_table(self, name: str) -> MissingTable:
+    def _missing_table(self, name: str) -> MissingTable:
         return MissingTable(
             f"the warehouse {self.root} has no table {name} yet: materialize {name} first. A selection "
             f"with a leading '*' builds what a step needs, e.g. dg launch --assets '*posterior_m2' --partition full "
@@ -210,11 +210,11 @@ class Warehouse:
 
     def _read(self, name: str, sql: str, params: list) -> pl.DataFrame:
         if not self.database.exists():
-            raise self.missing_table(name)
+            raise self._missing_table(name)
         with self.connect(read_only=True) as con:
             if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?",
                                [_identifier(name)]).fetchall():
-                raise self.missing_table(name)
+                raise self._missing_table(name)
             return pl.from_arrow(con.sql(sql, params=params).to_arrow_table())
 
 

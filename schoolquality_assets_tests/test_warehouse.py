@@ -6,6 +6,8 @@ import polars as pl
 
 from schoolquality_assets.warehouse import Warehouse
 
+from .conftest import failure_text
+
 
 def test_partition_write_replaces_only_its_rows_and_widens_older_tables(tmp_path):
     wh = Warehouse.from_env(tmp_path)
@@ -51,6 +53,4 @@ def test_a_table_not_built_yet_says_what_to_materialize(tmp_path):
                                        "sampler": SamplerResource(), "convergence": ConvergenceResource()},
                             raise_on_error=False)
     assert not result.success
-    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
-    text = str(failure.message) + "".join(str(c.message) for c in [failure.cause] if c)
-    assert re.search(r"has no table \w+ yet: materialize \w+ first", text), text
+    assert re.search(r"has no table \w+ yet: materialize \w+ first", failure_text(result)), failure_text(result)
