@@ -49,7 +49,7 @@ import numpy as np
 import polars as pl
 
 from schoolquality_assets import contract, design, diagnostics, filters, models, synthetic
-from schoolquality_assets.stan_engine import SamplerSettings, compile_pystan, sample
+from schoolquality_assets.stan_engine import SamplerSettings, choose_engine, compile_pystan, sample
 
 HERE = Path(__file__).parent
 FORMS = {
@@ -60,6 +60,7 @@ FORMS = {
 }
 BRMS = {"seconds": 4151.0, "ess_sd_school": 1991.0, "ess_sd_cohort": 1535.0, "sd_school": 0.62, "sd_cohort": 0.40}
 QUIET = lambda m: None  # noqa: E731
+PROGRESS = (lambda m: print(m, flush=True)) if os.environ.get("BENCH_VERBOSE") else QUIET
 
 
 class TreeMemory:
@@ -168,11 +169,13 @@ def steps(partition: str) -> None:
 def converge(partition: str, warmup: int | None = None) -> None:
     spec = models.MODELS["m2"]
     sample_ = province_sample(partition)
-    settings = SamplerSettings(warmup=warmup or (300 if partition == "full" else 1000))
-    compile_pystan(spec.path, progress=QUIET)
+    settings = SamplerSettings(warmup=warmup or (300 if partition == "full" else 1000),
+                               engine=os.environ.get("SCHOOLQUALITY_ENGINE", "auto"))
+    if choose_engine(settings.engine, spec.path) == "pystan":
+        compile_pystan(spec.path, progress=QUIET)
     start = time.monotonic()
     with TreeMemory() as memory:
-        idata = models.fit(spec, sample_, settings, progress=QUIET, limits=diagnostics.Thresholds())
+        idata = models.fit(spec, sample_, settings, progress=PROGRESS, limits=diagnostics.Thresholds())
     wall = time.monotonic() - start
     s = diagnostics.convergence_summary(idata)
     post = idata.posterior
@@ -180,7 +183,7 @@ def converge(partition: str, warmup: int | None = None) -> None:
     bulk = az.ess(post[["r_school"]], method="bulk")["r_school"].values
     tail = az.ess(post[["r_school"]], method="tail")["r_school"].values
     stats = idata.sample_stats
-    print(f"M2 {partition}, production rule (warmup {settings.warmup}, checkpoints every {settings.check_every}): "
+    print(f"M2 {partition}, {idata.attrs['engine']} engine, production rule (warmup {settings.warmup}, checkpoints every {settings.check_every}): "
           f"{idata.attrs.get('stop_status')}")
     print(f"  wall {wall:.0f} s: warmup {idata.attrs['warmup_seconds']:.0f} s, sampling to the stop "
           f"{idata.attrs['sample_seconds'] - idata.attrs['warmup_seconds']:.0f} s; {post.sizes['draw']} draws per chain")
@@ -254,7 +257,7 @@ def scale(factors: list[float], budget: float | None) -> None:
         province = synthetic.generate_province(n_schools=round(factor * synthetic.DEFAULT_N_SCHOOLS))
         sample_ = filters.analysis_sample(cleaned_from(province.observations), "full")
         with TreeMemory() as memory:
-            idata = models.fit(spec, sample_, settings, progress=QUIET, limits=diagnostics.Thresholds())
+            idata = models.fit(spec, sample_, settings, progress=PROGRESS, limits=diagnostics.Thresholds())
         post, a = idata.posterior, idata.attrs
         seconds = a["sample_seconds"]
         within = "within" if seconds <= default.budget_seconds else "over"

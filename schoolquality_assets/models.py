@@ -389,7 +389,8 @@ def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print, limits=
     if settings.until_converged and limits is not None:
         stop = StopRule.for_settings(settings, convergence_judge(spec, mi, limits))
     draws = run_sampler(spec.path, stan_data(spec, mi), settings, inits=inits, progress=progress, stop=stop,
-                        also_compile=tuple(s.path for s in also_compile if s.key != spec.key))
+                        also_compile=tuple(s.path for s in also_compile if s.key != spec.key),
+                        init_for_seed=lambda seed: initial_values(spec, mi, 1, seed)[0])
     idata = to_inference_data(spec, mi, draws)
     if draws.verdict is not None:
         idata.attrs |= {"converged": int(draws.verdict.passed), "stop_status": draws.verdict.status}

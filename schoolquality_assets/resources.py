@@ -35,7 +35,7 @@ from schoolquality_assets.partitions import FULL
 from schoolquality_assets.stan_engine import SamplerSettings
 from schoolquality_assets.warehouse import ENV_VAR as WAREHOUSE_ENV_VAR, Warehouse
 
-ENGINES = ("auto", "pystan", "cmdstanpy")
+ENGINES = ("auto", "pystan", "cmdstanpy", "nutpie")
 
 
 def _flag(text: str) -> bool:
@@ -144,8 +144,9 @@ class SamplerResource(dg.ConfigurableResource):
     seed: int | None = _from_env("seed", "Stan seed.")
     adapt_delta: float = Field(default=0.8, description="Stan's target acceptance rate.")
     max_treedepth: int = Field(default=10, description="Stan's maximum tree depth.")
-    engine: str | None = _from_env("engine", "Stan engine: auto (cmdstanpy if CmdStan is found, else pystan), "
-                                   "pystan or cmdstanpy.")
+    engine: str | None = _from_env("engine", "Stan engine: auto (cmdstanpy if CmdStan is found; else nutpie for "
+                                   "a program with a hand-written density, M2, and pystan for the rest), pystan, cmdstanpy "
+                                   "or nutpie.")
 
     def resolve(self) -> dict[str, tuple[Any, str]]:
         """Every field's value and where it came from (``config``, ``$SCHOOLQUALITY_...`` or

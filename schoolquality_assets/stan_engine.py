@@ -151,14 +151,24 @@ def cmdstan_available() -> bool:
         return False
 
 
-def choose_engine(requested: str) -> str:
-    if requested == "auto":
-        return "cmdstanpy" if cmdstan_available() else "pystan"
-    if requested not in ("pystan", "cmdstanpy"):
-        raise ValueError(f"unknown Stan engine {requested!r}: use auto, pystan or cmdstanpy")
+def choose_engine(requested: str, stan_file: Path | None = None) -> str:
+    """auto: cmdstanpy where CmdStan is installed; else nutpie for a program with a hand-written
+    density (nutpie_engine.DENSITIES) when nutpie is installed; else pystan. nutpie requested for
+    a program without a density samples it with pystan."""
+    from schoolquality_assets import nutpie_engine
+
+    if requested not in ("auto", "pystan", "cmdstanpy", "nutpie"):
+        raise ValueError(f"unknown Stan engine {requested!r}: use auto, pystan, cmdstanpy or nutpie")
     if requested == "cmdstanpy" and not cmdstan_available():
         raise SamplingError("engine 'cmdstanpy' requested but no CmdStan installation was found")
-    return requested
+    if requested == "auto" and cmdstan_available():
+        return "cmdstanpy"
+    if requested in ("auto", "nutpie") and stan_file is not None and nutpie_engine.has_density(stan_file):
+        if nutpie_engine.available():
+            return "nutpie"
+        if requested == "nutpie":
+            raise SamplingError("engine 'nutpie' requested but nutpie or numba is not installed")
+    return "cmdstanpy" if requested == "cmdstanpy" else "pystan"
 
 
 def sample(
@@ -169,16 +179,26 @@ def sample(
     progress: Progress = print,
     stop: StopRule | None = None,
     also_compile: tuple[Path, ...] = (),
+    init_for_seed: Callable[[int], dict] | None = None,
 ) -> Draws:
     """Compile (or reuse) ``stan_file`` and sample it: ``settings.draws`` per chain, or, with a
     ``stop`` rule, until the rule is satisfied. CmdStan writes its draws only at the end, so under
     cmdstanpy the rule judges once, after ``stop.max_draws`` draws per chain. Under PyStan, the
     programs ``also_compile`` (the run's other fits) are compiled with ``stan_file`` when any of
     them is not compiled yet, as many at once as there are cores."""
-    engine = choose_engine(settings.engine)
+    engine = choose_engine(settings.engine, Path(stan_file))
     if engine == "cmdstanpy":
         return _sample_cmdstanpy(Path(stan_file), dict(data), settings, inits, progress, stop)
-    waited = compile_pystan_programs([Path(stan_file), *map(Path, also_compile)], progress) if also_compile else 0.0
+    stan_programs = [p for p in (Path(stan_file), *map(Path, also_compile)) if choose_engine(settings.engine, p) == "pystan"]
+    waited = compile_pystan_programs(stan_programs, progress) if also_compile and stan_programs else 0.0
+    if engine == "nutpie":
+        from schoolquality_assets.nutpie_engine import sample_nutpie
+
+        if init_for_seed is None:
+            raise ValueError("the nutpie engine needs init_for_seed (initial values from each chain's seed)")
+        draws = sample_nutpie(Path(stan_file), dict(data), settings, init_for_seed, progress, stop)
+        draws.compile_seconds += waited
+        return draws
     return _sample_pystan(Path(stan_file), dict(data), settings, inits, progress, stop, waited)
 
 

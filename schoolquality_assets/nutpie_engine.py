@@ -1,0 +1,201 @@
+"""Exact NUTS by nutpie on a program's hand-written log density and gradient (numba).
+
+For a program listed in DENSITIES the sampler runs nutpie's NUTS (Rust) on the module's density,
+which is tested equal to the Stan program's own log density and gradient at random points
+(schoolquality_assets_tests/test_cohort_density.py): the same model, the .stan file its specification.
+All chains run at once (threads; the density releases the GIL); kept draws are turned into the
+Stan program's output columns, so the stop rule, the diagnostics and the InferenceData are the
+engine's. The chains pause while a checkpoint is judged, as under PyStan.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from schoolquality_assets.stan_engine import Draws, SamplingError, StopRule, Verdict, _Heartbeat, _stack
+
+DENSITIES = {"m2_cohort.stan": "schoolquality_assets.cohort_density", "m3_profile.stan": "schoolquality_assets.cohort_density"}
+# nutpie's sampler statistics as Stan's sampler columns
+STATS = {"lp__": "logp", "accept_stat__": "mean_tree_accept", "stepsize__": "step_size", "treedepth__": "depth",
+         "n_leapfrog__": "n_steps", "divergent__": "diverging", "energy__": "energy"}
+_PROGRESS = "{% for chain in chains %}{{ chain.finished_draws }};{% endfor %}"
+POLL_SECONDS = 0.5
+
+
+def available() -> bool:
+    try:
+        import numba  # noqa: F401
+        import nutpie  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def has_density(stan_file: Path) -> bool:
+    return Path(stan_file).name in DENSITIES
+
+
+def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress, stop: StopRule | None) -> Draws:
+    """Sample ``stan_file``'s model by its hand-written density: ``settings.draws`` per chain, or
+    until ``stop`` says so. ``init_for_seed(seed)`` gives a chain's initial values (a dict of the
+    program's parameters) from the seed nutpie derives for that chain."""
+    from nutpie import _lib
+    from nutpie.compiled_pyfunc import from_pyfunc
+
+    density_module = importlib.import_module(DENSITIES[Path(stan_file).name])
+    start = time.monotonic()
+    density = density_module.density(data)
+    n = density.layout.size
+    try:
+        density.logp_into(np.zeros(n), np.empty(n))   # compile (numba caches the machine code on disk)
+    except Exception as exc:
+        raise SamplingError(f"{Path(stan_file).name}: the hand-written density failed: {exc!r}") from exc
+    compile_seconds = time.monotonic() - start
+    progress(f"{Path(stan_file).name}: nutpie engine, hand-written density ready in {compile_seconds:.0f} s")
+
+    def make_logp():
+        def logp(x, **_):
+            grad = np.empty(n)
+            return density.logp_into(x, grad), grad
+        return logp
+
+    recorders: list[_Recorder] = []
+    lock = threading.Lock()
+
+    def make_expand(*_):
+        with lock:
+            recorder = _Recorder(len(recorders), settings.warmup)
+            recorders.append(recorder)
+        return recorder.expand
+
+    def initial_point(seed):
+        return density_module.unconstrain(init_for_seed(int(seed) % 2**32), data)
+
+    model = from_pyfunc(n, make_logp, make_expand, [np.dtype("float64")], [(1,)], ["recorder"],
+                        make_initial_point_fn=initial_point)
+    capacity = stop.max_draws if stop else settings.draws
+    nuts = _lib.PyNutsSettings.Diag(settings.seed)
+    nuts.num_tune, nuts.num_draws, nuts.num_chains = settings.warmup, capacity, settings.chains
+    nuts.target_accept, nuts.maxdepth = settings.adapt_delta, settings.max_treedepth
+    done: list[list[int]] = [[0] * settings.chains]
+    report = _lib.ProgressType.template_callback(
+        1000, _PROGRESS, settings.chains, lambda text: done.append([int(v) for v in text.split(";") if v.strip()]))
+    heartbeat = _Heartbeat(progress, settings.warmup, stop, chains=settings.chains, total=settings.warmup + capacity)
+    sampling = time.monotonic()
+    # every chain at once (cores = chains), so that checkpoints see every chain's draws
+    sampler = model._make_sampler(nuts, np.zeros(n), settings.chains, report, _lib.PyStorage.arrow())
+    names = list(STATS) + density_module.output_names(data)
+    try:
+        kept, verdict, warmup_seconds, chains = _watch(sampler, settings, capacity, stop, done, heartbeat, sampling,
+                                                       lambda k: _views(sampler, recorders, k, names, density_module, data))
+    finally:
+        try:
+            sampler.abort()
+        except BaseException:  # already finished or failed (the error was raised above)
+            pass
+        recorders.clear()   # the kept draws now live in ``chains`` only
+        del sampler
+    seconds = time.monotonic() - sampling
+    progress(f"{Path(stan_file).name}: {settings.chains} chains x {kept} draws in {seconds:.0f} s"
+             + (f" ({verdict.status})" if verdict else ""))
+    draws = _stack(chains, settings, "nutpie", compile_seconds, seconds)
+    draws.verdict, draws.warmup_seconds = verdict, warmup_seconds
+    draws.adaptation = {c: {"stepsize": float(v["table"][-1, names.index("stepsize__")])} for c, v in chains.items()}
+    return draws
+
+
+def _finished(sampler) -> bool:
+    try:
+        return bool(sampler.is_finished())
+    except TimeoutError:
+        return False
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # the density raised, or a sampler thread panicked (pyo3's PanicException)
+        raise SamplingError(f"nutpie sampling failed: {exc}") from exc
+
+
+def _watch(sampler, settings, capacity, stop, done, heartbeat, start, views):
+    """The PyStan engine's loop (stan_engine._watch) over nutpie's chains: judge checkpoints of
+    kept draws per chain as they fill; fixed draw counts, so the draws do not depend on timing."""
+    checkpoint = stop.min_draws if stop else capacity
+    verdict, warmup_seconds, last = None, None, 0
+    while True:
+        iterations = done[-1]
+        for c, i in enumerate(iterations):
+            heartbeat.message(("iteration", c + 1, i))
+        kept = min((max(i - settings.warmup, 0) for i in iterations), default=0) if len(iterations) == settings.chains else 0
+        heartbeat.tick(kept, checkpoint if stop else None)
+        if warmup_seconds is None and kept > 0:
+            warmup_seconds = time.monotonic() - start
+        finished = _finished(sampler)
+        if stop is None:
+            if finished:
+                return capacity, None, warmup_seconds, views(capacity)
+        elif kept >= min(checkpoint, capacity):
+            checkpoint = min(checkpoint, capacity)
+            sampler.pause()
+            try:
+                chains = views(checkpoint)
+                verdict = stop.judge(chains, checkpoint, time.monotonic() - start)
+            finally:
+                if not finished:
+                    sampler.resume()
+            heartbeat.resumed()
+            heartbeat(f"checkpoint {checkpoint} draws per chain: {verdict.status}")
+            last = checkpoint
+            if verdict.final or checkpoint >= capacity:
+                return checkpoint, verdict, warmup_seconds, chains
+            checkpoint = stop.next_checkpoint(checkpoint)
+            continue
+        if stop is not None and time.monotonic() - start > stop.budget_seconds:
+            status = (f"time budget of {stop.budget_seconds:.0f} s ran out at {kept} draws per chain"
+                      + (f"; last checkpoint ({last} draws): {verdict.status}" if verdict else ""))
+            if last == 0:
+                raise SamplingError(f"no draws kept: {status}")
+            return last, Verdict(passed=False, final=True, status=status), warmup_seconds, views(last)
+        if finished and kept < capacity:
+            raise SamplingError(f"chains ended with {kept} of {capacity} draws")
+        time.sleep(POLL_SECONDS)
+
+
+class _Recorder:
+    """One chain's kept draws, recorded as the chain makes them (nutpie's own store keeps only the
+    sampler statistics and which recorder holds the chain's draws): the first ``warmup`` draws
+    are warmup and are not kept."""
+
+    def __init__(self, index: int, warmup: int):
+        self.index, self.warmup, self.seen, self.rows = index, warmup, 0, []
+        self._tag = {"recorder": np.array([index], dtype=np.float64)}
+
+    def expand(self, x, **_):
+        self.seen += 1
+        if self.seen > self.warmup:
+            self.rows.append(np.array(x, dtype=np.float64))
+        return self._tag
+
+
+def _views(sampler, recorders: list[_Recorder], rows: int, names: list[str], density_module, data: dict) -> dict[int, dict]:
+    """Each chain's first ``rows`` kept draws as the program's output table (Stan's columns)."""
+    import pyarrow as pa
+
+    column = lambda batch, name: pa.array(batch.column(name)).to_numpy(zero_copy_only=False)  # noqa: E731
+    draw_batches, stat_batches = sampler.inspect().get_arrow_trace()
+    out = {}
+    for c, (draws, stats) in enumerate(zip(draw_batches, stat_batches)):
+        tuning = np.asarray(column(stats, "tuning"), dtype=bool)
+        keep = np.flatnonzero(~tuning)[:rows]
+        recorder = recorders[int(pa.array(draws.column("recorder")).flatten().to_numpy()[0])]
+        if keep.size < rows or len(recorder.rows) < rows or int(tuning.sum()) != recorder.warmup:
+            raise SamplingError(f"chain {c + 1}: {keep.size} kept draws, {len(recorder.rows)} recorded, "
+                                f"{int(tuning.sum())} warmup; {rows} needed")
+        stat_columns = [np.asarray(column(stats, STATS[k]), dtype=float)[keep] for k in STATS]
+        out[c] = {"names": names, "table": np.concatenate([np.stack(stat_columns, axis=1),
+                                                           density_module.output_rows(np.stack(recorder.rows[:rows]), data)],
+                                                          axis=1)}
+    return out

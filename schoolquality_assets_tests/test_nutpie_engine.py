@@ -1,0 +1,102 @@
+"""The nutpie engine (nutpie_engine.py): the engine chosen for M2 where CmdStan is absent. It must
+give the posterior the PyStan engine gives from the Stan program (within Monte Carlo error), the
+same draws for the same seed, and stop at the first checkpoint where the gate holds."""
+
+import dataclasses
+
+import arviz as az
+import numpy as np
+import pytest
+
+from schoolquality_assets import diagnostics, models, nutpie_engine, stan_engine
+from schoolquality_assets.stan_engine import SamplerSettings, StopRule
+
+pytestmark = pytest.mark.skipif(not nutpie_engine.available(), reason="nutpie and numba are dependencies")
+M2 = models.MODELS["m2"]
+
+
+def test_auto_picks_nutpie_for_a_program_with_a_density_only(monkeypatch):
+    monkeypatch.setattr(stan_engine, "cmdstan_available", lambda: False)
+    assert stan_engine.choose_engine("auto", M2.path) == "nutpie"
+    assert stan_engine.choose_engine("nutpie", M2.path) == "nutpie"
+    for key in ("m0", "m1", "m3"):
+        assert stan_engine.choose_engine("auto", models.MODELS[key].path) == "pystan"
+        assert stan_engine.choose_engine("nutpie", models.MODELS[key].path) == "pystan"
+    assert stan_engine.choose_engine("pystan", M2.path) == "pystan"
+    monkeypatch.setattr(stan_engine, "cmdstan_available", lambda: True)
+    assert stan_engine.choose_engine("auto", M2.path) == "cmdstanpy"   # cmdstanpy wherever CmdStan exists
+    with pytest.raises(ValueError, match="unknown Stan engine"):
+        stan_engine.choose_engine("stan", M2.path)
+
+
+def test_same_seed_same_draws(small_province):
+    settings = SamplerSettings(chains=3, warmup=150, draws=60, seed=5, until_converged=False, engine="nutpie")
+    fits = [models.fit(M2, small_province[1], settings, progress=lambda m: None) for _ in range(2)]
+    assert all(f.attrs["engine"] == "nutpie" for f in fits)
+    for name in ("sd_school", "sd_cohort", "r_school", "r_cohort", "b"):
+        np.testing.assert_array_equal(fits[0].posterior[name].values, fits[1].posterior[name].values)
+    other = models.fit(M2, small_province[1], dataclasses.replace(settings, seed=6), progress=lambda m: None)
+    assert not np.array_equal(other.posterior["sd_school"].values, fits[0].posterior["sd_school"].values)
+
+
+def test_nutpie_and_stan_give_m2_the_same_posterior(small_province):
+    """Both engines under the production rule (sample until the gate holds): the posterior means
+    agree within their combined Monte Carlo error (each of the ~1,000 cohorts: the z-scores spread
+    as a standard normal's, few beyond 3.5), and the SDs within 15%."""
+    limits = diagnostics.Thresholds()
+    fits = {engine: models.fit(M2, small_province[1], SamplerSettings(warmup=300, seed=8, engine=engine),
+                               progress=lambda m: None, limits=limits)
+            for engine in ("nutpie", "pystan")}
+    assert {e: f.attrs["engine"] for e, f in fits.items()} == {"nutpie": "nutpie", "pystan": "pystan"}
+    assert all(f.attrs["converged"] == 1 for f in fits.values())
+    a, b = fits["nutpie"].posterior, fits["pystan"].posterior
+    for name in ("sd_school", "sd_cohort", "b_Intercept", "b", "r_school", "r_cohort"):
+        se = np.sqrt(az.mcse(a[[name]])[name].values ** 2 + az.mcse(b[[name]])[name].values ** 2)
+        z = np.abs(a[name].mean(("chain", "draw")).values - b[name].mean(("chain", "draw")).values) / se
+        if name == "r_cohort":
+            assert z.size > 500 and np.sqrt(np.mean(z ** 2)) < 1.2 and np.mean(z > 3.5) < 0.005, \
+                (float(np.sqrt(np.mean(z ** 2))), float(np.mean(z > 3.5)))
+        else:
+            assert np.all(z < 4.5), (name, float(np.max(z)))
+        if name in ("sd_school", "sd_cohort", "b_Intercept", "b", "r_school"):
+            ratio = a[name].std(("chain", "draw")).values / b[name].std(("chain", "draw")).values
+            assert np.all(np.abs(ratio - 1) < 0.15), (name, float(np.max(np.abs(ratio - 1))))
+
+
+def test_stops_at_the_first_checkpoint_where_the_gate_holds(small_province):
+    limits = diagnostics.Thresholds()
+    settings = SamplerSettings(chains=4, warmup=300, seed=6, min_draws=50, check_every=50, max_draws=3000, engine="nutpie")
+    lines = []
+    idata = models.fit(M2, small_province[1], settings, progress=lines.append, limits=limits)
+    n = idata.posterior.sizes["draw"]
+    assert idata.attrs["converged"] == 1 and "gate holds" in idata.attrs["stop_status"]
+    rule = StopRule(judge=None, min_draws=50, check_every=50, max_draws=3000)
+    checkpoints = [50]
+    while checkpoints[-1] < n:
+        checkpoints.append(rule.next_checkpoint(checkpoints[-1]))
+    assert checkpoints[-1] == n
+    assert [line.split(" draws per chain")[0] for line in lines if line.startswith("checkpoint ")] == \
+        [f"checkpoint {c}" for c in checkpoints]
+    summary = diagnostics.convergence_summary(idata, limits)
+    assert not diagnostics.failed_blocking(diagnostics.gate(summary, limits))
+    if n > 50:
+        earlier = diagnostics.convergence_summary(idata.isel(draw=slice(0, checkpoints[-2])), limits)
+        assert diagnostics.failed_blocking(diagnostics.gate(earlier, limits))
+
+
+def test_a_density_that_fails_fails_the_fit(small_province, monkeypatch):
+    from schoolquality_assets import cohort_density
+
+    calls, working = [0], cohort_density.Density.logp_into
+
+    def breaks_after_a_while(self, u, grad):
+        calls[0] += 1
+        if calls[0] > 300:
+            raise FloatingPointError("density broke")
+        return working(self, u, grad)
+
+    monkeypatch.setattr(cohort_density.Density, "logp_into", breaks_after_a_while)
+    settings = SamplerSettings(chains=2, warmup=50, draws=20000, until_converged=False, engine="nutpie")
+    with pytest.raises(stan_engine.SamplingError, match="density broke"):
+        models.fit(M2, small_province[1], settings, progress=lambda m: None)
+    assert calls[0] > 300
