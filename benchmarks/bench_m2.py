@@ -145,7 +145,8 @@ def seconds_per_step(stan_file: Path, data: dict, inits, warmup: int = 150, shor
     draws and their leapfrog steps. Tree depth capped at 6."""
     runs = {}
     for n in (short, long):
-        settings = SamplerSettings(chains=1, warmup=warmup, draws=n, seed=1, max_treedepth=6, until_converged=False)
+        settings = SamplerSettings(chains=1, warmup=warmup, draws=n, seed=1, max_treedepth=6, until_converged=False,
+                                   engine="pystan")   # Stan's own sampler and gradient
         start = time.monotonic()
         draws = sample(stan_file, data, settings, inits=inits, progress=QUIET)
         runs[n] = (time.monotonic() - start, int(draws.sample_stats["n_steps"].sum()))
@@ -164,6 +165,26 @@ def steps(partition: str) -> None:
         inits = models.initial_values(models.MODELS["m2"], mi, 1, 1) if name.startswith("project") else None
         per_step, per_iter = seconds_per_step(path, form_data(name, mi), inits)
         print(f"{name:34s} {1000 * per_step:8.2f} {1e9 * per_step / n:7.0f} {per_iter:16.1f}", flush=True)
+    per_gradient = gradient_seconds(mi)
+    print(f"{'hand-written density (nutpie engine)':34s} {1000 * per_gradient:8.2f} {1e9 * per_gradient / n:7.0f} "
+          f"{'(one gradient)':>16s}", flush=True)
+
+
+def gradient_seconds(mi: models.ModelInput, calls: int = 300) -> float:
+    """Seconds per evaluation of M2's hand-written log density and gradient (cohort_density), one
+    thread, at the asset's initial values: a leapfrog step costs one gradient."""
+    from schoolquality_assets import cohort_density
+
+    spec = models.MODELS["m2"]
+    data = models.stan_data(spec, mi)
+    density = cohort_density.density(data)
+    u = cohort_density.unconstrain(models.initial_values(spec, mi, 1, 1)[0], data)
+    grad = np.empty_like(u)
+    density.logp_into(u, grad)   # compiled
+    start = time.perf_counter()
+    for _ in range(calls):
+        density.logp_into(u, grad)
+    return (time.perf_counter() - start) / calls
 
 
 def converge(partition: str, warmup: int | None = None) -> None:
@@ -208,7 +229,8 @@ def chains(model: str, partition: str, n_draws: int, adapt_delta: float | None =
     spec = models.MODELS[model]
     mi = models.model_input(spec, province_sample(partition))
     data = models.stan_data(spec, mi)
-    settings = SamplerSettings(warmup=300 if partition == "full" else 1000, draws=n_draws, until_converged=False)
+    settings = SamplerSettings(warmup=300 if partition == "full" else 1000, draws=n_draws, until_converged=False,
+                               engine="pystan")   # Stan's adaptation (step size and metric) is what this reads
     # the model's floor (M3: 0.9), as models.fit applies it, unless --adapt-delta says otherwise
     delta = adapt_delta if adapt_delta is not None else max(settings.adapt_delta, spec.min_adapt_delta)
     settings = SamplerSettings(**(settings.as_dict() | {"adapt_delta": delta}))

@@ -4,6 +4,9 @@ same run (not a test: it prints figures). Run alone, with nothing else running:
     .venv/bin/python -m pip install -e '.[peer]'      # optional extra: pymc, nutpie, numba
     flock /tmp/schoolquality-stan.lock .venv/bin/python benchmarks/peer_nutpie.py [brms|full] [--draws N] [--warmup N]
 
+The project's M2 runs under its default engine here (nutpie on the hand-written density) and under
+Stan's own sampler (PyStan); ``--engine auto|pystan`` runs one of them.
+
 ``brms`` (default): benchmarks/data/brms_m2_subsample.csv, the 11,487 rows brms fitted, at brms's
 settings 4 x (1000 + 1000). ``full``: the built-in province's full analysis sample, 4 x (300 + 700).
 
@@ -82,7 +85,8 @@ def report(label: str, posterior, seconds: float) -> None:
 
 
 def project(spec, sample_, settings: SamplerSettings, label: str) -> None:
-    compile_pystan(spec.path, progress=QUIET)
+    if settings.engine == "pystan":
+        compile_pystan(spec.path, progress=QUIET)
     limits = diagnostics.Thresholds() if settings.until_converged else None
     idata = models.fit(spec, sample_, settings, progress=QUIET, limits=limits)
     report(label, idata.posterior, float(idata.attrs["sample_seconds"]))
@@ -115,9 +119,13 @@ def main(argv: list[str]) -> None:
     print(f"{which}: {mi.data['N']} observations, {mi.data['J_school']} schools, {mi.data['J_cohort']} cohorts; "
           f"4 chains on {os.cpu_count()} cores")
     print(f"{'fit':44s} {'seconds':>8s} {'sd_s':>6s} {'sd_c':>6s} {'ESS_s':>7s} {'ESS_c':>7s} {'ESS/s':>7s} {'ESS/s':>7s}")
-    project(spec, sample_, SamplerSettings(warmup=warmup, draws=draws, seed=1, until_converged=False),
-            f"project M2, 4 x ({warmup}+{draws})")
-    project(spec, sample_, SamplerSettings(warmup=warmup, seed=1), "project M2, default rule (until the gate holds)")
+    engines = [e for e in ("auto", "pystan") if "--engine" not in argv or argv[argv.index("--engine") + 1] == e]
+    for engine in engines:   # auto: the default engine here (nutpie on the hand-written density); pystan: Stan's sampler
+        name = "nutpie" if engine == "auto" else "Stan"
+        project(spec, sample_, SamplerSettings(warmup=warmup, draws=draws, seed=1, until_converged=False, engine=engine),
+                f"project M2 ({name}), 4 x ({warmup}+{draws})")
+        project(spec, sample_, SamplerSettings(warmup=warmup, seed=1, engine=engine),
+                f"project M2 ({name}), default rule (to the gate)")
     peer(mi, warmup, draws)
     print("seconds: sampling, warmup included, compile excluded; ESS: arviz bulk ESS")
 

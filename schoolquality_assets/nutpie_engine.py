@@ -19,7 +19,8 @@ import numpy as np
 
 from schoolquality_assets.stan_engine import Draws, SamplingError, StopRule, Verdict, _Heartbeat, _stack
 
-DENSITIES = {"m2_cohort.stan": "schoolquality_assets.cohort_density", "m3_profile.stan": "schoolquality_assets.cohort_density"}
+DENSITIES = {"m0_normal.stan": "schoolquality_assets.school_density", "m1_school.stan": "schoolquality_assets.school_density",
+             "m2_cohort.stan": "schoolquality_assets.cohort_density", "m3_profile.stan": "schoolquality_assets.cohort_density"}
 # nutpie's sampler statistics as Stan's sampler columns
 STATS = {"lp__": "logp", "accept_stat__": "mean_tree_accept", "stepsize__": "step_size", "treedepth__": "depth",
          "n_leapfrog__": "n_steps", "divergent__": "diverging", "energy__": "energy"}
