@@ -187,7 +187,8 @@ def fit_draws(spec: models.ModelSpec, path: Path, frame: pl.DataFrame, sampler: 
     mi = models.model_input(spec, frame)
     data = models.stan_data(spec, mi) | {"prior_b_sd": PRIOR_B_SD}
     inits = models.initial_values(spec, mi, sampler.chains, sampler.seed)
-    draws = sample(path, data, sampler, inits=inits, progress=lambda message: None)
+    draws = sample(path, data, sampler, inits=inits, progress=lambda message: None,
+                   init_for_seed=lambda seed: models.initial_values(spec, mi, 1, seed)[0])  # the nutpie engine's
     return mi, draws
 
 

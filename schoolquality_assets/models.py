@@ -498,6 +498,14 @@ def load_posterior(path: Path) -> az.InferenceData:
 
 
 def stan_code_version(spec: ModelSpec) -> str:
+    """The program and its hand-written density (the default engine samples the latter): a change
+    to either marks the posterior stale."""
     import hashlib
+    import importlib.util
 
-    return hashlib.sha256(spec.path.read_bytes()).hexdigest()[:16]
+    from schoolquality_assets import nutpie_engine
+
+    parts = [spec.path.read_bytes()]
+    if spec.stan_file in nutpie_engine.DENSITIES:   # its source, without importing numba
+        parts.append(Path(importlib.util.find_spec(nutpie_engine.DENSITIES[spec.stan_file]).origin).read_bytes())
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]

@@ -24,7 +24,6 @@ DENSITIES = {"m0_normal.stan": "schoolquality_assets.school_density", "m1_school
 # nutpie's sampler statistics as Stan's sampler columns
 STATS = {"lp__": "logp", "accept_stat__": "mean_tree_accept", "stepsize__": "step_size", "treedepth__": "depth",
          "n_leapfrog__": "n_steps", "divergent__": "diverging", "energy__": "energy"}
-_PROGRESS = "{% for chain in chains %}{{ chain.finished_draws }};{% endfor %}"
 POLL_SECONDS = 0.5
 
 
@@ -44,7 +43,8 @@ def has_density(stan_file: Path) -> bool:
 def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress, stop: StopRule | None) -> Draws:
     """Sample ``stan_file``'s model by its hand-written density: ``settings.draws`` per chain, or
     until ``stop`` says so. ``init_for_seed(seed)`` gives a chain's initial values (a dict of the
-    program's parameters) from the seed nutpie derives for that chain."""
+    program's parameters) from the seed nutpie derives for that chain; without it the chains start
+    at nutpie's random points about 0 on the unconstrained scale (as Stan's default inits)."""
     from nutpie import _lib
     from nutpie.compiled_pyfunc import from_pyfunc
 
@@ -78,21 +78,18 @@ def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress
         return density_module.unconstrain(init_for_seed(int(seed) % 2**32), data)
 
     model = from_pyfunc(n, make_logp, make_expand, [np.dtype("float64")], [(1,)], ["recorder"],
-                        make_initial_point_fn=initial_point)
+                        make_initial_point_fn=initial_point if init_for_seed else None)   # None: nutpie's jitter about 0
     capacity = stop.max_draws if stop else settings.draws
     nuts = _lib.PyNutsSettings.Diag(settings.seed)
     nuts.num_tune, nuts.num_draws, nuts.num_chains = settings.warmup, capacity, settings.chains
     nuts.target_accept, nuts.maxdepth = settings.adapt_delta, settings.max_treedepth
-    done: list[list[int]] = [[0] * settings.chains]
-    report = _lib.ProgressType.template_callback(
-        1000, _PROGRESS, settings.chains, lambda text: done.append([int(v) for v in text.split(";") if v.strip()]))
     heartbeat = _Heartbeat(progress, settings.warmup, stop, chains=settings.chains, total=settings.warmup + capacity)
     sampling = time.monotonic()
     # every chain at once (cores = chains), so that checkpoints see every chain's draws
-    sampler = model._make_sampler(nuts, np.zeros(n), settings.chains, report, _lib.PyStorage.arrow())
+    sampler = model._make_sampler(nuts, np.zeros(n), settings.chains, _lib.ProgressType.none(), _lib.PyStorage.arrow())
     names = list(STATS) + density_module.output_names(data)
     try:
-        kept, verdict, warmup_seconds, chains = _watch(sampler, settings, capacity, stop, done, heartbeat, sampling,
+        kept, verdict, warmup_seconds, chains = _watch(sampler, settings, capacity, stop, recorders, heartbeat, sampling,
                                                        lambda k: _views(sampler, recorders, k, names, density_module, data))
     finally:
         try:
@@ -121,32 +118,39 @@ def _finished(sampler) -> bool:
         raise SamplingError(f"nutpie sampling failed: {exc}") from exc
 
 
-def _watch(sampler, settings, capacity, stop, done, heartbeat, start, views):
+def _watch(sampler, settings, capacity, stop, recorders, heartbeat, start, views):
     """The PyStan engine's loop (stan_engine._watch) over nutpie's chains: judge checkpoints of
-    kept draws per chain as they fill; fixed draw counts, so the draws do not depend on timing."""
+    kept draws per chain as they fill; fixed draw counts, so the draws do not depend on timing.
+    Each chain's iterations and kept draws are its recorder's counts (chains numbered in the order
+    their recorders were made)."""
     checkpoint = stop.min_draws if stop else capacity
     verdict, warmup_seconds, last = None, None, 0
     while True:
-        iterations = done[-1]
-        for c, i in enumerate(iterations):
-            heartbeat.message(("iteration", c + 1, i))
-        kept = min((max(i - settings.warmup, 0) for i in iterations), default=0) if len(iterations) == settings.chains else 0
+        finished = _finished(sampler)   # before counting: a finished sampler's counts are final
+        # nutpie makes one expand function more than it has chains, and never calls it
+        active = [r for r in list(recorders) if r.seen > 0]
+        for c, recorder in enumerate(active):
+            heartbeat.message(("iteration", c + 1, recorder.seen))
+        kept = min(len(r.rows) for r in active) if len(active) == settings.chains else 0
         heartbeat.tick(kept, checkpoint if stop else None)
         if warmup_seconds is None and kept > 0:
             warmup_seconds = time.monotonic() - start
-        finished = _finished(sampler)
         if stop is None:
             if finished:
-                return capacity, None, warmup_seconds, views(capacity)
+                return capacity, None, warmup_seconds, _final(views(capacity))
         elif kept >= min(checkpoint, capacity):
             checkpoint = min(checkpoint, capacity)
             sampler.pause()
             try:
                 chains = views(checkpoint)
-                verdict = stop.judge(chains, checkpoint, time.monotonic() - start)
+                if chains is not None:
+                    verdict = stop.judge(chains, checkpoint, time.monotonic() - start)
             finally:
                 if not finished:
                     sampler.resume()
+            if chains is None:   # a draw recorded but not yet in nutpie's trace: look again shortly
+                _final(None) if finished else time.sleep(POLL_SECONDS)
+                continue
             heartbeat.resumed()
             heartbeat(f"checkpoint {checkpoint} draws per chain: {verdict.status}")
             last = checkpoint
@@ -159,10 +163,17 @@ def _watch(sampler, settings, capacity, stop, done, heartbeat, start, views):
                       + (f"; last checkpoint ({last} draws): {verdict.status}" if verdict else ""))
             if last == 0:
                 raise SamplingError(f"no draws kept: {status}")
-            return last, Verdict(passed=False, final=True, status=status), warmup_seconds, views(last)
+            sampler.pause()
+            return last, Verdict(passed=False, final=True, status=status), warmup_seconds, _final(views(last))
         if finished and kept < capacity:
             raise SamplingError(f"chains ended with {kept} of {capacity} draws")
         time.sleep(POLL_SECONDS)
+
+
+def _final(chains):
+    if chains is None:
+        raise SamplingError("nutpie's trace holds fewer draws than the chains recorded")
+    return chains
 
 
 class _Recorder:
@@ -181,8 +192,9 @@ class _Recorder:
         return self._tag
 
 
-def _views(sampler, recorders: list[_Recorder], rows: int, names: list[str], density_module, data: dict) -> dict[int, dict]:
-    """Each chain's first ``rows`` kept draws as the program's output table (Stan's columns)."""
+def _views(sampler, recorders: list[_Recorder], rows: int, names: list[str], density_module, data: dict) -> dict[int, dict] | None:
+    """Each chain's first ``rows`` kept draws as the program's output table (Stan's columns); None
+    while a chain's statistics in nutpie's trace lag behind its recorded draws."""
     import pyarrow as pa
 
     column = lambda batch, name: pa.array(batch.column(name)).to_numpy(zero_copy_only=False)  # noqa: E731
@@ -192,9 +204,11 @@ def _views(sampler, recorders: list[_Recorder], rows: int, names: list[str], den
         tuning = np.asarray(column(stats, "tuning"), dtype=bool)
         keep = np.flatnonzero(~tuning)[:rows]
         recorder = recorders[int(pa.array(draws.column("recorder")).flatten().to_numpy()[0])]
-        if keep.size < rows or len(recorder.rows) < rows or int(tuning.sum()) != recorder.warmup:
-            raise SamplingError(f"chain {c + 1}: {keep.size} kept draws, {len(recorder.rows)} recorded, "
-                                f"{int(tuning.sum())} warmup; {rows} needed")
+        if keep.size < rows or len(recorder.rows) < rows:
+            return None
+        if int(tuning.sum()) != recorder.warmup:
+            raise SamplingError(f"chain {c + 1}: {int(tuning.sum())} warmup draws in nutpie's trace, "
+                                f"{recorder.warmup} expected")
         stat_columns = [np.asarray(column(stats, STATS[k]), dtype=float)[keep] for k in STATS]
         out[c] = {"names": names, "table": np.concatenate([np.stack(stat_columns, axis=1),
                                                            density_module.output_rows(np.stack(recorder.rows[:rows]), data)],

@@ -144,9 +144,8 @@ class SamplerResource(dg.ConfigurableResource):
     seed: int | None = _from_env("seed", "Stan seed.")
     adapt_delta: float = Field(default=0.8, description="Stan's target acceptance rate.")
     max_treedepth: int = Field(default=10, description="Stan's maximum tree depth.")
-    engine: str | None = _from_env("engine", "Stan engine: auto (cmdstanpy if CmdStan is found; else nutpie for "
-                                   "a program with a hand-written density, M2, and pystan for the rest), pystan, cmdstanpy "
-                                   "or nutpie.")
+    engine: str | None = _from_env("engine", "Engine: auto (cmdstanpy if CmdStan is found, else nutpie on the "
+                                   "programs' hand-written densities), pystan, cmdstanpy or nutpie.")
 
     def resolve(self) -> dict[str, tuple[Any, str]]:
         """Every field's value and where it came from (``config``, ``$SCHOOLQUALITY_...`` or

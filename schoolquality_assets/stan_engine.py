@@ -194,8 +194,6 @@ def sample(
     if engine == "nutpie":
         from schoolquality_assets.nutpie_engine import sample_nutpie
 
-        if init_for_seed is None:
-            raise ValueError("the nutpie engine needs init_for_seed (initial values from each chain's seed)")
         draws = sample_nutpie(Path(stan_file), dict(data), settings, init_for_seed, progress, stop)
         draws.compile_seconds += waited
         return draws

@@ -19,7 +19,7 @@ from schoolquality_assets.stan_engine import SamplerSettings, SamplingError, sam
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO_ROOT = Path(__file__).parents[1]
-SETTINGS = SamplerSettings(chains=2, warmup=100, draws=100, seed=5, until_converged=False)
+SETTINGS = SamplerSettings(chains=2, warmup=100, draws=100, seed=5, until_converged=False, engine="pystan")
 
 
 def _cbpp():
@@ -83,7 +83,7 @@ FIT = """
 import sys
 from pathlib import Path
 from schoolquality_assets import stan_engine
-settings = stan_engine.SamplerSettings(chains=2, warmup=100, draws=100000, until_converged=False)
+settings = stan_engine.SamplerSettings(chains=2, warmup=100, draws=100000, until_converged=False, engine="pystan")
 stan_engine.sample(Path(sys.argv[1]), {}, settings, progress=lambda line: print(line, flush=True))
 """
 
@@ -297,7 +297,8 @@ def test_chains_wait_while_a_checkpoint_is_judged_and_draw_the_same(monkeypatch)
     # Room for far more draws than the rule takes: cbpp is so cheap that, under load, one chain could
     # otherwise finish its whole run (and a pause of an ended chain is a no-op) before the other
     # reaches the first checkpoint (seen once in CI: only one chain left at draw 100).
-    settings = SamplerSettings(chains=2, warmup=100, seed=5, min_draws=100, check_every=100, max_draws=100_000)
+    settings = SamplerSettings(chains=2, warmup=100, seed=5, min_draws=100, check_every=100, max_draws=100_000,
+                               engine="pystan")
     paused = sample(spec.path, mi.data, settings, progress=lambda line: None,
                     stop=stan_engine.StopRule.for_settings(settings, judge))
     assert [n for n, _ in seen] == [100, 200]

@@ -74,7 +74,7 @@ def test_run_killed_mid_sampling_keeps_previous_output_and_rerun_matches(provinc
     before = path.read_bytes()
     reference = models.load_posterior(path).posterior["r_school"].values
 
-    long = settings | {"SCHOOLQUALITY_WARMUP": "20000"}
+    long = settings | {"SCHOOLQUALITY_WARMUP": "5000000"}   # still warming up at the first heartbeat
     proc = _cli(province_root, "posterior_m2", "subsample", **long)
     deadline = time.monotonic() + 300
     for line in proc.stdout:                       # wait until the chains are sampling (first heartbeat)

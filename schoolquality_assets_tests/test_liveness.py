@@ -187,7 +187,7 @@ ORPHAN = """
 import sys
 from pathlib import Path
 from schoolquality_assets import stan_engine
-settings = stan_engine.SamplerSettings(chains=2, warmup=100, draws=100000, until_converged=False)
+settings = stan_engine.SamplerSettings(chains=2, warmup=100, draws=100000, until_converged=False, engine="pystan")
 try:
     stan_engine.sample(Path(sys.argv[1]), {}, settings, progress=lambda line: print(line, flush=True))
 except stan_engine.SamplingError as exc:

@@ -152,7 +152,7 @@ def test_python_linear_predictor_matches_stan(small_province, key):
     assert 0 < d["J_school_c"] < d["J_school"] and 0 < d["J_cohort_c"] < d["J_cohort"], "both forms exercised"
     if key == "m3":
         assert 0 < d["J_profile_c"] < d["J_profile"], "both forms of the profiles exercised"
-    settings = SamplerSettings(chains=2, warmup=150, draws=20, seed=4, until_converged=False)
+    settings = SamplerSettings(chains=2, warmup=150, draws=20, seed=4, until_converged=False, engine="pystan")  # Stan's eta
     data = models.stan_data(spec, mi) | {"emit_eta": 1}
     draws = sample(spec.path, data, settings, inits=models.initial_values(spec, mi, 2, 4), progress=lambda m: None)
     idata = models.to_inference_data(spec, mi, draws)

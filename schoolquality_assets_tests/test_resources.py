@@ -70,7 +70,7 @@ def test_a_configured_value_wins_over_the_variable(clean_env):
     ("SCHOOLQUALITY_BUDGET_SECONDS", "20min", "a number"),
     ("SCHOOLQUALITY_UNTIL_CONVERGED", "yes", "0 or 1"),
     ("SCHOOLQUALITY_SEED_FROM_PREVIOUS", "2", "0 or 1"),
-    ("SCHOOLQUALITY_ENGINE", "stan", "auto / pystan / cmdstanpy"),
+    ("SCHOOLQUALITY_ENGINE", "stan", "auto / pystan / cmdstanpy / nutpie"),
 ])
 def test_a_bad_value_names_the_variable(clean_env, variable, value, expected):
     clean_env.setenv(variable, value)
