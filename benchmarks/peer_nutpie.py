@@ -1,7 +1,7 @@
 """The peer a user could pick instead: M2 in PyMC, sampled by nutpie, beside the project's M2 in the
 same run (not a test: it prints figures). Run alone, with nothing else running:
 
-    .venv/bin/python -m pip install -e '.[peer]'      # optional extra: pymc, nutpie, numba
+    .venv/bin/python -m pip install -e '.[peer]'      # optional extra: pymc (nutpie and numba are dependencies)
     flock /tmp/schoolquality-stan.lock .venv/bin/python benchmarks/peer_nutpie.py [brms|full] [--draws N] [--warmup N]
 
 The project's M2 runs under its default engine here (nutpie on the hand-written density) and under

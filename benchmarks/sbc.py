@@ -115,7 +115,7 @@ def fit_line(key: str, done: int, total: int, rep: calibration.Replicate, elapse
 
 def run_model(key: str, indices: list[int], seed: int, settings: calibration.Settings, name: str) -> dict:
     spec = models.MODELS[key]
-    if choose_engine(settings.sampler.engine) == "pystan":
+    if choose_engine(settings.sampler.engine, spec.path) == "pystan":
         compile_pystan(spec.path, progress=lambda message: None)   # not timed with the replicates
     start = time.monotonic()
     reps = []

@@ -109,14 +109,14 @@ def density(data: dict) -> Density:
     return Density(lay, arrays)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _t_lpdf(x):
     """student_t(3, 0, 2.5) without its constant, and d/dx."""
     q = (x / SCALE) ** 2 / NU
     return -(NU + 1.0) / 2.0 * np.log1p(q), -(NU + 1.0) * x / (SCALE * SCALE * NU) / (1.0 + q)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _group(x, g, g_group, p_c, centred, p_n, noncentred, mean, log_sd):
     """One level's prior (centred: x ~ normal(mean, sd); non-centred: z ~ std_normal, group =
     mean + sd * z), given the adjoint of each group's value: writes the gradient of the level's
@@ -142,7 +142,7 @@ def _group(x, g, g_group, p_c, centred, p_n, noncentred, mean, log_sd):
     return lp, g_log_sd, g_mean
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _assemble(x, mean, p_c, centred, p_n, noncentred, sd):
     out = np.empty(mean.shape[0])
     for i in range(centred.shape[0]):
@@ -153,7 +153,7 @@ def _assemble(x, mean, p_c, centred, p_n, noncentred, sd):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _logp_grad(u, grad, mult, y, n, cohort, within_row, Xw, cohort_school, cohort_row, Xbar, school_row, Xss,
                X_mean, school_c, school_nc, cohort_c, cohort_nc, profile, subject_profile, profile_c, profile_nc,
                prior_b_sd):

@@ -506,6 +506,7 @@ def stan_code_version(spec: ModelSpec) -> str:
     from schoolquality_assets import nutpie_engine
 
     parts = [spec.path.read_bytes()]
-    if spec.stan_file in nutpie_engine.DENSITIES:   # its source, without importing numba
-        parts.append(Path(importlib.util.find_spec(nutpie_engine.DENSITIES[spec.stan_file]).origin).read_bytes())
+    if spec.stan_file in nutpie_engine.DENSITIES:   # the engine's source, without importing numba
+        here = Path(importlib.util.find_spec("schoolquality_assets").origin).parent
+        parts += [(here / name).read_bytes() for name in nutpie_engine.ENGINE_FILES]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]

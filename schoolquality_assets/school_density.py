@@ -80,7 +80,7 @@ def density(data: dict) -> Density:
     return Density(lay, arrays)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _school_prior(u, g, p_mu, intercept, lsd):
     """mu_school ~ normal(intercept, sd): log density; writes d/dmu into g; returns (lp, d/dintercept, d/dlog sd)."""
     sd = np.exp(lsd)
@@ -96,7 +96,7 @@ def _school_prior(u, g, p_mu, intercept, lsd):
     return lp, g_intercept, g_lsd
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _binomial_logp_grad(u, grad, y, n, school, Xc, prior_b_sd):
     K = Xc.shape[1]
     p_mu = 2 + K
@@ -133,7 +133,7 @@ def _binomial_logp_grad(u, grad, y, n, school, Xc, prior_b_sd):
     return lp
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _normal_logp_grad(u, grad, proportion, n_obs, ss_within, school, location):
     p_mu = 3
     intercept, lsd, lsigma = u[0], u[1], u[2]

@@ -1,6 +1,9 @@
 """Run Stan programs and stream their draws into NumPy arrays.
 
-Two engines share the same ``.stan`` files:
+Three engines share the same ``.stan`` files (``choose_engine``):
+
+* ``nutpie`` (default where CmdStan is absent): nutpie's NUTS on each program's hand-written
+  log density, tested equal to the program's (nutpie_engine.py).
 
 * ``pystan`` (always available): programs are compiled by httpstan (PyStan 3's
   back end) and cached by it, so a rerun does not recompile. Sampling does *not* go
@@ -62,7 +65,7 @@ class SamplerSettings:
     adapt_delta: float = 0.8
     max_treedepth: int = 10
     stepsize: float = 1.0   # initial step size (the step size itself when warmup = 0)
-    engine: str = "auto"  # auto | pystan | cmdstanpy
+    engine: str = "auto"  # auto | pystan | cmdstanpy | nutpie (choose_engine)
     # Adaptation windows (Stan's defaults 75 / 25 / 50). The first metric update comes after
     # init_buffer + window iterations; before it the unit metric makes trees deep.
     init_buffer: int = 75
@@ -187,6 +190,8 @@ def sample(
     programs ``also_compile`` (the run's other fits) are compiled with ``stan_file`` when any of
     them is not compiled yet, as many at once as there are cores."""
     engine = choose_engine(settings.engine, Path(stan_file))
+    if engine == "nutpie" and data.get("emit_eta"):
+        engine = "pystan"   # Stan's own linear predictor (a generated quantity the densities do not write)
     if engine == "cmdstanpy":
         return _sample_cmdstanpy(Path(stan_file), dict(data), settings, inits, progress, stop)
     stan_programs = [p for p in (Path(stan_file), *map(Path, also_compile)) if choose_engine(settings.engine, p) == "pystan"]

@@ -11,6 +11,8 @@ import pytest
 
 from schoolquality_assets import models, nutpie_engine
 
+pytestmark = pytest.mark.stan   # compiles the Stan programs (httpstan) to compare with them
+
 
 @pytest.fixture(scope="module", params=["m0", "m1", "m2", "m3"])
 def program(request, small_province):
@@ -25,7 +27,7 @@ def program(request, small_province):
     data = models.stan_data(spec, mi)
     module = httpstan.models.import_services_extension_module(compile_pystan(spec.path, lambda m: None)[0])
     jsonable = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in data.items()}
-    density_module = importlib.import_module(nutpie_engine.DENSITIES[spec.stan_file])
+    density_module = importlib.import_module(nutpie_engine.DENSITIES[spec.stan_file][0])
     return spec, mi, data, module, jsonable, density_module
 
 
@@ -71,3 +73,13 @@ def test_initial_values_unconstrain_as_stans(program):
     u = density_module.unconstrain(init, data)
     stan = np.asarray(module.transform_inits(js, {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in init.items()}))
     np.testing.assert_allclose(u, stan, rtol=1e-12, atol=1e-12)
+
+
+def test_each_density_is_for_its_programs_text(tmp_path):
+    """A density is used only for the program text it was written against: an edited program
+    samples with PyStan (and this test fails until the density and its hash are brought up to date)."""
+    for spec in models.MODELS.values():
+        assert nutpie_engine.has_density(spec.path), f"{spec.stan_file} changed since its hand-written density"
+        edited = tmp_path / spec.stan_file
+        edited.write_text(spec.path.read_text() + "\n// edited\n")
+        assert not nutpie_engine.has_density(edited)

@@ -31,7 +31,8 @@ def check_results(outcomes: list[diagnostics.CheckOutcome], limits: ConvergenceR
 
 
 def fits_in_run(context: dg.AssetExecutionContext) -> tuple[models.ModelSpec, ...]:
-    """The models this run fits (its posterior steps): the first one compiles all their programs."""
+    """The models this run fits (its posterior steps): the first one compiles all their programs
+    that the PyStan engine samples (none under the default nutpie engine)."""
     steps = set(context.run.step_keys_to_execute or [n.name for n in context.job_def.nodes])
     return tuple(s for s in models.MODELS.values() if f"posterior_{s.key}" in steps)
 
