@@ -20,9 +20,47 @@ import numpy as np
 NU, SCALE = 3.0, 2.5  # student_t(3, 0, 2.5) on Intercept and on every SD
 
 
+class Blocks:
+    """Where each parameter block sits in the unconstrained vector, from ``sizes()`` (name ->
+    length, in Stan's order)."""
+
+    def sizes(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes().values())
+
+    def slices(self) -> dict[str, slice]:
+        out, at = {}, 0
+        for name, n in self.sizes().items():
+            out[name] = slice(at, at + n)
+            at += n
+        return out
+
+    def vector(self, init: dict) -> np.ndarray:
+        """An initial-values dict's blocks laid out in order (absent blocks 0), before any transform."""
+        u = np.zeros(self.size)
+        for name, where in self.slices().items():
+            if where.stop > where.start:
+                u[where] = np.asarray(init.get(name, np.zeros(where.stop - where.start)), float).reshape(-1)
+        return u
+
+
+class Kernel:
+    """A program's data as its kernel wants them (0-based indices, contiguous arrays)."""
+
+    def __call__(self, u: np.ndarray) -> tuple[float, np.ndarray]:
+        grad = np.empty_like(u)
+        return float(self.logp_into(u, grad)), grad
+
+    def logp_into(self, u: np.ndarray, grad: np.ndarray) -> float:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class Layout:
-    """Where each parameter block sits in the unconstrained vector."""
+class Layout(Blocks):
+    """Where each parameter block of M2 / M3 sits in the unconstrained vector."""
 
     K: int
     J_school_c: int
@@ -40,17 +78,6 @@ class Layout:
         if self.profile:
             sizes |= {"log_sd_profile": 1, "r_profile_c": self.J_profile_c, "z_profile": self.J_profile_nc}
         return sizes
-
-    @property
-    def size(self) -> int:
-        return sum(self.sizes().values())
-
-    def slices(self) -> dict[str, slice]:
-        out, at = {}, 0
-        for name, n in self.sizes().items():
-            out[name] = slice(at, at + n)
-            at += n
-        return out
 
 
 SCALARS = ("Intercept", "log_sd_school", "log_sd_cohort", "log_sd_profile")
@@ -76,15 +103,9 @@ def multipliers(data: dict) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Density:
-    """A program's data as the kernel wants them (0-based indices, contiguous arrays)."""
-
+class Density(Kernel):
     layout: Layout
     arrays: tuple
-
-    def __call__(self, u: np.ndarray) -> tuple[float, np.ndarray]:
-        grad = np.empty_like(u)
-        return float(self.logp_into(u, grad)), grad
 
     def logp_into(self, u: np.ndarray, grad: np.ndarray) -> float:
         return _logp_grad(u, grad, *self.arrays)
@@ -261,12 +282,7 @@ def _logp_grad(u, grad, mult, y, n, cohort, within_row, Xw, cohort_school, cohor
 
 def unconstrain(init: dict, data: dict) -> np.ndarray:
     """An initial-values dict (models.initial_values) as the unconstrained vector."""
-    lay = layout(data)
-    u = np.zeros(lay.size)
-    for name, where in lay.slices().items():
-        if where.stop > where.start:
-            u[where] = np.asarray(init.get(name, np.zeros(where.stop - where.start)), float).reshape(-1)
-    return u / multipliers(data)
+    return layout(data).vector(init) / multipliers(data)
 
 
 def output_names(data: dict) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from schoolquality_assets.cohort_density import _t_lpdf
+from schoolquality_assets.cohort_density import Blocks, Kernel, _t_lpdf
 
 
 def normal_model(data: dict) -> bool:
@@ -23,7 +23,7 @@ def normal_model(data: dict) -> bool:
 
 
 @dataclass(frozen=True)
-class Layout:
+class Layout(Blocks):
     K: int
     J_school: int
     normal: bool
@@ -32,17 +32,6 @@ class Layout:
         if self.normal:
             return {"Intercept": 1, "sd_school": 1, "sigma": 1, "mu_school": self.J_school}
         return {"Intercept": 1, "b": self.K, "sd_school": 1, "mu_school": self.J_school}
-
-    @property
-    def size(self) -> int:
-        return sum(self.sizes().values())
-
-    def slices(self) -> dict[str, slice]:
-        out, at = {}, 0
-        for name, n in self.sizes().items():
-            out[name] = slice(at, at + n)
-            at += n
-        return out
 
 
 def layout(data: dict) -> Layout:
@@ -54,13 +43,9 @@ def _x(data: dict) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Density:
+class Density(Kernel):
     layout: Layout
     arrays: tuple
-
-    def __call__(self, u: np.ndarray) -> tuple[float, np.ndarray]:
-        grad = np.empty_like(u)
-        return float(self.logp_into(u, grad)), grad
 
     def logp_into(self, u: np.ndarray, grad: np.ndarray) -> float:
         kernel = _normal_logp_grad if self.layout.normal else _binomial_logp_grad
@@ -166,11 +151,10 @@ def _normal_logp_grad(u, grad, proportion, n_obs, ss_within, school, location):
 
 def unconstrain(init: dict, data: dict) -> np.ndarray:
     lay = layout(data)
-    u = np.zeros(lay.size)
+    u = lay.vector(init)
     for name, where in lay.slices().items():
-        if where.stop > where.start:
-            value = np.asarray(init.get(name, np.zeros(where.stop - where.start)), float).reshape(-1)
-            u[where] = np.log(value) if name in ("sd_school", "sigma") else value
+        if name in ("sd_school", "sigma"):
+            u[where] = np.log(u[where])   # Stan's lower=0 transform
     return u
 
 

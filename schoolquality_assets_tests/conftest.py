@@ -14,6 +14,17 @@ def province_sample(province: synthetic.Province) -> pl.DataFrame:
     return cleaned
 
 
+def checkpoints_up_to(n: int, min_draws: int = 50, check_every: int = 50, max_draws: int = 3000) -> list[int]:
+    """The stop rule's checkpoints from ``min_draws`` up to the first at or past ``n``."""
+    from schoolquality_assets.stan_engine import StopRule
+
+    rule = StopRule(judge=None, min_draws=min_draws, check_every=check_every, max_draws=max_draws)
+    checkpoints = [min_draws]
+    while checkpoints[-1] < n:
+        checkpoints.append(rule.next_checkpoint(checkpoints[-1]))
+    return checkpoints
+
+
 @pytest.fixture(scope="session")
 def small_province():
     province = synthetic.generate_province(seed=7, n_schools=160)

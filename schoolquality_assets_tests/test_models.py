@@ -9,9 +9,9 @@ import pytest
 import arviz as az
 
 from schoolquality_assets import analyses, diagnostics, models, synthetic
-from schoolquality_assets.stan_engine import SamplerSettings, StopRule, cmdstan_available, sample
+from schoolquality_assets.stan_engine import SamplerSettings, cmdstan_available, sample
 
-from .conftest import province_sample
+from .conftest import checkpoints_up_to, province_sample
 
 pytestmark = pytest.mark.stan
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -171,10 +171,7 @@ def test_sampling_stops_once_the_gate_holds(small_province):
     idata = models.fit(models.MODELS["m1"], cleaned, settings, progress=lambda m: None, limits=limits)
     n = idata.posterior.sizes["draw"]
     assert idata.attrs["converged"] == 1 and "gate holds" in idata.attrs["stop_status"]
-    rule = StopRule(judge=None, min_draws=50, check_every=50, max_draws=3000)
-    checkpoints = [50]
-    while checkpoints[-1] < n:
-        checkpoints.append(rule.next_checkpoint(checkpoints[-1]))
+    checkpoints = checkpoints_up_to(n)
     assert checkpoints[-1] == n and n < 3000
     assert _gate_holds(idata, limits)
     if n > 50:  # it stopped at the first checkpoint where the gate held

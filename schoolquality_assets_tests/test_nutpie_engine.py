@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from schoolquality_assets import diagnostics, models, nutpie_engine, stan_engine
-from schoolquality_assets.stan_engine import SamplerSettings, StopRule
+from schoolquality_assets.stan_engine import SamplerSettings
+
+from .conftest import checkpoints_up_to
 
 pytestmark = [pytest.mark.stan, pytest.mark.skipif(not nutpie_engine.available(), reason="nutpie and numba are dependencies")]
 M2 = models.MODELS["m2"]
@@ -74,10 +76,7 @@ def test_stops_at_the_first_checkpoint_where_the_gate_holds(small_province):
     idata = models.fit(M2, small_province[1], settings, progress=lines.append, limits=limits)
     n = idata.posterior.sizes["draw"]
     assert idata.attrs["converged"] == 1 and "gate holds" in idata.attrs["stop_status"]
-    rule = StopRule(judge=None, min_draws=50, check_every=50, max_draws=3000)
-    checkpoints = [50]
-    while checkpoints[-1] < n:
-        checkpoints.append(rule.next_checkpoint(checkpoints[-1]))
+    checkpoints = checkpoints_up_to(n)
     assert checkpoints[-1] == n
     assert [line.split(" draws per chain")[0] for line in lines if line.startswith("checkpoint ")] == \
         [f"checkpoint {c}" for c in checkpoints]
