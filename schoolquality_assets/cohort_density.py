@@ -209,7 +209,9 @@ def _logp_grad(u, grad, mult, y, n, cohort, within_row, Xw, cohort_school, cohor
     lsd_p = x[p_lsd_p] if profile else 0.0
     r_profile = _assemble(x, np.zeros(J_profile), p_pc, profile_c, p_pn, profile_nc, np.exp(lsd_p))
 
-    # likelihood: y * eta - n * log1p(exp(eta)); d/deta = y - n * inv_logit(eta)
+    # likelihood: y * eta - n * log1p(exp(eta)); d/deta = y - n * inv_logit(eta). Branch-free, with
+    # log(1 + e) for log1p(e) (e = exp(-|eta|) <= 1: an absolute error below 1e-16 per trial), which
+    # makes this loop, most of the kernel's time, ~1.6x faster (benchmarks/README.md)
     g = np.zeros(u.shape[0])
     lp = 0.0
     g_mu_cohort = np.zeros(J_cohort)
@@ -219,14 +221,10 @@ def _logp_grad(u, grad, mult, y, n, cohort, within_row, Xw, cohort_school, cohor
         eta = mu_cohort[cohort[i]] + xw_b[within_row[i]]
         if profile:
             eta += r_profile[subject_profile[i]]
-        if eta > 0.0:
-            e = np.exp(-eta)
-            lp += y[i] * eta - n[i] * (eta + np.log1p(e))
-            d = y[i] - n[i] / (1.0 + e)
-        else:
-            e = np.exp(eta)
-            lp += y[i] * eta - n[i] * np.log1p(e)
-            d = y[i] - n[i] * e / (1.0 + e)
+        e = np.exp(-abs(eta))
+        inv = 1.0 / (1.0 + e)
+        lp += y[i] * eta - n[i] * (max(eta, 0.0) + np.log(1.0 + e))
+        d = y[i] - n[i] * (inv if eta > 0.0 else e * inv)
         g_mu_cohort[cohort[i]] += d
         g_xw_b[within_row[i]] += d
         if profile:
