@@ -268,10 +268,13 @@ def chains(model: str, partition: str, n_draws: int, adapt_delta: float | None =
 
 def scale(factors: list[float], budget: float | None) -> None:
     spec = models.MODELS["m2"]
-    compile_pystan(spec.path, progress=QUIET)
     default = SamplerSettings()
-    settings = SamplerSettings(warmup=300, budget_seconds=budget or 24 * 3600.0)
-    print(f"M2 on full, production rule (warmup {settings.warmup}, checkpoints every {settings.check_every}, "
+    settings = SamplerSettings(warmup=300, budget_seconds=budget or 24 * 3600.0,
+                               engine=os.environ.get("SCHOOLQUALITY_ENGINE", "auto"))
+    engine = choose_engine(settings.engine, spec.path)
+    if engine == "pystan":
+        compile_pystan(spec.path, progress=QUIET)
+    print(f"M2 on full, {engine} engine, production rule (warmup {settings.warmup}, checkpoints every {settings.check_every}, "
           f"budget {settings.budget_seconds:.0f} s; the default budget is {default.budget_seconds:.0f} s)")
     print(f"{'schools':>7s} {'obs':>7s} {'cohorts':>7s} {'warmup s':>8s} {'to gate s':>9s} {'draws':>6s} "
           f"{'steps/it':>8s} {'peak GiB':>8s}  verdict")

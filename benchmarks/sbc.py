@@ -330,7 +330,7 @@ def save(result: dict, out: Path, write_json: bool = True) -> None:
             "settings": settings_record(result), "design": asdict(DESIGN),
             "seed_rule": "numpy: default_rng([seed, i]); Stan and initial values: seed + i",
             "problem_rule": "divergences > 0, any draw at max tree depth, or min bulk ESS < L after the rerun",
-            "engine": choose_engine(result["settings"].sampler.engine),
+            "engine": choose_engine(result["settings"].sampler.engine, models.MODELS[key].path),
             "prior_b_sd": calibration.PRIOR_B_SD,
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores"}
         (out / f"sbc_{key}.json").write_text(json.dumps(record, indent=1, default=str))
