@@ -123,7 +123,7 @@ def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress
             raise
         except BaseException:  # already finished or failed (the error was raised above)
             pass
-        recorders.clear()   # the kept draws now live in ``chains`` only
+        recorders.clear()
         del sampler
     seconds = time.monotonic() - sampling
     progress(f"{Path(stan_file).name}: {settings.chains} chains x {kept} draws in {seconds:.0f} s"
@@ -160,7 +160,7 @@ def _watch(sampler, settings, capacity, stop, recorders, errors, heartbeat, star
         active = [r for r in list(recorders) if r.seen > 0]
         for c, recorder in enumerate(active):
             heartbeat.message(("iteration", c + 1, recorder.seen))
-        kept = min(len(r.rows) for r in active) if len(active) == settings.chains else 0
+        kept = min(r.kept for r in active) if len(active) == settings.chains else 0
         heartbeat.tick(kept, checkpoint if stop else None)
         if warmup_seconds is None and kept > 0:
             warmup_seconds = time.monotonic() - start
@@ -204,18 +204,21 @@ def _final(chains):
 
 
 class _Recorder:
-    """One chain's kept draws, recorded as the chain makes them (nutpie's own store keeps only the
-    sampler statistics and which recorder holds the chain's draws): the first ``warmup`` draws
-    are warmup and are not kept."""
+    """One chain's draws as the chain makes them: how many it has made and kept (the first
+    ``warmup`` are warmup). The draws themselves are read from nutpie's trace, which stores every
+    draw's unconstrained point whatever its settings say (nutpie 0.16.8), so that they are held
+    once, not twice; each trace row carries its recorder and number (the tag)."""
 
     def __init__(self, index: int, warmup: int, errors: list[str]):
-        self.index, self.warmup, self.seen, self.rows, self.errors = index, warmup, 0, [], errors
+        self.index, self.warmup, self.seen, self.errors = index, warmup, 0, errors
+
+    @property
+    def kept(self) -> int:
+        return max(0, self.seen - self.warmup)
 
     def expand(self, x, **_):
         try:
             self.seen += 1
-            if self.seen > self.warmup:
-                self.rows.append(np.array(x, dtype=np.float64))
             # which recorder, and the draw's number in it: _views checks each stored row against it
             return {"recorder": np.array([self.index, self.seen], dtype=np.float64)}
         except Exception as exc:
@@ -224,26 +227,39 @@ class _Recorder:
 
 
 def _views(sampler, recorders: list[_Recorder], rows: int, names: list[str], density_module, data: dict) -> dict[int, dict] | None:
-    """Each chain's first ``rows`` kept draws as the program's output table (Stan's columns); None
-    while a chain's statistics in nutpie's trace lag behind its recorded draws."""
+    """Each chain's first ``rows`` kept draws as the program's output table (Stan's columns), from
+    nutpie's trace; None while a chain's rows in the trace lag behind its recorded draws."""
     import pyarrow as pa
 
     column = lambda batch, name: pa.array(batch.column(name)).to_numpy(zero_copy_only=False)  # noqa: E731
-    draw_batches, stat_batches = sampler.inspect().get_arrow_trace()
-    out = {}
+    draw_batches, stat_batches = sampler.inspect().get_arrow_trace()   # a copy of the whole trace
+    parts = {}
     for c, (draws, stats) in enumerate(zip(draw_batches, stat_batches)):
         tuning = np.asarray(column(stats, "tuning"), dtype=bool)
         keep = np.flatnonzero(~tuning)[:rows]
         tags = pa.array(draws.column("recorder")).flatten().to_numpy().reshape(-1, 2)
         recorder = recorders[int(tags[0, 0])]
-        if keep.size < rows or len(recorder.rows) < rows:
+        if keep.size < rows or recorder.kept < rows:
             return None
         # every row of this chain from this recorder, the kept ones its draws warmup + 1, warmup + 2, ...
         if (int(tuning.sum()) != recorder.warmup or np.any(tags[:, 0] != recorder.index)
                 or np.any(tags[keep, 1] != recorder.warmup + 1 + np.arange(rows))):
             raise SamplingError(f"chain {c + 1}: nutpie's trace and the recorded draws do not line up")
         stat_columns = [np.asarray(column(stats, STATS[k]), dtype=float)[keep] for k in STATS]
-        out[c] = {"names": names, "table": np.concatenate([np.stack(stat_columns, axis=1),
-                                                           density_module.output_rows(np.stack(recorder.rows[:rows]), data)],
-                                                          axis=1)}
+        parts[c] = (np.stack(stat_columns, axis=1), _unconstrained(stats, keep))
+    del draw_batches, stat_batches, draws, stats   # free the copy (every draw's point and gradient) first
+    out = {}
+    for c in sorted(parts):
+        stat_table, points = parts.pop(c)
+        out[c] = {"names": names, "table": np.concatenate([stat_table, density_module.output_rows(points, data)], axis=1)}
+        del points
     return out
+
+
+def _unconstrained(stats, rows: np.ndarray) -> np.ndarray:
+    """The unconstrained points of the given trace rows (draws, size)."""
+    import pyarrow as pa
+
+    points = pa.array(stats.column("unconstrained_draw"))
+    size = len(points[0])
+    return points.flatten().to_numpy().reshape(-1, size)[rows]
