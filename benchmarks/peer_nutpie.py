@@ -11,13 +11,14 @@ Stan's own sampler (PyStan); ``--engine auto|pystan`` runs one of them.
 settings 4 x (1000 + 1000). ``full``: the built-in province's full analysis sample, 4 x (300 + 700).
 Each fit runs with seeds 1..S (default 3), fits of one seed back to back, and the table ends
 with each fit's median over the seeds and its ratio to the peer's median: the bulk ESS of one SD
-from 4,000 draws varies by ~±15% from seed to seed, as much as the differences measured.
+from 4,000 draws varies by up to ~20% from seed to seed, as much as the differences measured.
 ``--gate``: time to the blocking gate instead: the project's default rule (its fit's sampling seconds,
 judging included) against the peer under the same rule (peer_to_gate), for ``full`` the
 side-by-side of issue 19 (``full --gate --seeds 1``).
 Rows: the project at the fixed settings and under its default rule (the gate), each at the
 project's default warmup (``--warmup``, else brms's 1,000 / the full partition's 300) and, for
-``brms``, at 300; the peer at the fixed settings and at nutpie's own defaults (300 + 1000).
+``brms``, at 300; the peer at the fixed settings and at 4 x (300 + 1000) (nutpie's own default
+warmup is 400). The peer samples with nutpie.sample's default cores (one chain per core).
 
 The peer is the form that did best in the issue's measurements, given its best configuration:
 centred-nested (schools centred on the intercept, cohorts on their school), the project's priors

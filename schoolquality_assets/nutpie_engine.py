@@ -104,6 +104,7 @@ def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress
     nuts = _lib.PyNutsSettings.Diag(settings.seed)
     nuts.num_tune, nuts.num_draws, nuts.num_chains = settings.warmup, capacity, settings.chains
     nuts.target_accept, nuts.maxdepth = settings.adapt_delta, settings.max_treedepth
+    nuts.store_unconstrained = True   # the kept draws are read from it (_views; stored even when False in 0.16.8)
     heartbeat = _Heartbeat(progress, settings.warmup, stop, chains=settings.chains, total=settings.warmup + capacity)
     sampling = time.monotonic()
     # every chain at once (cores = chains), so that checkpoints see every chain's draws
@@ -170,6 +171,7 @@ def _watch(sampler, settings, capacity, stop, recorders, errors, heartbeat, star
         elif kept >= min(checkpoint, capacity):
             checkpoint = min(checkpoint, capacity)
             sampler.pause()
+            chains = None   # the previous checkpoint's tables go before the next ones are built
             chains = views(checkpoint)
             if chains is not None:
                 verdict = stop.judge(chains, checkpoint, time.monotonic() - start)
@@ -233,7 +235,9 @@ def _views(sampler, recorders: list[_Recorder], rows: int, names: list[str], den
 
     column = lambda batch, name: pa.array(batch.column(name)).to_numpy(zero_copy_only=False)  # noqa: E731
     draw_batches, stat_batches = sampler.inspect().get_arrow_trace()   # a copy of the whole trace
-    parts = {}
+    if len(draw_batches) < sum(r.seen > 0 for r in recorders):
+        return None
+    parts, draws, stats = {}, None, None
     for c, (draws, stats) in enumerate(zip(draw_batches, stat_batches)):
         tuning = np.asarray(column(stats, "tuning"), dtype=bool)
         keep = np.flatnonzero(~tuning)[:rows]
@@ -260,6 +264,8 @@ def _unconstrained(stats, rows: np.ndarray) -> np.ndarray:
     """The unconstrained points of the given trace rows (draws, size)."""
     import pyarrow as pa
 
+    if "unconstrained_draw" not in stats.schema.names:
+        raise SamplingError("nutpie's trace has no unconstrained_draw column: this engine needs nutpie 0.16.8's trace")
     points = pa.array(stats.column("unconstrained_draw"))
     size = len(points[0])
     return points.flatten().to_numpy().reshape(-1, size)[rows]

@@ -109,3 +109,33 @@ def test_a_density_that_fails_fails_the_fit(small_province, monkeypatch):
     with pytest.raises(stan_engine.SamplingError, match="density broke"):
         models.fit(M2, small_province[1], settings, progress=lambda m: None)
     assert len(broken) == 1
+
+
+def test_kept_draws_are_the_points_the_chains_were_at(small_province, monkeypatch):
+    """The engine reads the kept draws from nutpie's trace: each chain's draws must be exactly the
+    points nutpie handed to that chain's recorder after warmup, in order."""
+    from schoolquality_assets import cohort_density
+
+    handed: dict[int, list[np.ndarray]] = {}
+    record = nutpie_engine._Recorder.expand
+
+    def expand(self, x, **kwargs):
+        out = record(self, x, **kwargs)
+        if self.seen > self.warmup:
+            handed.setdefault(self.index, []).append(np.array(x))
+        return out
+
+    monkeypatch.setattr(nutpie_engine._Recorder, "expand", expand)
+    mi = models.model_input(M2, small_province[1])
+    data = models.stan_data(M2, mi)
+    settings = SamplerSettings(chains=2, warmup=100, draws=40, seed=3, until_converged=False, engine="nutpie")
+    draws = nutpie_engine.sample_nutpie(M2.path, data, settings, lambda s: models.initial_values(M2, mi, 1, s)[0],
+                                        lambda m: None, None)
+    names = cohort_density.output_names(data)
+    handed_rows = [cohort_density.output_rows(np.stack(points), data) for points in handed.values() if len(points) >= 40]
+    assert len(handed_rows) == 2
+    for c in range(2):
+        chain = {name: draws.params[name][c] for name in ("sd_school", "Intercept")}
+        matches = [rows for rows in handed_rows if np.array_equal(rows[:40, names.index("sd_school")], chain["sd_school"])]
+        assert len(matches) == 1, f"chain {c + 1}'s draws are not the points its recorder was handed"
+        np.testing.assert_array_equal(matches[0][:40, names.index("Intercept")], chain["Intercept"])
