@@ -4,7 +4,7 @@
         Cost per leapfrog step of each exact form of M2 in the sampling phase: one chain alone,
         150 warmup iterations (tree depth capped at 6), then two runs of 20 and 60 draws with the
         same seed, differenced (start-up, data load and warmup cancel).
-    .venv/bin/python benchmarks/bench_m2.py converge [subsample|full] [--warmup N]
+    .venv/bin/python benchmarks/bench_m2.py converge [m0|m1|m2|m3] [subsample|full] [--warmup N]
         The production rule (sample until the gate holds, default settings, or another warmup
         length): warmup and sampling seconds, draws per chain, leapfrog steps per iteration, min
         ESS per draw over the school effects, max R-hat, wall time, and the peak memory of the fit
@@ -49,6 +49,7 @@ import numpy as np
 import polars as pl
 
 from schoolquality_assets import contract, design, diagnostics, filters, models, synthetic
+from schoolquality_assets.resources import SAMPLER_ENV
 from schoolquality_assets.stan_engine import SamplerSettings, choose_engine, compile_pystan, sample
 
 HERE = Path(__file__).parent
@@ -187,10 +188,10 @@ def gradient_seconds(mi: models.ModelInput, calls: int = 300) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def converge(partition: str, warmup: int | None = None) -> None:
-    spec = models.MODELS["m2"]
+def converge(partition: str, warmup: int | None = None, key: str = "m2") -> None:
+    spec = models.MODELS[key]
     sample_ = province_sample(partition)
-    settings = SamplerSettings(warmup=warmup or (300 if partition == "full" else 1000),
+    settings = SamplerSettings(warmup=warmup or SAMPLER_ENV["full_warmup" if partition == "full" else "warmup"].default,
                                engine=os.environ.get("SCHOOLQUALITY_ENGINE", "auto"))
     if choose_engine(settings.engine, spec.path) == "pystan":
         compile_pystan(spec.path, progress=QUIET)
@@ -204,14 +205,15 @@ def converge(partition: str, warmup: int | None = None) -> None:
     bulk = az.ess(post[["r_school"]], method="bulk")["r_school"].values
     tail = az.ess(post[["r_school"]], method="tail")["r_school"].values
     stats = idata.sample_stats
-    print(f"M2 {partition}, {idata.attrs['engine']} engine, production rule (warmup {settings.warmup}, checkpoints every {settings.check_every}): "
+    print(f"{key.upper()} {partition}, {idata.attrs['engine']} engine, production rule (warmup {settings.warmup}, checkpoints every {settings.check_every}): "
           f"{idata.attrs.get('stop_status')}")
     print(f"  wall {wall:.0f} s: warmup {idata.attrs['warmup_seconds']:.0f} s, sampling to the stop "
           f"{idata.attrs['sample_seconds'] - idata.attrs['warmup_seconds']:.0f} s; {post.sizes['draw']} draws per chain")
     print(f"  leapfrog steps per iteration {float(stats['n_steps'].mean()):.1f} (tree depth {float(stats['tree_depth'].mean()):.2f}); "
           f"min ESS per draw over r_school: bulk {bulk.min() / draws:.3f}, tail {tail.min() / draws:.3f} "
           f"(median bulk {np.median(bulk) / draws:.3f}); max R-hat {s['max_rhat']:.4f}; divergences {s['divergences']}")
-    print(f"  sd_school {float(post['sd_school'].mean()):.3f}, sd_cohort {float(post['sd_cohort'].mean()):.3f}; "
+    sds = ", ".join(f"{n} {float(post[n].mean()):.3f}" for n in ("sd_school", "sd_cohort", "sd_profile", "sigma") if n in post)
+    print(f"  {sds}; "
           f"peak memory of the fit (this process and its chains together) {memory.peak / 1024**3:.2f} GiB", flush=True)
 
 
@@ -408,7 +410,8 @@ if __name__ == "__main__":
     args = [a for a in args if a not in ("--warmup", "--budget", "--draws", "--adapt-delta")]
     what = args[0] if args else "steps"
     partition = args[1] if len(args) > 1 else "subsample"
-    {"steps": lambda: steps(partition), "converge": lambda: converge(partition, warmup), "brms": brms,
+    {"steps": lambda: steps(partition), "converge": lambda: (converge(args[2] if len(args) > 2 else "subsample", warmup, partition) if partition in models.MODELS
+                          else converge(partition, warmup)), "brms": brms,
      "chains": lambda: chains(args[1] if len(args) > 1 else "m3", args[2] if len(args) > 2 else "full", n_draws, delta),
      "scale": lambda: scale([float(a) for a in args[1:]] or [1, 2, 4], budget),
      "flags": lambda: flags(partition, args[2:] or ["httpstan", "no-range-checks", "O1", "O1-no-range-checks"])}[what]()

@@ -48,6 +48,7 @@ sys.path.insert(0, str(HERE))
 import bench_m2  # noqa: E402
 
 from schoolquality_assets import diagnostics, models  # noqa: E402
+from schoolquality_assets.resources import SAMPLER_ENV  # noqa: E402
 from schoolquality_assets.stan_engine import SamplerSettings, compile_pystan  # noqa: E402
 
 QUIET = bench_m2.QUIET
@@ -106,7 +107,9 @@ def project(spec, sample_, settings: SamplerSettings, label: str) -> tuple[float
 _PEER = {}
 
 
-def peer(mi: models.ModelInput, warmup: int, draws: int, seed: int, label: str):
+def peer(mi: models.ModelInput, warmup: int | None, draws: int | None, seed: int, label: str, chains: int | None = 4):
+    """The peer at 4 x (warmup + draws), or with None at nutpie.sample's own defaults (6 chains x
+    (400 + 1000) on one core per chain at a time in nutpie 0.16.8)."""
     import nutpie
 
     if "compiled" not in _PEER:
@@ -114,7 +117,8 @@ def peer(mi: models.ModelInput, warmup: int, draws: int, seed: int, label: str):
         _PEER["compiled"] = nutpie.compile_pymc_model(peer_model(mi), backend="numba")
         print(f"  (peer compile {time.monotonic() - start:.0f} s, not counted)")
     start = time.monotonic()
-    trace = nutpie.sample(_PEER["compiled"], chains=4, tune=warmup, draws=draws, seed=seed, progress_bar=False)
+    given = {name: value for name, value in (("chains", chains), ("tune", warmup), ("draws", draws)) if value is not None}
+    trace = nutpie.sample(_PEER["compiled"], seed=seed, progress_bar=False, **given)
     seconds = time.monotonic() - start
     post = {name: trace.posterior[name].values for name in ("sd_school", "sd_cohort", "mu_school", "Intercept", "b")}
     school_mean = post["Intercept"] - post["b"] @ mi.data["X"].mean(axis=0)
@@ -184,7 +188,7 @@ def peer_to_gate(mi: models.ModelInput, warmup: int, max_draws: int, seed: int) 
     print(f"PyMC + nutpie (numba), 4 x ({warmup} + up to {max_draws}), seed {seed}: {seconds:.0f} s in all; "
           f"every chain past {warmup} warmup + k draws at: "
           + ", ".join(f"{k}: {t:.0f} s" for k, t in sorted(reached.items())), flush=True)
-    found = {}
+    found, gate_k = {}, None
     for k in checkpoints:
         stats_k = {"diverging": stats["diverging"].values[:, :k], "energy": stats["energy"].values[:, :k],
                    "max_treedepth_hit": stats["maxdepth_reached"].values[:, :k]}
@@ -197,8 +201,14 @@ def peer_to_gate(mi: models.ModelInput, warmup: int, max_draws: int, seed: int) 
             outcomes = diagnostics.gate(diagnostics.convergence_summary(idata, limits, reported=False), limits)
             if not diagnostics.failed_blocking(outcomes):
                 found[name] = reached.get(k, seconds)
+                if name == "gate":
+                    gate_k = k
             line += f" {name} " + ("PASSED" if name in found else diagnostics.describe(outcomes)[:160]) + ";"
         print(line, flush=True)
+        if gate_k == k:   # the peer's ESS per second at its passing checkpoint
+            ess = [float(az.ess(values[n][:, :k])) for n in ("sd_school", "sd_cohort")]
+            print(f"  at the gate: bulk ESS sd_school / sd_cohort {ess[0]:.0f} / {ess[1]:.0f}, per second "
+                  f"{ess[0] / found['gate']:.1f} / {ess[1] / found['gate']:.1f}", flush=True)
         if len(found) == 2:
             break
     for name in ("gate", "gate without b"):
@@ -209,7 +219,8 @@ def peer_to_gate(mi: models.ModelInput, warmup: int, max_draws: int, seed: int) 
 def main(argv: list[str]) -> None:
     which = next((a for a in argv if not a.startswith("--") and not a.isdigit()), "brms")
     opt = lambda name, default: int(argv[argv.index(name) + 1]) if name in argv else default  # noqa: E731
-    warmup = opt("--warmup", 1000 if which == "brms" else 300)
+    gate = "--gate" in argv
+    warmup = opt("--warmup", 1000 if which == "brms" and not gate else SAMPLER_ENV["warmup"].default)
     draws = opt("--draws", 1000 if which == "brms" else 700)
     seeds = range(1, opt("--seeds", 3) + 1)
     spec = models.MODELS["m2"]
@@ -219,7 +230,7 @@ def main(argv: list[str]) -> None:
           f"4 chains on {os.cpu_count()} cores; seeds {list(seeds)}")
     print(f"{'fit':52s} {'seconds':>8s} {'sd_s':>6s} {'sd_c':>6s} {'ESS_s':>7s} {'ESS_c':>7s} {'ESS/s':>7s} {'ESS/s':>7s}")
     engines = [e for e in ("auto", "pystan") if "--engine" not in argv or argv[argv.index("--engine") + 1] == e]
-    if "--gate" in argv:   # time to the blocking gate: the project's default rule against the peer under the same rule
+    if gate:   # time to the blocking gate: the project's default rule against the peer under the same rule
         for seed in seeds:
             for engine in engines:
                 project(spec, sample_, SamplerSettings(warmup=warmup, seed=seed, engine=engine),
@@ -242,6 +253,8 @@ def main(argv: list[str]) -> None:
         for w, d in ((warmup, draws), (300, 1000)):
             label = f"PyMC + nutpie (numba), 4 x ({w}+{d})"
             results.setdefault(label, []).append(peer(mi, w, d, seed, f"{label}, seed {seed}"))
+        label = "PyMC + nutpie (numba), nutpie.sample's defaults"
+        results.setdefault(label, []).append(peer(mi, None, None, seed, f"{label}, seed {seed}", chains=None))
     print("seconds: sampling, warmup included, compile excluded; ESS: arviz bulk ESS")
     peer_label = f"PyMC + nutpie (numba), 4 x ({warmup}+{draws})"
     best = [float(np.median([r[k] for r in results[peer_label]])) for k in (0, 1)]

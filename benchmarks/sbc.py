@@ -21,7 +21,7 @@ and has no ranks. The logic lives in ``schoolquality_assets/calibration.py`` (sh
 Sampler settings (``--settings``):
 
 * ``production`` (default): the project's production sampler (``resources.SamplerResource``):
-  4 chains, 1000 warmup, adapt_delta 0.8, max tree depth 10, but a *fixed* 250 draws per chain
+  4 chains, 300 warmup (SCHOOLQUALITY_WARMUP's default; 1000 before 2026-12-03), adapt_delta 0.8, max tree depth 10, but a *fixed* 250 draws per chain
   (1000 draws, thinned to 99; an ESS rerun gives up to 4x the draws) instead of production's
   "sample until the convergence gate holds". A fixed length because (i) the rank argument
   (true value and the L draws exchangeable given the data) holds for a fixed number of draws; a
@@ -81,6 +81,7 @@ from scipy import stats  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script from anywhere
 from schoolquality_assets import calibration, models  # noqa: E402
+from schoolquality_assets.resources import SAMPLER_ENV  # noqa: E402
 from schoolquality_assets.stan_engine import SamplerSettings, choose_engine, compile_pystan  # noqa: E402
 
 RESULTS = Path(__file__).parent / "sbc_results"
@@ -88,7 +89,7 @@ DESIGN = calibration.Design(schools=20, years=3, n_min=10, n_max=60)
 SETTINGS = {
     # resources.SamplerResource's chains / warmup / adapt_delta / max_treedepth, fixed draws (docstring)
     "production": calibration.Settings(
-        sampler=SamplerSettings(chains=4, warmup=1000, draws=250, adapt_delta=0.8, max_treedepth=10,
+        sampler=SamplerSettings(chains=4, warmup=SAMPLER_ENV["warmup"].default, draws=250, adapt_delta=0.8, max_treedepth=10,
                                 until_converged=False),
         thinned=99, max_draw_factor=4),
     # the previous run: short, tree depth lowered to 8 to bound the cost of the hard prior draws

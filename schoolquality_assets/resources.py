@@ -81,7 +81,7 @@ class EnvSetting:
 # field -> its environment variable and default (the README's table)
 SAMPLER_ENV = {
     "chains": EnvSetting("SCHOOLQUALITY_CHAINS", 4),
-    "warmup": EnvSetting("SCHOOLQUALITY_WARMUP", 1000),
+    "warmup": EnvSetting("SCHOOLQUALITY_WARMUP", 300),
     "full_warmup": EnvSetting("SCHOOLQUALITY_FULL_WARMUP", 300),
     "draws": EnvSetting("SCHOOLQUALITY_DRAWS", 1000),
     "until_converged": EnvSetting("SCHOOLQUALITY_UNTIL_CONVERGED", True, _flag),

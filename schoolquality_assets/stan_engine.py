@@ -59,7 +59,7 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class SamplerSettings:
     chains: int = 4
-    warmup: int = 1000
+    warmup: int = 300   # resources.SAMPLER_ENV["warmup"] (ENGINE.md, Warmup)
     draws: int = 1000
     seed: int = 20240601
     adapt_delta: float = 0.8

@@ -9,7 +9,7 @@ from schoolquality_assets.resources import SAMPLER_ENV, SamplerResource, Warehou
 
 # the README's table: variable -> default
 DEFAULTS = {
-    "SCHOOLQUALITY_CHAINS": 4, "SCHOOLQUALITY_WARMUP": 1000, "SCHOOLQUALITY_FULL_WARMUP": 300,
+    "SCHOOLQUALITY_CHAINS": 4, "SCHOOLQUALITY_WARMUP": 300, "SCHOOLQUALITY_FULL_WARMUP": 300,
     "SCHOOLQUALITY_DRAWS": 1000, "SCHOOLQUALITY_UNTIL_CONVERGED": True, "SCHOOLQUALITY_MIN_DRAWS": 100,
     "SCHOOLQUALITY_CHECK_EVERY": 100, "SCHOOLQUALITY_MAX_DRAWS": 5000, "SCHOOLQUALITY_BUDGET_SECONDS": 1200.0,
     "SCHOOLQUALITY_SEED_FROM_PREVIOUS": False, "SCHOOLQUALITY_SEED": 20240601, "SCHOOLQUALITY_ENGINE": "auto",
@@ -30,7 +30,7 @@ def test_every_documented_variable_keeps_its_name_and_default():
 def test_defaults_apply_when_unset_or_empty(clean_env):
     clean_env.setenv("SCHOOLQUALITY_DRAWS", "")
     s = SamplerResource().settings("subsample")
-    assert (s.chains, s.warmup, s.draws, s.seed, s.engine) == (4, 1000, 1000, 20240601, "auto")
+    assert (s.chains, s.warmup, s.draws, s.seed, s.engine) == (4, 300, 1000, 20240601, "auto")
     assert (s.until_converged, s.min_draws, s.check_every, s.max_draws, s.budget_seconds) == (True, 100, 100, 5000, 1200.0)
     assert (s.adapt_delta, s.max_treedepth) == (0.8, 10)
     assert SamplerResource().settings("full").warmup == 300
