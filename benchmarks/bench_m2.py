@@ -188,7 +188,7 @@ def gradient_seconds(mi: models.ModelInput, calls: int = 300) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def converge(partition: str, warmup: int | None = None, key: str = "m2") -> None:
+def converge(partition: str, key: str = "m2", warmup: int | None = None) -> None:
     spec = models.MODELS[key]
     sample_ = province_sample(partition)
     settings = SamplerSettings(warmup=warmup or SAMPLER_ENV["full_warmup" if partition == "full" else "warmup"].default,
@@ -410,8 +410,8 @@ if __name__ == "__main__":
     args = [a for a in args if a not in ("--warmup", "--budget", "--draws", "--adapt-delta")]
     what = args[0] if args else "steps"
     partition = args[1] if len(args) > 1 else "subsample"
-    {"steps": lambda: steps(partition), "converge": lambda: (converge(args[2] if len(args) > 2 else "subsample", warmup, partition) if partition in models.MODELS
-                          else converge(partition, warmup)), "brms": brms,
+    {"steps": lambda: steps(partition), "converge": lambda: converge(*((args[2] if len(args) > 2 else "subsample", partition)
+                                    if partition in models.MODELS else (partition, "m2")), warmup), "brms": brms,
      "chains": lambda: chains(args[1] if len(args) > 1 else "m3", args[2] if len(args) > 2 else "full", n_draws, delta),
      "scale": lambda: scale([float(a) for a in args[1:]] or [1, 2, 4], budget),
      "flags": lambda: flags(partition, args[2:] or ["httpstan", "no-range-checks", "O1", "O1-no-range-checks"])}[what]()
