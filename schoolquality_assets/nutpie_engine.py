@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -60,7 +62,7 @@ def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress
     until ``stop`` says so. ``init_for_seed(seed)`` gives a chain's initial values (a dict of the
     program's parameters) from the seed nutpie derives for that chain; without it the chains start
     at nutpie's random points about 0 on the unconstrained scale (as Stan's default inits)."""
-    from nutpie import _lib
+    from nutpie import _lib, zarr_store
     from nutpie.compiled_pyfunc import from_pyfunc
 
     density_module = importlib.import_module(DENSITIES[Path(stan_file).name][0])
@@ -107,25 +109,33 @@ def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress
     nuts.store_unconstrained = True   # the kept draws are read from it (_views; stored even when False in 0.16.8)
     heartbeat = _Heartbeat(progress, settings.warmup, stop, chains=settings.chains, total=settings.warmup + capacity)
     sampling = time.monotonic()
-    # every chain at once (cores = chains), so that checkpoints see every chain's draws
-    sampler = model._make_sampler(nuts, np.zeros(n), settings.chains, _lib.ProgressType.none(), _lib.PyStorage.arrow())
+    # nutpie's trace keeps every draw's point and gradient, warmup included: on disk (a zarr store,
+    # deleted with the fit), not in memory, where a checkpoint's copy of it doubled it
+    trace = Path(tempfile.mkdtemp(prefix="schoolquality_trace_"))
     names = list(STATS) + density_module.output_names(data)
+    sampler = None
     try:
+        # every chain at once (cores = chains), so that checkpoints see every chain's draws
+        sampler = model._make_sampler(nuts, np.zeros(n), settings.chains, _lib.ProgressType.none(),
+                                      _lib.PyStorage.zarr(zarr_store.LocalStore(str(trace))))
         kept, verdict, warmup_seconds, chains = _watch(sampler, settings, capacity, stop, recorders, errors, heartbeat,
-                                                       sampling, lambda k: _views(sampler, recorders, k, names, density_module, data))
+                                                       sampling, lambda k: _views(sampler, trace, recorders, k, names,
+                                                                                  density_module, data))
     except (KeyboardInterrupt, SystemExit, SamplingError):
         raise
     except BaseException as exc:   # nutpie's own errors (RuntimeError, pyo3's PanicException)
         raise SamplingError(f"{Path(stan_file).name}: nutpie failed: {'; '.join(errors[:1]) or repr(exc)}") from exc
     finally:
         try:
-            sampler.abort()
+            if sampler is not None:
+                sampler.abort()
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:  # already finished or failed (the error was raised above)
             pass
         recorders.clear()
         del sampler
+        shutil.rmtree(trace, ignore_errors=True)
     seconds = time.monotonic() - sampling
     progress(f"{Path(stan_file).name}: {settings.chains} chains x {kept} draws in {seconds:.0f} s"
              + (f" ({verdict.status})" if verdict else ""))
@@ -228,44 +238,39 @@ class _Recorder:
             raise
 
 
-def _views(sampler, recorders: list[_Recorder], rows: int, names: list[str], density_module, data: dict) -> dict[int, dict] | None:
+def _views(sampler, trace: Path, recorders: list[_Recorder], rows: int, names: list[str], density_module,
+           data: dict) -> dict[int, dict] | None:
     """Each chain's first ``rows`` kept draws as the program's output table (Stan's columns), from
-    nutpie's trace; None while a chain's rows in the trace lag behind its recorded draws."""
-    import pyarrow as pa
+    nutpie's trace in the zarr store ``trace``; None while a chain's rows are not all written yet."""
+    import zarr
 
-    column = lambda batch, name: pa.array(batch.column(name)).to_numpy(zero_copy_only=False)  # noqa: E731
-    draw_batches, stat_batches = sampler.inspect().get_arrow_trace()   # a copy of the whole trace
-    if len(draw_batches) < sum(r.seen > 0 for r in recorders):
-        return None
-    parts, draws, stats = {}, None, None
-    for c, (draws, stats) in enumerate(zip(draw_batches, stat_batches)):
-        tuning = np.asarray(column(stats, "tuning"), dtype=bool)
-        keep = np.flatnonzero(~tuning)[:rows]
-        tags = pa.array(draws.column("recorder")).flatten().to_numpy().reshape(-1, 2)
-        recorder = recorders[int(tags[0, 0])]
-        if keep.size < rows or recorder.kept < rows:
-            return None
-        # every row of this chain from this recorder, the kept ones its draws warmup + 1, warmup + 2, ...
-        if (int(tuning.sum()) != recorder.warmup or np.any(tags[:, 0] != recorder.index)
-                or np.any(tags[keep, 1] != recorder.warmup + 1 + np.arange(rows))):
-            raise SamplingError(f"chain {c + 1}: nutpie's trace and the recorded draws do not line up")
-        stat_columns = [np.asarray(column(stats, STATS[k]), dtype=float)[keep] for k in STATS]
-        parts[c] = (np.stack(stat_columns, axis=1), _unconstrained(stats, keep))
-    del draw_batches, stat_batches, draws, stats   # free the copy (every draw's point and gradient) first
+    try:
+        sampler.flush()   # the chains' buffered rows into the store
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:   # a finished sampler has written everything
+        pass
+    store = zarr.open_group(str(trace), mode="r")
+    warmup_tags, tags_all = store["warmup_posterior"]["recorder"], store["posterior"]["recorder"]
+    stats = store["sample_stats"]
     out = {}
-    for c in sorted(parts):
-        stat_table, points = parts.pop(c)
+    for c in range(tags_all.shape[0]):
+        tags = tags_all[c, :rows]
+        if tags.shape[0] < rows or np.isnan(tags).any():   # a row not written yet reads as NaN
+            return None
+        recorder = recorders[int(tags[0, 0])]
+        if recorder.kept < rows:
+            return None
+        # every row of this chain from this recorder: warmup its draws 1..warmup, the kept ones warmup + 1, ...
+        warm = warmup_tags[c]
+        if (warm.shape[0] != recorder.warmup or np.any(tags[:, 0] != recorder.index)
+                or np.any(tags[:, 1] != recorder.warmup + 1 + np.arange(rows))
+                or np.any(warm[:, 0] != recorder.index) or np.any(warm[:, 1] != 1 + np.arange(recorder.warmup))):
+            raise SamplingError(f"chain {c + 1}: nutpie's trace and the recorded draws do not line up")
+        points = np.asarray(stats["unconstrained_draw"][c, :rows], dtype=float)
+        stat_table = np.stack([np.asarray(stats[STATS[k]][c, :rows], dtype=float) for k in STATS], axis=1)
+        if np.isnan(points).any() or np.isnan(stat_table[:, 0]).any():
+            return None
         out[c] = {"names": names, "table": np.concatenate([stat_table, density_module.output_rows(points, data)], axis=1)}
         del points
     return out
-
-
-def _unconstrained(stats, rows: np.ndarray) -> np.ndarray:
-    """The unconstrained points of the given trace rows (draws, size)."""
-    import pyarrow as pa
-
-    if "unconstrained_draw" not in stats.schema.names:
-        raise SamplingError("nutpie's trace has no unconstrained_draw column: this engine needs nutpie 0.16.8's trace")
-    points = pa.array(stats.column("unconstrained_draw"))
-    size = len(points[0])
-    return points.flatten().to_numpy().reshape(-1, size)[rows]

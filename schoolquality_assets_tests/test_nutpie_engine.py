@@ -91,10 +91,13 @@ def test_stops_at_the_first_checkpoint_where_the_gate_holds(small_province):
         assert diagnostics.failed_blocking(diagnostics.gate(earlier, limits))
 
 
-def test_a_density_that_fails_fails_the_fit(small_province, monkeypatch):
+def test_a_density_that_fails_fails_the_fit(small_province, monkeypatch, tmp_path):
     """One chain's density raises (the others' do not): the fit fails at once, naming the cause,
-    instead of sampling on with the other chains until its budget runs out."""
+    instead of sampling on with the other chains until its budget runs out; its trace is deleted."""
+    import tempfile
     import threading
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     from schoolquality_assets import cohort_density
 
@@ -113,6 +116,27 @@ def test_a_density_that_fails_fails_the_fit(small_province, monkeypatch):
     with pytest.raises(stan_engine.SamplingError, match="density broke"):
         models.fit(M2, small_province[1], settings, progress=lambda m: None)
     assert len(broken) == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_trace_is_kept_on_disk_and_deleted_with_the_fit(small_province, monkeypatch, tmp_path):
+    """nutpie's trace (every draw's point and gradient) is a zarr store in the temporary directory
+    while the chains run, read at each checkpoint, and deleted when the fit returns."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    read, views = [], nutpie_engine._views
+
+    def reading(sampler, trace, *args, **kwargs):
+        read.append((trace.parent, (trace / "sample_stats" / "unconstrained_draw").is_dir()))
+        return views(sampler, trace, *args, **kwargs)
+
+    monkeypatch.setattr(nutpie_engine, "_views", reading)
+    settings = SamplerSettings(chains=2, warmup=50, draws=40, seed=5, until_converged=False, engine="nutpie")
+    idata = models.fit(M2, small_province[1], settings, progress=lambda m: None)
+    assert idata.posterior.sizes["draw"] == 40
+    assert read and all(where == tmp_path and stored for where, stored in read)
+    assert not list(tmp_path.iterdir())
 
 
 def test_kept_draws_are_the_points_the_chains_were_at(small_province, monkeypatch):
