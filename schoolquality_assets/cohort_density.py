@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from schoolquality_assets import c_density
+
 NU, SCALE = 3.0, 2.5  # student_t(3, 0, 2.5) on Intercept and on every SD
 
 
@@ -55,6 +57,11 @@ class Kernel:
         return float(self.logp_into(u, grad)), grad
 
     def logp_into(self, u: np.ndarray, grad: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def c_logp(self):
+        """The same log density as a C function for nutpie (c_density): (the numba cfunc, its table).
+        Keep the Kernel alive while the function is in use: the table points into its arrays."""
         raise NotImplementedError
 
 
@@ -109,6 +116,9 @@ class Density(Kernel):
 
     def logp_into(self, u: np.ndarray, grad: np.ndarray) -> float:
         return _logp_grad(u, grad, *self.arrays)
+
+    def c_logp(self):
+        return _c_logp(), c_density.table(self.arrays)
 
 
 def density(data: dict) -> Density:
@@ -276,6 +286,24 @@ def _logp_grad(u, grad, mult, y, n, cohort, within_row, Xw, cohort_school, cohor
     for i in range(u.shape[0]):
         grad[i] = g[i] * mult[i]
     return lp
+
+
+_C_LOGP = []
+
+
+def _c_logp():
+    """_logp_grad as a C function (compiled on first use; numba caches it on disk)."""
+    if not _C_LOGP:
+        @numba.cfunc(c_density.LOGP, cache=True, error_model="numpy")
+        def logp(dim, x_, grad_, logp_, table_):
+            u, grad, t = c_density.arguments(x_, grad_, table_, 21, dim)
+            r, i, m = c_density.reals, c_density.ints, c_density.matrix
+            logp_[0] = _logp_grad(u, grad, r(t, 0), r(t, 1), r(t, 2), i(t, 3), i(t, 4), m(t, 5), i(t, 6), i(t, 7),
+                                  m(t, 8), i(t, 9), m(t, 10), r(t, 11), i(t, 12), i(t, 13), i(t, 14), i(t, 15),
+                                  c_density.scalar(t, 16) != 0.0, i(t, 17), i(t, 18), i(t, 19), c_density.scalar(t, 20))
+            return 0   # a non-finite logp or gradient is nutpie's to reject (a divergence), as from Python
+        _C_LOGP.append(logp)
+    return _C_LOGP[0]
 
 
 def unconstrain(init: dict, data: dict) -> np.ndarray:

@@ -3,7 +3,8 @@
 For a program listed in DENSITIES the sampler runs nutpie's NUTS (Rust) on the module's density,
 which is tested equal to the Stan program's own log density and gradient at random points
 (schoolquality_assets_tests/test_cohort_density.py): the same model, the .stan file its specification.
-All chains run at once (threads; the density releases the GIL); kept draws are turned into the
+All chains run at once, in nutpie's threads, which call the density as a C function
+(c_density: no Python and no GIL between gradient evaluations); kept draws are turned into the
 Stan program's output columns, so the stop rule, the diagnostics and the InferenceData are the
 engine's. The chains pause while a checkpoint is judged, as under PyStan.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from schoolquality_assets import c_density
 from schoolquality_assets.stan_engine import Draws, SamplingError, StopRule, Verdict, _Heartbeat, _stack
 
 # Each program's hand-written density, and the SHA-256 (first 16 hex digits) of the program text it
@@ -31,11 +33,12 @@ DENSITIES = {
     "m2_cohort.stan": ("schoolquality_assets.cohort_density", "462740a929cbc692"),
     "m3_profile.stan": ("schoolquality_assets.cohort_density", "6bd92ca0dde95490"),
 }
-ENGINE_FILES = ("nutpie_engine.py", "cohort_density.py", "school_density.py")   # what a density's code version covers
+ENGINE_FILES = ("nutpie_engine.py", "c_density.py", "cohort_density.py", "school_density.py")   # what a density's code version covers
 # nutpie's sampler statistics as Stan's sampler columns
 STATS = {"lp__": "logp", "accept_stat__": "mean_tree_accept", "stepsize__": "step_size", "treedepth__": "depth",
          "n_leapfrog__": "n_steps", "divergent__": "diverging", "energy__": "energy"}
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.05   # how often the chains' counts are looked at
+PROGRESS_MS = 50     # how often nutpie reports them
 
 
 def available() -> bool:
@@ -61,53 +64,37 @@ def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress
     """Sample ``stan_file``'s model by its hand-written density: ``settings.draws`` per chain, or
     until ``stop`` says so. ``init_for_seed(seed)`` gives a chain's initial values (a dict of the
     program's parameters) from the seed nutpie derives for that chain; without it the chains start
-    at nutpie's random points about 0 on the unconstrained scale (as Stan's default inits)."""
+    uniformly in (-2, 2) on the unconstrained scale (Stan's default inits)."""
     from nutpie import _lib, zarr_store
-    from nutpie.compiled_pyfunc import from_pyfunc
 
     density_module = importlib.import_module(DENSITIES[Path(stan_file).name][0])
     start = time.monotonic()
     density = density_module.density(data)
     n = density.layout.size
     try:
-        density.logp_into(np.zeros(n), np.empty(n))   # compile (numba caches the machine code on disk)
+        # the kernel as a C function, which nutpie's threads call without Python (numba caches it on disk)
+        logp, table = density.c_logp()
     except Exception as exc:
-        raise SamplingError(f"{Path(stan_file).name}: the hand-written density failed: {exc!r}") from exc
+        raise SamplingError(f"{Path(stan_file).name}: the hand-written density failed to compile: {exc!r}") from exc
     compile_seconds = time.monotonic() - start
     progress(f"{Path(stan_file).name}: nutpie engine, hand-written density ready in {compile_seconds:.0f} s")
 
-    errors: list[str] = []   # a chain whose density raised dies alone; the others would go on
-
-    def make_logp():
-        def logp(x, **_):
-            grad = np.empty(n)
-            try:
-                return density.logp_into(x, grad), grad
-            except Exception as exc:
-                errors.append(f"the hand-written density raised {exc!r}")
-                raise
-        return logp
-
-    recorders: list[_Recorder] = []
-    lock = threading.Lock()
-
-    def make_expand(*_):
-        with lock:
-            recorder = _Recorder(len(recorders), settings.warmup, errors)
-            recorders.append(recorder)
-        return recorder.expand
-
     def initial_point(seed):
+        if init_for_seed is None:
+            return np.random.default_rng(int(seed) % 2**32).uniform(-2.0, 2.0, n)
         return density_module.unconstrain(init_for_seed(int(seed) % 2**32), data)
 
-    model = from_pyfunc(n, make_logp, make_expand, [np.dtype("float64")], [(2,)], ["recorder"],
-                        make_initial_point_fn=initial_point if init_for_seed else None)   # None: nutpie's jitter about 0
+    keep = (density, table)   # the table points into the density's arrays: both live as long as the model
+    model = _lib.PyMcModel(_lib.LogpFunc(logp.address, table.ctypes.data, keep),
+                           _lib.ExpandFunc(n, 0, c_density.no_expand().address, table.ctypes.data, keep),
+                           _lib.PyVariable.new_variables([], [], [], {}, {}), n, {}, {}, initial_point, None)
     capacity = stop.max_draws if stop else settings.draws
     nuts = _lib.PyNutsSettings.Diag(settings.seed)
     nuts.num_tune, nuts.num_draws, nuts.num_chains = settings.warmup, capacity, settings.chains
     nuts.target_accept, nuts.maxdepth = settings.adapt_delta, settings.max_treedepth
-    nuts.store_unconstrained = True   # the kept draws are read from it (_views; stored even when False in 0.16.8)
+    nuts.store_unconstrained = True   # the kept draws are read from it (_views)
     heartbeat = _Heartbeat(progress, settings.warmup, stop, chains=settings.chains, total=settings.warmup + capacity)
+    counts = _Counts(settings.chains)
     sampling = time.monotonic()
     # nutpie's trace keeps every draw's point and gradient, warmup included: on disk (a zarr store,
     # deleted with the fit), not in memory, where a checkpoint's copy of it doubled it
@@ -116,15 +103,15 @@ def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress
     sampler = None
     try:
         # every chain at once (cores = chains), so that checkpoints see every chain's draws
-        sampler = model._make_sampler(nuts, np.zeros(n), settings.chains, _lib.ProgressType.none(),
-                                      _lib.PyStorage.zarr(zarr_store.LocalStore(str(trace))))
-        kept, verdict, warmup_seconds, chains = _watch(sampler, settings, capacity, stop, recorders, errors, heartbeat,
-                                                       sampling, lambda k: _views(sampler, trace, recorders, k, names,
-                                                                                  density_module, data))
+        sampler = _lib.PySampler.from_pymc(nuts, settings.chains, model, counts.progress_type(),
+                                           _lib.PyStorage.zarr(zarr_store.LocalStore(str(trace))))
+        kept, verdict, warmup_seconds, chains = _watch(sampler, settings, capacity, stop, counts, heartbeat, sampling,
+                                                       lambda k: _views(sampler, trace, settings.chains, k, names,
+                                                                        density_module, data))
     except (KeyboardInterrupt, SystemExit, SamplingError):
         raise
     except BaseException as exc:   # nutpie's own errors (RuntimeError, pyo3's PanicException)
-        raise SamplingError(f"{Path(stan_file).name}: nutpie failed: {'; '.join(errors[:1]) or repr(exc)}") from exc
+        raise SamplingError(f"{Path(stan_file).name}: nutpie failed: {exc!r}") from exc
     finally:
         try:
             if sampler is not None:
@@ -133,7 +120,6 @@ def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress
             raise
         except BaseException:  # already finished or failed (the error was raised above)
             pass
-        recorders.clear()
         del sampler
         shutil.rmtree(trace, ignore_errors=True)
     seconds = time.monotonic() - sampling
@@ -143,6 +129,31 @@ def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress
     draws.verdict, draws.warmup_seconds = verdict, warmup_seconds
     draws.adaptation = {c: {"stepsize": float(v["table"][-1, names.index("stepsize__")])} for c, v in chains.items()}
     return draws
+
+
+class _Counts:
+    """Each chain's iterations so far (warmup included), as nutpie's progress reports them (in
+    chain order, every ``PROGRESS_MS``); they may lag the chains, never lead them."""
+
+    def __init__(self, chains: int):
+        self.seen = [0] * chains
+        self.lock = threading.Lock()
+
+    def progress_type(self):
+        from nutpie import _lib
+
+        template = "{% for chain in chains %}{{ chain.finished_draws }} {% endfor %}"
+        return _lib.ProgressType.template_callback(PROGRESS_MS, template, len(self.seen), self._update)
+
+    def _update(self, text: str) -> None:
+        values = [int(v) for v in text.split()]
+        if len(values) == len(self.seen):
+            with self.lock:
+                self.seen = [max(a, b) for a, b in zip(self.seen, values)]
+
+    def now(self) -> list[int]:
+        with self.lock:
+            return list(self.seen)
 
 
 def _finished(sampler) -> bool:
@@ -156,22 +167,17 @@ def _finished(sampler) -> bool:
         raise SamplingError(f"nutpie sampling failed: {exc}") from exc
 
 
-def _watch(sampler, settings, capacity, stop, recorders, errors, heartbeat, start, views):
+def _watch(sampler, settings, capacity, stop, counts, heartbeat, start, views):
     """The PyStan engine's loop (stan_engine._watch) over nutpie's chains: judge checkpoints of
-    kept draws per chain as they fill; fixed draw counts, so the draws do not depend on timing.
-    Each chain's iterations and kept draws are its recorder's counts (chains numbered in the order
-    their recorders were made)."""
+    kept draws per chain as they fill; fixed draw counts, so the draws do not depend on timing."""
     checkpoint = stop.min_draws if stop else capacity
     verdict, warmup_seconds, last = None, None, 0
     while True:
         finished = _finished(sampler)   # before counting: a finished sampler's counts are final
-        if errors:
-            raise SamplingError(f"a chain failed: {errors[0]}")
-        # nutpie makes one expand function more than it has chains, and never calls it
-        active = [r for r in list(recorders) if r.seen > 0]
-        for c, recorder in enumerate(active):
-            heartbeat.message(("iteration", c + 1, recorder.seen))
-        kept = min(r.kept for r in active) if len(active) == settings.chains else 0
+        seen = counts.now()
+        for c, iterations in enumerate(seen):
+            heartbeat.message(("iteration", c + 1, iterations))
+        kept = capacity if finished else max(0, min(seen) - settings.warmup)
         heartbeat.tick(kept, checkpoint if stop else None)
         if warmup_seconds is None and kept > 0:
             warmup_seconds = time.monotonic() - start
@@ -187,7 +193,7 @@ def _watch(sampler, settings, capacity, stop, recorders, errors, heartbeat, star
                 verdict = stop.judge(chains, checkpoint, time.monotonic() - start)
             if not finished and (chains is None or not (verdict.final or checkpoint >= capacity)):
                 sampler.resume()
-            if chains is None:   # a draw recorded but not yet in nutpie's trace: look again shortly
+            if chains is None:   # a draw counted but not yet in nutpie's trace: look again shortly
                 _final(None) if finished else time.sleep(POLL_SECONDS)
                 continue
             heartbeat.resumed()
@@ -204,8 +210,6 @@ def _watch(sampler, settings, capacity, stop, recorders, errors, heartbeat, star
                 raise SamplingError(f"no draws kept: {status} (warmup {settings.warmup} iterations)")
             sampler.pause()
             return last, Verdict(passed=False, final=True, status=status), warmup_seconds, _final(views(last))
-        if finished and kept < capacity:
-            raise SamplingError(f"chains ended with {kept} of {capacity} draws")
         time.sleep(POLL_SECONDS)
 
 
@@ -215,31 +219,7 @@ def _final(chains):
     return chains
 
 
-class _Recorder:
-    """One chain's draws as the chain makes them: how many it has made and kept (the first
-    ``warmup`` are warmup). The draws themselves are read from nutpie's trace, which stores every
-    draw's unconstrained point whatever its settings say (nutpie 0.16.8), so that they are held
-    once, not twice; each trace row carries its recorder and number (the tag)."""
-
-    def __init__(self, index: int, warmup: int, errors: list[str]):
-        self.index, self.warmup, self.seen, self.errors = index, warmup, 0, errors
-
-    @property
-    def kept(self) -> int:
-        return max(0, self.seen - self.warmup)
-
-    def expand(self, x, **_):
-        try:
-            self.seen += 1
-            # which recorder, and the draw's number in it: _views checks each stored row against it
-            return {"recorder": np.array([self.index, self.seen], dtype=np.float64)}
-        except Exception as exc:
-            self.errors.append(f"recording a draw failed: {exc!r}")
-            raise
-
-
-def _views(sampler, trace: Path, recorders: list[_Recorder], rows: int, names: list[str], density_module,
-           data: dict) -> dict[int, dict] | None:
+def _views(sampler, trace: Path, chains: int, rows: int, names: list[str], density_module, data: dict) -> dict[int, dict] | None:
     """Each chain's first ``rows`` kept draws as the program's output table (Stan's columns), from
     nutpie's trace in the zarr store ``trace``; None while a chain's rows are not all written yet."""
     import zarr
@@ -251,25 +231,15 @@ def _views(sampler, trace: Path, recorders: list[_Recorder], rows: int, names: l
     except BaseException:   # a finished sampler has written everything
         pass
     store = zarr.open_group(str(trace), mode="r")
-    warmup_tags, tags_all = store["warmup_posterior"]["recorder"], store["posterior"]["recorder"]
     stats = store["sample_stats"]
+    if stats["unconstrained_draw"].shape[0] != chains:
+        raise SamplingError(f"nutpie's trace holds {stats['unconstrained_draw'].shape[0]} chains, not {chains}")
     out = {}
-    for c in range(tags_all.shape[0]):
-        tags = tags_all[c, :rows]
-        if tags.shape[0] < rows or np.isnan(tags).any():   # a row not written yet reads as NaN
-            return None
-        recorder = recorders[int(tags[0, 0])]
-        if recorder.kept < rows:
-            return None
-        # every row of this chain from this recorder: warmup its draws 1..warmup, the kept ones warmup + 1, ...
-        warm = warmup_tags[c]
-        if (warm.shape[0] != recorder.warmup or np.any(tags[:, 0] != recorder.index)
-                or np.any(tags[:, 1] != recorder.warmup + 1 + np.arange(rows))
-                or np.any(warm[:, 0] != recorder.index) or np.any(warm[:, 1] != 1 + np.arange(recorder.warmup))):
-            raise SamplingError(f"chain {c + 1}: nutpie's trace and the recorded draws do not line up")
+    for c in range(chains):
         points = np.asarray(stats["unconstrained_draw"][c, :rows], dtype=float)
         stat_table = np.stack([np.asarray(stats[STATS[k]][c, :rows], dtype=float) for k in STATS], axis=1)
-        if np.isnan(points).any() or np.isnan(stat_table[:, 0]).any():
+        # a row not written yet reads as NaN (every stored point is finite: nutpie keeps only accepted states)
+        if points.shape[0] < rows or np.isnan(points).any() or np.isnan(stat_table[:, 0]).any():
             return None
         out[c] = {"names": names, "table": np.concatenate([stat_table, density_module.output_rows(points, data)], axis=1)}
         del points

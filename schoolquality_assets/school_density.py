@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from schoolquality_assets import c_density
 from schoolquality_assets.cohort_density import Blocks, Kernel, _t_lpdf
 
 
@@ -51,16 +52,20 @@ class Density(Kernel):
         kernel = _normal_logp_grad if self.layout.normal else _binomial_logp_grad
         return kernel(u, grad, *self.arrays)
 
+    def c_logp(self):
+        return _c_logp(self.layout.normal), c_density.table(self.arrays)
+
 
 def density(data: dict) -> Density:
     lay = layout(data)
     school = np.ascontiguousarray(np.asarray(data["school"], dtype=np.int64).reshape(-1) - 1)
     if lay.normal:
-        arrays = (np.ascontiguousarray(np.asarray(data["proportion"], float)), np.asarray(data["n_obs"], float),
-                  np.ascontiguousarray(np.asarray(data["ss_within"], float)), school, float(data["prior_intercept_location"]))
+        real = lambda k: np.ascontiguousarray(np.asarray(data[k], float))  # noqa: E731
+        arrays = (real("proportion"), real("n_obs"), real("ss_within"), school, float(data["prior_intercept_location"]))
     else:
         X = _x(data)
-        arrays = (np.asarray(data["y_success"], float), np.asarray(data["n_trials"], float), school,
+        arrays = (np.ascontiguousarray(np.asarray(data["y_success"], float)),
+                  np.ascontiguousarray(np.asarray(data["n_trials"], float)), school,
                   np.ascontiguousarray(X - X.mean(axis=0)), float(data["prior_b_sd"]))  # Xc, as the transformed data
     return Density(lay, arrays)
 
@@ -147,6 +152,32 @@ def _normal_logp_grad(u, grad, proportion, n_obs, ss_within, school, location):
     g[2] = g_lsigma + dt * sigma + 1.0
     grad[:] = g
     return lp
+
+
+_C_LOGP = {}
+
+
+def _c_logp(normal: bool):
+    """The M0 (normal) or M1 kernel as a C function (compiled on first use; numba caches it on disk)."""
+    if normal not in _C_LOGP:
+        if normal:
+            @numba.cfunc(c_density.LOGP, cache=True, error_model="numpy")
+            def logp(dim, x_, grad_, logp_, table_):
+                u, grad, t = c_density.arguments(x_, grad_, table_, 5, dim)
+                r = c_density.reals
+                logp_[0] = _normal_logp_grad(u, grad, r(t, 0), r(t, 1), r(t, 2), c_density.ints(t, 3),
+                                             c_density.scalar(t, 4))
+                return 0
+        else:
+            @numba.cfunc(c_density.LOGP, cache=True, error_model="numpy")
+            def logp(dim, x_, grad_, logp_, table_):
+                u, grad, t = c_density.arguments(x_, grad_, table_, 5, dim)
+                r = c_density.reals
+                logp_[0] = _binomial_logp_grad(u, grad, r(t, 0), r(t, 1), c_density.ints(t, 2), c_density.matrix(t, 3),
+                                               c_density.scalar(t, 4))
+                return 0
+        _C_LOGP[normal] = logp
+    return _C_LOGP[normal]
 
 
 def unconstrain(init: dict, data: dict) -> np.ndarray:

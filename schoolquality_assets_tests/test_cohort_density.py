@@ -2,14 +2,15 @@
 the nutpie engine) against their specification, the Stan programs compiled by httpstan, on the
 data the engine gives them: at random points of the unconstrained space the log densities differ
 by one constant and the gradients are equal; the output rows are Stan's write_array and the
-initial values are unconstrained as Stan's transform_inits does."""
+initial values are unconstrained as Stan's transform_inits does. The C function nutpie calls
+(c_density) gives the Python kernel's log density and gradient bit for bit."""
 
 import importlib
 
 import numpy as np
 import pytest
 
-from schoolquality_assets import models, nutpie_engine
+from schoolquality_assets import c_density, models, nutpie_engine
 
 pytestmark = pytest.mark.stan   # compiles the Stan programs (httpstan) to compare with them
 
@@ -42,11 +43,15 @@ def test_log_density_and_gradient_equal_stans(program, prior_b_sd):
         assert 0 < data["J_school_c"] < data["J_school"] and 0 < data["J_cohort_c"] < data["J_cohort"]
         assert not spec.profile or 0 < data["J_profile_c"] < data["J_profile"]
     density = density_module.density(data)
+    c_logp, table = density.c_logp()
     rng = np.random.default_rng(3)
     differences, lps = [], []
     for _ in range(8):
         u = rng.normal(0.0, 1.0, density.layout.size) * rng.uniform(0.2, 2.0)
         lp, grad = density(u)
+        c_lp, c_grad, code = c_density.call(c_logp, u, table)
+        assert code == 0 and c_lp == lp
+        np.testing.assert_array_equal(c_grad, grad)
         stan_lp = module.log_prob(js, u.tolist(), True)
         stan_grad = np.asarray(module.log_prob_grad(js, u.tolist(), True))
         np.testing.assert_allclose(grad, stan_grad, rtol=1e-9, atol=1e-9 * np.abs(stan_grad).max())

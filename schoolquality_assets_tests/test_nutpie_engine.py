@@ -92,30 +92,36 @@ def test_stops_at_the_first_checkpoint_where_the_gate_holds(small_province):
 
 
 def test_a_density_that_fails_fails_the_fit(small_province, monkeypatch, tmp_path):
-    """One chain's density raises (the others' do not): the fit fails at once, naming the cause,
-    instead of sampling on with the other chains until its budget runs out; its trace is deleted."""
+    """The density's C function reports an error (a negative code, nutpie's unrecoverable error)
+    part way through warmup: the fit fails at once, naming nutpie's error, instead of sampling on
+    until its budget runs out; its trace is deleted."""
     import tempfile
-    import threading
+
+    import numba
+
+    from schoolquality_assets import c_density, cohort_density
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    working = cohort_density._c_logp().ctypes
+    slots = 3 * 21   # the kernel's table; one more slot at its end counts the calls
 
-    from schoolquality_assets import cohort_density
+    @numba.cfunc(c_density.LOGP)
+    def failing(dim, x_, grad_, logp_, table_):
+        calls = numba.carray(table_, (slots + 1,), np.int64)
+        calls[slots] += 1
+        return -7 if calls[slots] >= 300 else working(dim, x_, grad_, logp_, table_)
 
-    calls, broken, working = [0], [], cohort_density.Density.logp_into
+    tables = []
 
-    def one_chain_breaks(self, u, grad):
-        calls[0] += 1
-        if calls[0] == 300:
-            broken.append(threading.get_ident())
-        if threading.get_ident() in broken:
-            raise FloatingPointError("density broke")
-        return working(self, u, grad)
+    def c_logp(self):
+        tables.append(np.append(c_density.table(self.arrays), 0))
+        return failing, tables[-1]
 
-    monkeypatch.setattr(cohort_density.Density, "logp_into", one_chain_breaks)
+    monkeypatch.setattr(cohort_density.Density, "c_logp", c_logp)
     settings = SamplerSettings(chains=2, warmup=50, draws=200_000, until_converged=False, engine="nutpie")
-    with pytest.raises(stan_engine.SamplingError, match="density broke"):
+    with pytest.raises(stan_engine.SamplingError, match=r"(?s)nutpie sampling failed.*ErrorCode\(-7\)"):
         models.fit(M2, small_province[1], settings, progress=lambda m: None)
-    assert len(broken) == 1
+    assert tables and tables[-1][-1] >= 300
     assert not list(tmp_path.iterdir())
 
 
@@ -139,31 +145,23 @@ def test_the_trace_is_kept_on_disk_and_deleted_with_the_fit(small_province, monk
     assert not list(tmp_path.iterdir())
 
 
-def test_kept_draws_are_the_points_the_chains_were_at(small_province, monkeypatch):
-    """The engine reads the kept draws from nutpie's trace: each chain's draws must be exactly the
-    points nutpie handed to that chain's recorder after warmup, in order."""
+def test_kept_draws_are_the_points_the_chains_were_at(small_province):
+    """The engine reads each kept draw's point and its sampler statistics from nutpie's trace: they
+    must be the same draw's, so each row's lp__ is the density at that row's point, for every row of
+    every chain (a row shifted against its statistics would not match)."""
     from schoolquality_assets import cohort_density
 
-    handed: dict[int, list[np.ndarray]] = {}
-    record = nutpie_engine._Recorder.expand
-
-    def expand(self, x, **kwargs):
-        out = record(self, x, **kwargs)
-        if self.seen > self.warmup:
-            handed.setdefault(self.index, []).append(np.array(x))
-        return out
-
-    monkeypatch.setattr(nutpie_engine._Recorder, "expand", expand)
     mi = models.model_input(M2, small_province[1])
     data = models.stan_data(M2, mi)
     settings = SamplerSettings(chains=2, warmup=100, draws=40, seed=3, until_converged=False, engine="nutpie")
     draws = nutpie_engine.sample_nutpie(M2.path, data, settings, lambda s: models.initial_values(M2, mi, 1, s)[0],
                                         lambda m: None, None)
-    names = cohort_density.output_names(data)
-    handed_rows = [cohort_density.output_rows(np.stack(points), data) for points in handed.values() if len(points) >= 40]
-    assert len(handed_rows) == 2
+    density = cohort_density.density(data)
+    multipliers = cohort_density.multipliers(data)
     for c in range(2):
-        chain = {name: draws.params[name][c] for name in ("sd_school", "Intercept")}
-        matches = [rows for rows in handed_rows if np.array_equal(rows[:40, names.index("sd_school")], chain["sd_school"])]
-        assert len(matches) == 1, f"chain {c + 1}'s draws are not the points its recorder was handed"
-        np.testing.assert_array_equal(matches[0][:40, names.index("Intercept")], chain["Intercept"])
+        blocks = [np.asarray(draws.params[name][c]).reshape(40, -1) for name, size in density.layout.sizes().items() if size]
+        points = np.concatenate(blocks, axis=1) / multipliers
+        assert points.shape == (40, density.layout.size)
+        lp = np.array([density(u)[0] for u in points])
+        np.testing.assert_allclose(lp, draws.sample_stats["lp"][c], rtol=1e-10)
+        assert len(np.unique(lp)) > 20   # the chain moved: the check compares different points
