@@ -100,14 +100,14 @@ def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress
     # deleted with the fit), not in memory, where a checkpoint's copy of it doubled it
     trace = Path(tempfile.mkdtemp(prefix="schoolquality_trace_"))
     names = list(STATS) + density_module.output_names(data)
-    sampler = None
+    sampler, cache = None, {}
     try:
         # every chain at once (cores = chains), so that checkpoints see every chain's draws
         sampler = _lib.PySampler.from_pymc(nuts, settings.chains, model, counts.progress_type(),
                                            _lib.PyStorage.zarr(zarr_store.LocalStore(str(trace))))
         kept, verdict, warmup_seconds, chains = _watch(sampler, settings, capacity, stop, counts, heartbeat, sampling,
                                                        lambda k: _views(sampler, trace, settings.chains, k, names,
-                                                                        density_module, data))
+                                                                        density_module, data, cache))
     except (KeyboardInterrupt, SystemExit, SamplingError):
         raise
     except BaseException as exc:   # nutpie's own errors (RuntimeError, pyo3's PanicException)
@@ -219,9 +219,13 @@ def _final(chains):
     return chains
 
 
-def _views(sampler, trace: Path, chains: int, rows: int, names: list[str], density_module, data: dict) -> dict[int, dict] | None:
+def _views(sampler, trace: Path, chains: int, rows: int, names: list[str], density_module, data: dict,
+           cache: dict) -> dict[int, dict] | None:
     """Each chain's first ``rows`` kept draws as the program's output table (Stan's columns), from
-    nutpie's trace in the zarr store ``trace``; None while a chain's rows are not all written yet."""
+    nutpie's trace in the zarr store ``trace``; None while a chain's rows are not all written yet.
+    ``cache`` (one dict per fit) keeps the opened arrays and the sampler statistics read so far, so
+    a checkpoint reads only the statistics of its new draws (opening and reading zarr arrays chunk
+    by chunk costs more than the points themselves)."""
     import zarr
 
     try:
@@ -230,17 +234,25 @@ def _views(sampler, trace: Path, chains: int, rows: int, names: list[str], densi
         raise
     except BaseException:   # a finished sampler has written everything
         pass
-    store = zarr.open_group(str(trace), mode="r")
-    stats = store["sample_stats"]
-    if stats["unconstrained_draw"].shape[0] != chains:
-        raise SamplingError(f"nutpie's trace holds {stats['unconstrained_draw'].shape[0]} chains, not {chains}")
+    if "points" not in cache:
+        stats = zarr.open_group(str(trace), mode="r")["sample_stats"]
+        cache |= {"points": stats["unconstrained_draw"], "stats": [stats[STATS[k]] for k in STATS],
+                  "table": np.empty((chains, 0, len(STATS)))}
+        if cache["points"].shape[0] != chains:
+            raise SamplingError(f"nutpie's trace holds {cache['points'].shape[0]} chains, not {chains}")
+    have = cache["table"].shape[1]
+    if rows > have:
+        new = np.stack([np.asarray(a[:, have:rows], dtype=float) for a in cache["stats"]], axis=-1)
+        # a row not written yet reads as NaN (every stored lp__ is finite: nutpie keeps only accepted states)
+        if new.shape[1] < rows - have or np.isnan(new[..., 0]).any():
+            return None
+        cache["table"] = np.concatenate([cache["table"], new], axis=1)
     out = {}
     for c in range(chains):
-        points = np.asarray(stats["unconstrained_draw"][c, :rows], dtype=float)
-        stat_table = np.stack([np.asarray(stats[STATS[k]][c, :rows], dtype=float) for k in STATS], axis=1)
-        # a row not written yet reads as NaN (every stored point is finite: nutpie keeps only accepted states)
-        if points.shape[0] < rows or np.isnan(points).any() or np.isnan(stat_table[:, 0]).any():
+        points = np.asarray(cache["points"][c, :rows], dtype=float)
+        if points.shape[0] < rows or np.isnan(points).any():
             return None
-        out[c] = {"names": names, "table": np.concatenate([stat_table, density_module.output_rows(points, data)], axis=1)}
+        out[c] = {"names": names, "table": np.concatenate([cache["table"][c, :rows], density_module.output_rows(points, data)],
+                                                          axis=1)}
         del points
     return out
