@@ -9,6 +9,8 @@ so logp and gradient are the kernel's own, bit for bit (tested).
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import types
@@ -72,17 +74,13 @@ def arguments(x_, grad_, table_, n_arguments, dim):
             numba.carray(table_, (3 * n_arguments,), np.int64))
 
 
-_NO_EXPAND = []
-
-
+@functools.cache
 def no_expand():
     """An expand function with nothing to add: the engine reads each draw's point from nutpie's trace."""
-    if not _NO_EXPAND:
-        @numba.cfunc(EXPAND, cache=True)
-        def expand(dim, n_expanded, x_, out_, table_):
-            return 0
-        _NO_EXPAND.append(expand)
-    return _NO_EXPAND[0]
+    @numba.cfunc(EXPAND, cache=True)
+    def expand(dim, n_expanded, x_, out_, table_):
+        return 0
+    return expand
 
 
 def call(cfunc, u: np.ndarray, arguments_table: np.ndarray) -> tuple[float, np.ndarray, int]:

@@ -12,6 +12,7 @@ the adjoints.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numba
@@ -288,22 +289,18 @@ def _logp_grad(u, grad, mult, y, n, cohort, within_row, Xw, cohort_school, cohor
     return lp
 
 
-_C_LOGP = []
-
-
+@functools.cache
 def _c_logp():
     """_logp_grad as a C function (compiled on first use; numba caches it on disk)."""
-    if not _C_LOGP:
-        @numba.cfunc(c_density.LOGP, cache=True, error_model="numpy")
-        def logp(dim, x_, grad_, logp_, table_):
-            u, grad, t = c_density.arguments(x_, grad_, table_, 21, dim)
-            r, i, m = c_density.reals, c_density.ints, c_density.matrix
-            logp_[0] = _logp_grad(u, grad, r(t, 0), r(t, 1), r(t, 2), i(t, 3), i(t, 4), m(t, 5), i(t, 6), i(t, 7),
-                                  m(t, 8), i(t, 9), m(t, 10), r(t, 11), i(t, 12), i(t, 13), i(t, 14), i(t, 15),
-                                  c_density.scalar(t, 16) != 0.0, i(t, 17), i(t, 18), i(t, 19), c_density.scalar(t, 20))
-            return 0   # a non-finite logp or gradient is nutpie's to reject (a divergence), as from Python
-        _C_LOGP.append(logp)
-    return _C_LOGP[0]
+    @numba.cfunc(c_density.LOGP, cache=True, error_model="numpy")
+    def logp(dim, x_, grad_, logp_, table_):
+        u, grad, t = c_density.arguments(x_, grad_, table_, 21, dim)
+        r, i, m = c_density.reals, c_density.ints, c_density.matrix
+        logp_[0] = _logp_grad(u, grad, r(t, 0), r(t, 1), r(t, 2), i(t, 3), i(t, 4), m(t, 5), i(t, 6), i(t, 7),
+                              m(t, 8), i(t, 9), m(t, 10), r(t, 11), i(t, 12), i(t, 13), i(t, 14), i(t, 15),
+                              c_density.scalar(t, 16) != 0.0, i(t, 17), i(t, 18), i(t, 19), c_density.scalar(t, 20))
+        return 0   # a non-finite logp or gradient is nutpie's to reject (a divergence), as from Python
+    return logp
 
 
 def unconstrain(init: dict, data: dict) -> np.ndarray:

@@ -10,6 +10,7 @@ schoolquality_assets_tests/test_cohort_density.py).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numba
@@ -154,30 +155,24 @@ def _normal_logp_grad(u, grad, proportion, n_obs, ss_within, school, location):
     return lp
 
 
-_C_LOGP = {}
-
-
+@functools.cache
 def _c_logp(normal: bool):
     """The M0 (normal) or M1 kernel as a C function (compiled on first use; numba caches it on disk)."""
-    if normal not in _C_LOGP:
-        if normal:
-            @numba.cfunc(c_density.LOGP, cache=True, error_model="numpy")
-            def logp(dim, x_, grad_, logp_, table_):
-                u, grad, t = c_density.arguments(x_, grad_, table_, 5, dim)
-                r = c_density.reals
-                logp_[0] = _normal_logp_grad(u, grad, r(t, 0), r(t, 1), r(t, 2), c_density.ints(t, 3),
-                                             c_density.scalar(t, 4))
-                return 0
-        else:
-            @numba.cfunc(c_density.LOGP, cache=True, error_model="numpy")
-            def logp(dim, x_, grad_, logp_, table_):
-                u, grad, t = c_density.arguments(x_, grad_, table_, 5, dim)
-                r = c_density.reals
-                logp_[0] = _binomial_logp_grad(u, grad, r(t, 0), r(t, 1), c_density.ints(t, 2), c_density.matrix(t, 3),
-                                               c_density.scalar(t, 4))
-                return 0
-        _C_LOGP[normal] = logp
-    return _C_LOGP[normal]
+    if normal:
+        @numba.cfunc(c_density.LOGP, cache=True, error_model="numpy")
+        def logp(dim, x_, grad_, logp_, table_):
+            u, grad, t = c_density.arguments(x_, grad_, table_, 5, dim)
+            r = c_density.reals
+            logp_[0] = _normal_logp_grad(u, grad, r(t, 0), r(t, 1), r(t, 2), c_density.ints(t, 3), c_density.scalar(t, 4))
+            return 0
+    else:
+        @numba.cfunc(c_density.LOGP, cache=True, error_model="numpy")
+        def logp(dim, x_, grad_, logp_, table_):
+            u, grad, t = c_density.arguments(x_, grad_, table_, 5, dim)
+            logp_[0] = _binomial_logp_grad(u, grad, c_density.reals(t, 0), c_density.reals(t, 1), c_density.ints(t, 2),
+                                           c_density.matrix(t, 3), c_density.scalar(t, 4))
+            return 0
+    return logp
 
 
 def unconstrain(init: dict, data: dict) -> np.ndarray:
