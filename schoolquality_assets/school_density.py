@@ -60,13 +60,12 @@ class Density(Kernel):
 def density(data: dict) -> Density:
     lay = layout(data)
     school = np.ascontiguousarray(np.asarray(data["school"], dtype=np.int64).reshape(-1) - 1)
+    real = lambda k: np.ascontiguousarray(np.asarray(data[k], float))  # noqa: E731  (the C function's table needs contiguous arrays)
     if lay.normal:
-        real = lambda k: np.ascontiguousarray(np.asarray(data[k], float))  # noqa: E731
         arrays = (real("proportion"), real("n_obs"), real("ss_within"), school, float(data["prior_intercept_location"]))
     else:
         X = _x(data)
-        arrays = (np.ascontiguousarray(np.asarray(data["y_success"], float)),
-                  np.ascontiguousarray(np.asarray(data["n_trials"], float)), school,
+        arrays = (real("y_success"), real("n_trials"), school,
                   np.ascontiguousarray(X - X.mean(axis=0)), float(data["prior_b_sd"]))  # Xc, as the transformed data
     return Density(lay, arrays)
 
