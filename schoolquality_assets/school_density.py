@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from schoolquality_assets import c_density
-from schoolquality_assets.cohort_density import Blocks, Kernel, _t_lpdf
+from schoolquality_assets.cohort_density import Blocks, Kernel, _t_lpdf, binomial_logit
 
 
 def normal_model(data: dict) -> bool:
@@ -94,19 +94,13 @@ def _binomial_logp_grad(u, grad, y, n, school, Xc, prior_b_sd):
     g = np.zeros(u.shape[0])
     lp, g_intercept, g_lsd = _school_prior(u, g, p_mu, intercept, lsd)
     xb = Xc @ b
-    g_eta = np.empty(y.shape[0])
+    eta = np.empty(y.shape[0])
     for i in range(y.shape[0]):
-        eta = u[p_mu + school[i]] + xb[i]
-        if eta > 0.0:
-            e = np.exp(-eta)
-            lp += y[i] * eta - n[i] * (eta + np.log1p(e))
-            d = y[i] - n[i] / (1.0 + e)
-        else:
-            e = np.exp(eta)
-            lp += y[i] * eta - n[i] * np.log1p(e)
-            d = y[i] - n[i] * e / (1.0 + e)
-        g[p_mu + school[i]] += d
-        g_eta[i] = d
+        eta[i] = u[p_mu + school[i]] + xb[i]
+    g_eta = np.empty(y.shape[0])
+    lp += binomial_logit(y, n, eta, g_eta)
+    for i in range(y.shape[0]):
+        g[p_mu + school[i]] += g_eta[i]
     g_b = Xc.T @ g_eta
     t, dt = _t_lpdf(intercept)
     lp += t
