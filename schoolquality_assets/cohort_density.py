@@ -158,7 +158,7 @@ _LG = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e
 
 
 @numba.njit(inline="always", error_model="numpy")
-def _exp_nonpositive(x):
+def exp_nonpositive(x):
     """exp(x) for x <= 0 (x below -700 taken as -700: 1e-304, not 0), within 3 ulp: x = k ln 2 + r,
     |r| <= ln 2 / 2, exp(r) by its Taylor series to degree 13 (remainder < 1e-17), times 2^k built
     from bits. Plain arithmetic, unlike libm's exp, so that a loop of it vectorises."""
@@ -173,7 +173,7 @@ def _exp_nonpositive(x):
 
 
 @numba.njit(inline="always", error_model="numpy")
-def _log_1_to_2(w):
+def log_1_to_2(w):
     """log(w) for 1 <= w <= 2, fdlibm's method (error < 1 ulp), branch-free: w = 2^k m, k in {0, 1}."""
     k = 1.0 if w > 1.4142135623730951 else 0.0
     f = (w * 0.5 if k > 0.0 else w) - 1.0
@@ -194,9 +194,9 @@ def binomial_logit(y, n, eta, d):
     in 8 running sums, a fixed order, so that the loop vectorises and the sum is reproducible."""
     for i in range(eta.shape[0]):
         v = eta[i]
-        e = _exp_nonpositive(-abs(v))
+        e = exp_nonpositive(-abs(v))
         inv = 1.0 / (1.0 + e)
-        eta[i] = y[i] * v - n[i] * (max(v, 0.0) + _log_1_to_2(1.0 + e))
+        eta[i] = y[i] * v - n[i] * (max(v, 0.0) + log_1_to_2(1.0 + e))
         d[i] = y[i] - n[i] * (inv if v > 0.0 else e * inv)
     sums = np.zeros(8)
     whole = eta.shape[0] - eta.shape[0] % 8

@@ -13,11 +13,13 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 
 import arviz as az
+import numba
 import numpy as np
 import polars as pl
-from scipy.special import expit, gammaln, log_expit, logsumexp
+from scipy.special import gammaln, logsumexp
 
 from schoolquality_assets import models
+from schoolquality_assets.cohort_density import exp_nonpositive, log_1_to_2
 from schoolquality_assets.models import draws_matrix as _flat
 
 M0_NOTE = "M0 excluded: a Normal density on proportions is not comparable with binomial probabilities"
@@ -262,29 +264,73 @@ def _group_index(idata, groups) -> tuple[np.ndarray, list]:
 def _agh_log_marginal(eta, y, n, logc, gid, G, sd, u0, nodes, weights, newton=12):
     """log ∫ Π_i Binom(y_i|n_i, expit(eta_i+u)) N(u|0,sd) du per (draw, group) by adaptive GH.
 
-    eta (S, n_obs); gid (n_obs,) local group ids 0..G-1; sd (S,); u0 (S, G) start values.
+    eta (S, n_obs); gid (n_obs,) sorted local group ids 0..G-1, every group present; sd (S,); u0
+    (S, G) start values.
     """
-    red = lambda a: _gsum(a, gid, G)  # noqa: E731
-    u = u0.copy()
-    prec = 1 / sd[:, None] ** 2
-    for _ in range(newton):  # Newton steps to the mode (strictly concave), step clipped for safety
-        p = expit(eta + u[:, gid])
-        grad = red(y - n * p) - u * prec
-        hess = -red(n * p * (1 - p)) - prec
-        step = np.clip(grad / hess, -1.0, 1.0)
-        u = u - step
-        if np.abs(step).max() < 1e-9:
-            break
-    p = expit(eta + u[:, gid])
-    scale = 1 / np.sqrt(red(n * p * (1 - p)) + prec)  # Laplace curvature scale
-    terms = []
-    for x, w in zip(nodes, weights):
-        v = u + math.sqrt(2) * scale * x
-        e = eta + v[:, gid]
-        f = red(logc + y * log_expit(e) + (n - y) * log_expit(-e))
-        f += -0.5 * v**2 * prec - np.log(sd)[:, None] - 0.5 * math.log(2 * math.pi)
-        terms.append(f + x * x + math.log(w))
-    return logsumexp(np.stack(terms), axis=0) + np.log(math.sqrt(2) * scale)
+    starts = np.searchsorted(gid, np.arange(G + 1))
+    if np.any(np.diff(gid) < 0) or np.any(np.diff(starts) == 0):
+        raise ValueError("group ids must be sorted, with every group 0..G-1 present")
+    return _agh_kernel(np.ascontiguousarray(eta, dtype=float), np.asarray(y, float), np.asarray(n, float),
+                       np.asarray(logc, float), starts, np.asarray(sd, float), np.ascontiguousarray(u0, dtype=float),
+                       np.asarray(nodes, float), np.log(np.asarray(weights, float)), newton)
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _expit(x):
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _agh_kernel(eta, y, n, logc, starts, sd, u0, nodes, log_weights, newton):
+    """For each draw s and group g (rows starts[g]..starts[g + 1]): Newton's method to the mode of
+    the integrand in u (strictly concave; steps clipped to 1), the Laplace scale there, then
+    Gauss-Hermite with ``nodes`` centred and scaled on them, summed as a log-sum-exp."""
+    S, G, K = eta.shape[0], starts.shape[0] - 1, nodes.shape[0]
+    out = np.empty((S, G))
+    terms = np.empty(K)
+    root2 = math.sqrt(2.0)
+    for s in range(S):
+        prec = 1.0 / (sd[s] * sd[s])
+        const = -math.log(sd[s]) - 0.5 * math.log(2.0 * math.pi)
+        for g in range(G):
+            lo, hi = starts[g], starts[g + 1]
+            u = u0[s, g]
+            for _ in range(newton):
+                grad, hess = -u * prec, -prec
+                for i in range(lo, hi):
+                    p = _expit(eta[s, i] + u)
+                    grad += y[i] - n[i] * p
+                    hess -= n[i] * p * (1.0 - p)
+                step = min(max(grad / hess, -1.0), 1.0)
+                u -= step
+                if abs(step) < 1e-9:
+                    break
+            info = prec
+            for i in range(lo, hi):
+                p = _expit(eta[s, i] + u)
+                info += n[i] * p * (1.0 - p)
+            scale = 1.0 / math.sqrt(info)
+            for k in range(K):
+                v = u + root2 * scale * nodes[k]
+                terms[k] = -0.5 * v * v * prec + const + nodes[k] * nodes[k] + log_weights[k]
+            for i in range(lo, hi):
+                for k in range(K):   # log binomial at each node: y e - n log(1 + exp(e)); vectorised over nodes
+                    e = eta[s, i] + u + root2 * scale * nodes[k]
+                    terms[k] += logc[i] + y[i] * e - n[i] * (max(e, 0.0) + log_1_to_2(1.0 + exp_nonpositive(-abs(e))))
+            top = -np.inf
+            for k in range(K):
+                top = max(top, terms[k])
+            if not math.isfinite(top):
+                out[s, g] = top
+                continue
+            total = 0.0
+            for k in range(K):
+                total += math.exp(terms[k] - top)
+            out[s, g] = top + math.log(total) + math.log(root2 * scale)
+    return out
 
 
 def _gsum(a: np.ndarray, gid: np.ndarray, G: int) -> np.ndarray:

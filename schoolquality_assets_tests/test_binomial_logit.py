@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from schoolquality_assets.cohort_density import _exp_nonpositive, _log_1_to_2, binomial_logit
+from schoolquality_assets.cohort_density import exp_nonpositive, log_1_to_2, binomial_logit
 
 
 @numba.njit
@@ -21,12 +21,12 @@ def _each(f, x):
 
 @numba.njit
 def _exp(x):
-    return _each(_exp_nonpositive, x)
+    return _each(exp_nonpositive, x)
 
 
 @numba.njit
 def _log(x):
-    return _each(_log_1_to_2, x)
+    return _each(log_1_to_2, x)
 
 
 def test_exp_within_three_ulp_down_to_minus_700():
