@@ -290,7 +290,7 @@ def _agh_kernel(eta, y, n, logc, starts, sd, u0, nodes, log_weights, newton):
     Gauss-Hermite with ``nodes`` centred and scaled on them, summed as a log-sum-exp."""
     S, G, K = eta.shape[0], starts.shape[0] - 1, nodes.shape[0]
     out = np.empty((S, G))
-    terms = np.empty(K)
+    terms, v = np.empty(K), np.empty(K)   # per node: the log integrand, the node's u
     root2 = math.sqrt(2.0)
     for s in range(S):
         prec = 1.0 / (sd[s] * sd[s])
@@ -314,11 +314,11 @@ def _agh_kernel(eta, y, n, logc, starts, sd, u0, nodes, log_weights, newton):
                 info += n[i] * p * (1.0 - p)
             scale = 1.0 / math.sqrt(info)
             for k in range(K):
-                v = u + root2 * scale * nodes[k]
-                terms[k] = -0.5 * v * v * prec + const + nodes[k] * nodes[k] + log_weights[k]
+                v[k] = u + root2 * scale * nodes[k]
+                terms[k] = -0.5 * v[k] * v[k] * prec + const + nodes[k] * nodes[k] + log_weights[k]
             for i in range(lo, hi):
                 for k in range(K):   # log binomial at each node: y e - n log(1 + exp(e)); vectorised over nodes
-                    e = eta[s, i] + u + root2 * scale * nodes[k]
+                    e = eta[s, i] + v[k]
                     terms[k] += logc[i] + y[i] * e - n[i] * (max(e, 0.0) + log_1_to_2(1.0 + exp_nonpositive(-abs(e))))
             top = -np.inf
             for k in range(K):
