@@ -83,6 +83,11 @@ TABLE_CAPTIONS = {
     "school_rankings by size band": "Schools below and above the average school at 95% posterior probability, those "
                                     "that cannot be told apart from it, and the median width of the 95% rank interval "
                                     "(places), by average number of students per observation.",
+    "school_rankings: most likely below and above the average": "The schools most likely below the average school "
+        "(highest p_below_average) and most likely above it (lowest), up to 10 of each, with their names and boards "
+        "where the data gives them; the full list is the school_rankings table and g3_school_quality.parquet.",
+    "landing files read": "What was read from the landing folder: each file, its format and year, its rows and "
+                          "schools, and the school rows the publisher suppressed.",
     "g3_school_quality summary": "Stage 1 output: schools, spread of the school means and their mean posterior SD (logit scale).",
 }
 TRANSPOSED = {"mcmc_diagnostics": "model"}  # wide tables shown one row per column: table -> key column
@@ -308,13 +313,15 @@ def build_sections(wh: Warehouse, partition: str) -> dict:
     findings = [_finding(name, dict(sections[name].get("tables", []))) for name in CONTENT]
     shown = dict(sections["Variance decomposition"].get("tables", []))
     sample = _table(wh, "analysis_sample", partition)
-    lead = [failed_fit_notice(failed, partition), accounting(wh)]
+    lead = [failed_fit_notice(failed, partition), data_read(wh), accounting(wh)]
     if sample is not None:
         lead.append(f"{sample['school_id'].n_unique():,} schools, {sample.height:,} observations "
                     f"({sample['year'].min()}-{sample['year'].max()}; data vintage {sample['year'].max()}).")
     if "variance_components" in shown:
         lead.append(variance_finding(shown["variance_components"]))
     sections["Key findings"] = {"text": "\n\n".join(filter(None, lead + findings))}
+    if (read := files_read(wh)) is not None and not read.is_empty():
+        sections["Key findings"]["tables"] = [("landing files read", read)]
     summaries = posterior_summaries(wh, partition, current)
     missing = [k.upper() for k in MODELS if k not in current]
     sections["Posterior summaries"] = {
@@ -339,9 +346,54 @@ def rankings_section(wh: Warehouse, partition: str, current: dict[str, str], fai
     finding = rankings.rankings_finding(by_band)
     png = wh.figure_path(partition, "school_ranks_league_table")
     return {"text": "\n\n".join([TEXT["School rankings"], rankings.RANKINGS_DEFINITION, finding]),
-            "tables": [("school_rankings by size band", by_band)],
+            "tables": [("school_rankings by size band", by_band),
+                       ("school_rankings: most likely below and above the average", extremes(table))],
             "figures": [("school_ranks_league_table", png.read_bytes())] if png.exists() else [],
             "finding": finding}
+
+
+EXTREME_COLUMNS = ("school_id", "school_name", "board_name", "g3_school_re", "p_below_average", "rank_median",
+                   "rank_lower_95", "rank_upper_95", "distinguishable")
+
+
+def extremes(table: pl.DataFrame, n: int = 10) -> pl.DataFrame:
+    """The ``n`` schools most likely below the average and the ``n`` most likely above it (named
+    where the data names them), ties broken by school_id."""
+    shown = [c for c in EXTREME_COLUMNS if c in table.columns]
+    ordered = table.sort("p_below_average", "school_id", descending=[True, False])
+    return pl.concat([ordered.head(n), ordered.tail(min(n, max(table.height - n, 0)))]).select(shown)
+
+
+def files_read(wh: Warehouse) -> pl.DataFrame | None:
+    """The landing files behind the current raw_observations (from its stored rows): per file, its
+    format, years, landing rows and schools, and the school-subjects the publisher suppressed."""
+    try:
+        raw = wh.read_table("raw_observations")
+    except MissingTable:
+        return None
+    flag = pl.col("publisher_suppressed") if "publisher_suppressed" in raw.columns else pl.lit(None, pl.Utf8)
+    fmt = pl.col("source_format") if "source_format" in raw.columns else pl.lit("landing contract")
+    return raw.group_by("source_file").agg(
+        fmt.first().alias("format"),
+        pl.col("year").min().alias("first_year"), pl.col("year").max().alias("last_year"),
+        pl.len().alias("landing_rows"), pl.col("school_id").n_unique().alias("schools"),
+        (flag.str.strip_chars().fill_null("0") != "0").sum().alias("school_subjects_suppressed"),
+    ).sort("source_file")
+
+
+def data_read(wh: Warehouse) -> str:
+    """What was read, in words: files, formats, years, schools and what the publisher suppressed."""
+    files = files_read(wh)
+    if files is None or files.is_empty():
+        return ""
+    suppressed = int(files["school_subjects_suppressed"].sum())
+    formats = ", ".join(sorted(set(files["format"].drop_nulls())))
+    years = f"{files['first_year'].min()}-{files['last_year'].max()}"
+    text = (f"Read {files.height:,} landing file(s) ({formats}; years {years}): {int(files['landing_rows'].sum()):,} "
+            f"landing rows (a school row of a publisher's wide file counts once per subject).")
+    if suppressed:
+        text += f" The publisher suppressed {suppressed:,} school-subjects (small groups); they are in rejected_observations."
+    return text
 
 
 def accounting(wh: Warehouse) -> str:

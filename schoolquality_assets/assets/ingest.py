@@ -10,35 +10,36 @@ in the UI) computes the pair's step and writes only the tables selected.
 import dagster as dg
 import polars as pl
 
-from schoolquality_assets import contract, filters, synthetic
+from schoolquality_assets import contract, eqao, filters, landing, synthetic
 from schoolquality_assets.assets.common import OWNER, code_version_of, markdown, table_metadata
 from schoolquality_assets.partitions import FULL, sample_partitions
 from schoolquality_assets.resources import WarehouseResource
 
 INGEST = dict(group_name="ingest", owners=[OWNER], kinds={"duckdb", "polars"},
-              code_version=code_version_of(contract, filters, synthetic))
+              code_version=code_version_of(contract, eqao, filters, landing, synthetic))
 
 
-def _landing(warehouse: WarehouseResource) -> tuple[pl.DataFrame, str, list[str], pl.DataFrame | None]:
-    """Rows from the landing folder, or the synthetic province (and its truth) when it holds no files."""
+def _landing(warehouse: WarehouseResource) -> tuple[landing.Landing, str, pl.DataFrame | None]:
+    """What the landing folder holds, or the synthetic province (and its truth) when it holds no files."""
     wh = warehouse.get()
     raw_dir = wh.ensure(wh.raw_dir)
     files = contract.list_landing_files(raw_dir)
     if files:
-        return contract.load_landing(raw_dir), f"landing files ({len(files)})", [f.name for f in files], None
+        return landing.load(raw_dir), f"landing files ({len(files)})", None
     stray = contract.ignored_files(raw_dir)
     if stray:  # a delivery in the wrong format must not be replaced by synthetic data
         raise contract.LandingFileError(
-            f"{raw_dir} holds files but none is a landing file (.csv or .parquet): {[p.name for p in stray]}"
+            f"{raw_dir} holds files but none is a landing file (.csv or .parquet): "
+            f"{[contract.relative_name(p, raw_dir) for p in stray]}"
         )
     province = synthetic.generate_province(seed=warehouse.synthetic_seed)
     obs = province.observations.with_columns(pl.all().cast(pl.Utf8))
-    frame = obs.with_columns(
-        pl.lit(f"synthetic_province_seed_{warehouse.synthetic_seed}").alias("source_file"),
-        pl.int_range(1, obs.height + 1, dtype=pl.Int64).alias("source_row"),
-    )
-    truth = synthetic.truth_frame(province.truth)
-    return frame, f"synthetic province (seed {warehouse.synthetic_seed})", [], truth
+    name = f"synthetic_province_seed_{warehouse.synthetic_seed}"
+    frame = contract.concat_raw([contract.with_provenance(obs, name, "synthetic")])
+    read = landing.Landing(raw=frame, schools=landing.latest_names(pl.DataFrame(schema=landing.SCHOOLS_SCHEMA)),
+                           aggregates=pl.DataFrame(schema=landing.AGGREGATES_SCHEMA),
+                           files=[{"file": name, "format": "synthetic province", "rows": frame.height}])
+    return read, f"synthetic province (seed {warehouse.synthetic_seed})", synthetic.truth_frame(province.truth)
 
 
 def landing_observation(warehouse: WarehouseResource) -> tuple[str, dict]:
@@ -47,10 +48,28 @@ def landing_observation(warehouse: WarehouseResource) -> tuple[str, dict]:
     fingerprint = contract.landing_fingerprint(wh.raw_dir)
     if fingerprint is None:  # the synthetic province stands in; its seed is its version
         return f"synthetic-province-seed-{warehouse.synthetic_seed}", {"source": "synthetic province (raw/ is empty)"}
-    files = [contract.describe_landing_file(p) for p in contract.list_landing_files(wh.raw_dir)]
+    files = landing.describe(wh.raw_dir)
     return fingerprint, {
         "source": f"landing files ({len(files)})", "fingerprint": fingerprint, "folder": dg.MetadataValue.path(str(wh.raw_dir)),
         "files": dg.MetadataValue.md(markdown(pl.DataFrame(files, infer_schema_length=None))),
+    }
+
+
+def what_was_read(read: landing.Landing) -> dict:
+    """The raw_observations metadata that says what was read: files, formats, years, schools and
+    what the publisher suppressed."""
+    raw = read.raw
+    flag = raw[contract.SUPPRESSED_FLAG].str.strip_chars() if contract.SUPPRESSED_FLAG in raw.columns else None
+    suppressed = 0 if flag is None else int(((flag != "0") & flag.is_not_null()).sum())
+    years = raw["year"].str.strip_chars().cast(pl.Int64, strict=False).drop_nulls()
+    return {
+        "formats": dg.MetadataValue.json(sorted({f["format"] for f in read.files})),
+        "years": dg.MetadataValue.json(sorted(set(years.to_list()))),
+        "schools": raw["school_id"].str.strip_chars().n_unique(),
+        "school_subjects_suppressed_by_publisher": suppressed,
+        "publisher_aggregate_rows": read.aggregates.height,
+        "files_read": dg.MetadataValue.md(markdown(pl.DataFrame(read.files, infer_schema_length=None))),
+        "kept_apart": dg.MetadataValue.json(read.kept_apart),
     }
 
 
@@ -73,37 +92,54 @@ def landing_files(warehouse: WarehouseResource) -> dg.ObserveResult:
     name="raw_observations",
     specs=[
         dg.AssetSpec("raw_observations", deps=["landing_files"],
-                     description="Every landing row, as text, with its source file and row number.", **INGEST),
+                     description="Every landing row, as text, with its source file, row number and format. A school "
+                     "row of a publisher's wide file (EQAO) is three rows here, one per subject.", **INGEST),
         dg.AssetSpec("synthetic_truth", deps=["landing_files"], skippable=True, description="True parameters of the "
                      "synthetic province (written only when raw/ is empty and the synthetic province stands in).", **INGEST),
+        dg.AssetSpec("schools", deps=["landing_files"], description="One row per school the files "
+                     "name (EQAO's files do): school_name, board_id, board_name, language, from its latest year. "
+                     "Empty for data without names (the landing contract, the synthetic province).", **INGEST),
+        dg.AssetSpec("publisher_aggregates", deps=["landing_files"], description="The publisher's own "
+                     "province and board rows (EQAO OrgType P and B), by subject, as published: not observations, "
+                     "kept out of the sample.", **INGEST),
     ],
     can_subset=True,
 )
 def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     selected = {k.to_user_string() for k in context.selected_asset_keys}
+    wh = warehouse.get()
     try:
-        frame, source, files, truth = _landing(warehouse)
+        read, source, truth = _landing(warehouse)
     except contract.LandingFileError as exc:
         raise dg.Failure(description=str(exc)) from exc
     except OSError as exc:
         raise dg.Failure(description=f"cannot read landing folder {exc.filename}: {exc.strerror}") from exc
-    ignored = contract.ignored_files(warehouse.get().raw_dir)
+    ignored = [contract.relative_name(p, wh.raw_dir) for p in contract.ignored_files(wh.raw_dir)]
     if ignored:
-        context.log.warning(f"ignored non-landing files in raw/: {[p.name for p in ignored]}")
+        context.log.warning(f"ignored non-landing files in raw/: {ignored}")
+    for apart in read.kept_apart:
+        context.log.warning(f"{apart['file']} {apart['why']}")
+    frame = read.raw
     context.log.info(f"loaded {frame.height} rows from {source}")
     if truth is not None and "synthetic_truth" in selected:
-        warehouse.get().write_table("synthetic_truth", truth)
+        wh.write_table("synthetic_truth", truth)
         yield dg.MaterializeResult(asset_key="synthetic_truth", metadata=table_metadata(truth))
+    if "schools" in selected:
+        wh.write_table("schools", read.schools)
+        yield dg.MaterializeResult(asset_key="schools", metadata=table_metadata(read.schools))
+    if "publisher_aggregates" in selected:
+        wh.write_table("publisher_aggregates", read.aggregates)
+        yield dg.MaterializeResult(asset_key="publisher_aggregates", metadata=table_metadata(read.aggregates))
     if "raw_observations" not in selected:
         return
-    warehouse.get().write_table("raw_observations", frame)
+    wh.write_table("raw_observations", frame)
     yield dg.MaterializeResult(
         asset_key="raw_observations",
-        metadata=table_metadata(frame) | {
+        metadata=table_metadata(frame) | what_was_read(read) | {
             "source": source,
             "landing_files_version": landing_observation(warehouse)[0],   # what it read, beside what was observed
-            "files": dg.MetadataValue.json(files),
-            "ignored_files": dg.MetadataValue.json([p.name for p in ignored]),
+            "files": dg.MetadataValue.json([f["file"] for f in read.files if truth is None]),
+            "ignored_files": dg.MetadataValue.json(ignored),
         }
     )
 

@@ -12,24 +12,36 @@ import dagster as dg
 import polars as pl
 import pyarrow.parquet as pq
 
-from schoolquality_assets import analyses, diagnostics, figures, models, rankings
+from schoolquality_assets import analyses, diagnostics, figures, landing, models, rankings
 from schoolquality_assets.assets.common import (OWNER, code_version_of, image_md, load_posterior, markdown, rounded,
                                                 table_metadata)
 from schoolquality_assets.partitions import FULL, sample_partitions
 from schoolquality_assets.progress import StepProgress
 from schoolquality_assets.resources import ConvergenceResource, WarehouseResource
-from schoolquality_assets.warehouse import CHECKOUT, Warehouse, atomic_path
+from schoolquality_assets.warehouse import CHECKOUT, MissingTable, Warehouse, atomic_path
 
 
-def school_quality_table(idata, eligible: pl.DataFrame, vintage: int) -> pl.DataFrame:
+def school_quality_table(idata, eligible: pl.DataFrame, vintage: int, names: pl.DataFrame | None = None) -> pl.DataFrame:
     """Posterior mean, SD and 95% interval of each school's random intercept (logit scale), then
     where it stands among the schools of the fit (rankings.school_rankings: probability below the
-    average school, rank with its 95% interval, bottom/top 10%, with Monte Carlo errors)."""
+    average school, rank with its 95% interval, bottom/top 10%, with Monte Carlo errors). The
+    school's name, board and language (from ``names``, the schools table) follow school_id."""
     frame = analyses.school_effect_summary(idata).rename({
         "mean": "g3_school_re", "sd": "g3_re_sd", "lower": "g3_re_lower_95", "upper": "g3_re_upper_95"})
     info = eligible.select("school_id", "n_obs", "mean_n_trials")
     frame = frame.join(info, on="school_id", how="left").with_columns(data_vintage=pl.lit(vintage, pl.Int32))
-    return frame.join(rankings.school_rankings(idata), on="school_id", how="left").sort("school_id")
+    frame = frame.join(rankings.school_rankings(idata), on="school_id", how="left").sort("school_id")
+    return landing.with_school_names(frame, names)
+
+
+def school_names(wh: Warehouse, log) -> pl.DataFrame | None:
+    """The schools table (names, boards, language), or None, with a warning, when it was never built."""
+    try:
+        return wh.read_table("schools")
+    except MissingTable:
+        log.warning("no schools table in the warehouse: school_name, board_id, board_name and language are null "
+                    "(materialize schools, e.g. with '*g3_school_quality', to fill them)")
+        return None
 
 
 def ranking_mcse_limit(min_ess: float) -> float:
@@ -40,13 +52,13 @@ def ranking_mcse_limit(min_ess: float) -> float:
 
 def publication_problems(table: pl.DataFrame, expected: set[str]) -> dict[str, int]:
     """What stops ``table`` from being published: counts of missing, extra and duplicate schools,
-    null cells and non-positive SDs (all zero when it may be written)."""
+    null cells (names aside: data may have none) and non-positive SDs (all zero when it may be written)."""
     schools = set(table["school_id"])
     return {
         "missing_schools": len(expected - schools),
         "extra_schools": len(schools - expected),
         "duplicate_rows": table.height - table["school_id"].n_unique(),
-        "null_cells": int(sum(table.null_count().row(0))),
+        "null_cells": int(sum(table.drop(landing.SCHOOL_COLUMNS, strict=False).null_count().row(0))),
         "non_positive_sd": table.filter(pl.col("g3_re_sd") <= 0).height,
     }
 
@@ -94,7 +106,7 @@ ANNUAL_PUBLICATION = dg.FreshnessPolicy.cron(deadline_cron="0 6 1 10 *", lower_b
 
 
 @dg.asset(
-    deps=["posterior_m2", "eligible_schools", "cleaned_observations"],
+    deps=["posterior_m2", "eligible_schools", "cleaned_observations", "schools"],
     partitions_def=sample_partitions,
     group_name="production",
     owners=[OWNER],
@@ -133,7 +145,7 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
             )
     eligible = wh.read_table("eligible_schools")
     vintage = int(wh.read_table("cleaned_observations")["year"].max())
-    table = school_quality_table(idata, eligible, vintage)
+    table = school_quality_table(idata, eligible, vintage, school_names(wh, context.log))
     expected = set(eligible["school_id"]) if partition == FULL else set(map(str, idata.posterior["school"].values))
     problems = publication_problems(table, expected)
     target = wh.output_path(partition)
@@ -174,7 +186,7 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     )
 
 
-RANKING_COLUMNS = ["school_id", "g3_school_re", "g3_re_sd", "g3_re_lower_95", "g3_re_upper_95", "mean_n_trials",
+RANKING_COLUMNS = ["school_id", *landing.SCHOOL_COLUMNS, "g3_school_re", "g3_re_sd", "g3_re_lower_95", "g3_re_upper_95", "mean_n_trials",
                    *rankings.COLUMNS[1:]]
 
 
@@ -198,6 +210,8 @@ def school_rankings(context: dg.AssetExecutionContext, warehouse: WarehouseResou
         raise dg.Failure(description=f"no g3_school_quality file on {partition} ({path}): materialize it first")
     quality = pl.read_parquet(path)
     meta = pq.read_schema(path).metadata or {}
+    if not set(landing.SCHOOL_COLUMNS) <= set(quality.columns):  # a file written before names were kept
+        quality = landing.with_school_names(quality, school_names(wh, context.log))
     table = quality.select(RANKING_COLUMNS)
     eligible = wh.read_table("eligible_schools")
     png = figures.league_table_png(table, eligible)
