@@ -48,13 +48,17 @@ import arviz as az
 import numpy as np
 import polars as pl
 
-from schoolquality_assets import contract, design, diagnostics, filters, models, synthetic
-from schoolquality_assets.resources import SAMPLER_ENV
-from schoolquality_assets.stan_engine import SamplerSettings, choose_engine, compile_pystan, sample
+from schoolquality_assets.ingest import contract, filters, synthetic
+
+from schoolquality_assets.models import design, diagnostics, specs
+from schoolquality_assets.defs.resources import SAMPLER_ENV
+from schoolquality_assets.engine.pystan_engine import compile_pystan
+from schoolquality_assets.engine.sampling import choose_engine, sample
+from schoolquality_assets.engine.base import SamplerSettings
 
 HERE = Path(__file__).parent
 FORMS = {
-    "project (stan/m2_cohort.stan)": models.MODELS["m2"].path,
+    "project (stan/m2_cohort.stan)": specs.MODELS["m2"].path,
     "first release (CSR products)": HERE / "m2_csr_first_release.stan",
     "plain indexed": HERE / "m2_plain_indexed.stan",
     "brms non-centred (sd * z, GLM)": HERE / "m2_brms_noncentred.stan",
@@ -118,11 +122,11 @@ def province_sample(partition: str) -> pl.DataFrame:
     return filters.analysis_sample(cleaned_from(synthetic.generate_province().observations), partition)
 
 
-def form_data(name: str, mi: models.ModelInput) -> dict:
+def form_data(name: str, mi: specs.ModelInput) -> dict:
     """Stan data of each form from the project's model input."""
     d = mi.data
     if name.startswith("project"):
-        return models.stan_data(models.MODELS["m2"], mi)
+        return specs.stan_data(specs.MODELS["m2"], mi)
     common = {k: d[k] for k in ("N", "n_trials", "y_success", "J_school", "J_cohort", "cohort_school", "cohort")}
     if name.startswith("plain"):
         cells = mi.frame["year_subject"]
@@ -156,14 +160,14 @@ def seconds_per_step(stan_file: Path, data: dict, inits, warmup: int = 150, shor
 
 
 def steps(partition: str) -> None:
-    mi = models.model_input(models.MODELS["m2"], province_sample(partition))
+    mi = specs.model_input(specs.MODELS["m2"], province_sample(partition))
     n = mi.data["N"]
     print(f"M2 cost per leapfrog step, {partition}: {n} observations, {mi.data['J_school']} schools, "
           f"{mi.data['J_cohort']} cohorts; one chain alone, sampling phase after 150 warmup iterations")
     print(f"{'form':34s} {'ms/step':>8s} {'ns/obs':>7s} {'steps/iteration':>16s}")
     for name, path in FORMS.items():
         compile_pystan(path, progress=QUIET)
-        inits = models.initial_values(models.MODELS["m2"], mi, 1, 1) if name.startswith("project") else None
+        inits = specs.initial_values(specs.MODELS["m2"], mi, 1, 1) if name.startswith("project") else None
         per_step, per_iter = seconds_per_step(path, form_data(name, mi), inits)
         print(f"{name:34s} {1000 * per_step:8.2f} {1e9 * per_step / n:7.0f} {per_iter:16.1f}", flush=True)
     per_gradient = gradient_seconds(mi)
@@ -171,15 +175,15 @@ def steps(partition: str) -> None:
           f"{'(one gradient)':>16s}", flush=True)
 
 
-def gradient_seconds(mi: models.ModelInput, calls: int = 300) -> float:
+def gradient_seconds(mi: specs.ModelInput, calls: int = 300) -> float:
     """Seconds per evaluation of M2's hand-written log density and gradient (cohort_density), one
     thread, at the asset's initial values: a leapfrog step costs one gradient."""
-    from schoolquality_assets import cohort_density
+    from schoolquality_assets.engine import cohort_density
 
-    spec = models.MODELS["m2"]
-    data = models.stan_data(spec, mi)
+    spec = specs.MODELS["m2"]
+    data = specs.stan_data(spec, mi)
     density = cohort_density.density(data)
-    u = cohort_density.unconstrain(models.initial_values(spec, mi, 1, 1)[0], data)
+    u = cohort_density.unconstrain(specs.initial_values(spec, mi, 1, 1)[0], data)
     grad = np.empty_like(u)
     density.logp_into(u, grad)   # compiled
     start = time.perf_counter()
@@ -189,7 +193,7 @@ def gradient_seconds(mi: models.ModelInput, calls: int = 300) -> float:
 
 
 def converge(partition: str, key: str = "m2", warmup: int | None = None) -> None:
-    spec = models.MODELS[key]
+    spec = specs.MODELS[key]
     sample_ = province_sample(partition)
     settings = SamplerSettings(warmup=warmup or SAMPLER_ENV["full_warmup" if partition == "full" else "warmup"].default,
                                engine=os.environ.get("SCHOOLQUALITY_ENGINE", "auto"))
@@ -197,7 +201,7 @@ def converge(partition: str, key: str = "m2", warmup: int | None = None) -> None
         compile_pystan(spec.path, progress=QUIET)
     start = time.monotonic()
     with TreeMemory() as memory:
-        idata = models.fit(spec, sample_, settings, progress=PROGRESS, limits=diagnostics.Thresholds())
+        idata = specs.fit(spec, sample_, settings, progress=PROGRESS, limits=diagnostics.Thresholds())
     wall = time.monotonic() - start
     s = diagnostics.convergence_summary(idata)
     post = idata.posterior
@@ -228,16 +232,16 @@ UNCONSTRAINED = {
 
 
 def chains(model: str, partition: str, n_draws: int, adapt_delta: float | None = None) -> None:
-    spec = models.MODELS[model]
-    mi = models.model_input(spec, province_sample(partition))
-    data = models.stan_data(spec, mi)
+    spec = specs.MODELS[model]
+    mi = specs.model_input(spec, province_sample(partition))
+    data = specs.stan_data(spec, mi)
     settings = SamplerSettings(warmup=300 if partition == "full" else 1000, draws=n_draws, until_converged=False,
                                engine="pystan")   # Stan's adaptation (step size and metric) is what this reads
-    # the model's floor (M3: 0.9), as models.fit applies it, unless --adapt-delta says otherwise
+    # the model's floor (M3: 0.9), as specs.fit applies it, unless --adapt-delta says otherwise
     delta = adapt_delta if adapt_delta is not None else max(settings.adapt_delta, spec.min_adapt_delta)
     settings = SamplerSettings(**(settings.as_dict() | {"adapt_delta": delta}))
     compile_pystan(spec.path, progress=QUIET)
-    inits = models.initial_values(spec, mi, settings.chains, settings.seed)
+    inits = specs.initial_values(spec, mi, settings.chains, settings.seed)
     draws = sample(spec.path, data, settings, inits=inits, progress=QUIET)
     names, scales, columns = [], [], []
     for name in (n for n in UNCONSTRAINED if n in draws.params):
@@ -269,7 +273,7 @@ def chains(model: str, partition: str, n_draws: int, adapt_delta: float | None =
 
 
 def scale(factors: list[float], budget: float | None) -> None:
-    spec = models.MODELS["m2"]
+    spec = specs.MODELS["m2"]
     default = SamplerSettings()
     settings = SamplerSettings(warmup=300, budget_seconds=budget or 24 * 3600.0,
                                engine=os.environ.get("SCHOOLQUALITY_ENGINE", "auto"))
@@ -284,7 +288,7 @@ def scale(factors: list[float], budget: float | None) -> None:
         province = synthetic.generate_province(n_schools=round(factor * synthetic.DEFAULT_N_SCHOOLS))
         sample_ = filters.analysis_sample(cleaned_from(province.observations), "full")
         with TreeMemory() as memory:
-            idata = models.fit(spec, sample_, settings, progress=PROGRESS, limits=diagnostics.Thresholds())
+            idata = specs.fit(spec, sample_, settings, progress=PROGRESS, limits=diagnostics.Thresholds())
         post, a = idata.posterior, idata.attrs
         seconds = a["sample_seconds"]
         within = "within" if seconds <= default.budget_seconds else "over"
@@ -306,8 +310,8 @@ def _ess_row(label: str, sd_school: np.ndarray, sd_cohort: np.ndarray, seconds: 
 
 def brms() -> None:
     sample_ = cleaned_from(pl.read_csv(HERE / "data" / "brms_m2_subsample.csv", infer_schema=False))
-    spec = models.MODELS["m2"]
-    mi = models.model_input(spec, sample_)
+    spec = specs.MODELS["m2"]
+    mi = specs.model_input(spec, sample_)
     print(f"brms_m2_subsample.csv: {mi.data['N']} observations, {mi.data['J_school']} schools, {mi.data['J_cohort']} cohorts")
     print(f"{'fit':46s} {'seconds':>8s} {'sd_s':>6s} {'sd_c':>6s} {'ESS_s':>7s} {'ESS_c':>7s} {'ESS/s':>7s} {'ESS/s':>7s} "
           f"{'x brms (school, cohort)':>15s}")
@@ -316,10 +320,10 @@ def brms() -> None:
           f"{BRMS['ess_sd_school'] / BRMS['seconds']:7.2f} {BRMS['ess_sd_cohort'] / BRMS['seconds']:7.2f}      1x      1x")
     compile_pystan(spec.path, progress=QUIET)
     fixed = SamplerSettings(chains=4, warmup=1000, draws=1000, seed=1, until_converged=False)
-    idata = models.fit(spec, sample_, fixed, progress=QUIET)
+    idata = specs.fit(spec, sample_, fixed, progress=QUIET)
     _ess_row("project M2, 4 x (1000+1000)", idata.posterior["sd_school"].values, idata.posterior["sd_cohort"].values,
              idata.attrs["sample_seconds"])
-    idata = models.fit(spec, sample_, SamplerSettings(seed=1), progress=QUIET, limits=diagnostics.Thresholds())
+    idata = specs.fit(spec, sample_, SamplerSettings(seed=1), progress=QUIET, limits=diagnostics.Thresholds())
     _ess_row(f"project M2, until converged ({idata.posterior.sizes['draw']}/chain)", idata.posterior["sd_school"].values,
              idata.posterior["sd_cohort"].values, idata.attrs["sample_seconds"])
     nc = FORMS["brms non-centred (sd * z, GLM)"]
@@ -383,9 +387,9 @@ def flags(partition: str, variants: list[str], rounds: int = 4) -> None:
     import statistics
     import tempfile
 
-    spec = models.MODELS["m2"]
-    mi = models.model_input(spec, province_sample(partition))
-    data, inits, n = models.stan_data(spec, mi), models.initial_values(spec, mi, 1, 1), mi.data["N"]
+    spec = specs.MODELS["m2"]
+    mi = specs.model_input(spec, province_sample(partition))
+    data, inits, n = specs.stan_data(spec, mi), specs.initial_values(spec, mi, 1, 1), mi.data["N"]
     print(f"M2 cost per leapfrog step by build flags, {partition}: {n} observations; one chain alone, "
           f"'steps' method, {rounds} rounds, the order alternating")
     with tempfile.TemporaryDirectory() as folder:
@@ -411,7 +415,7 @@ if __name__ == "__main__":
     what = args[0] if args else "steps"
     partition = args[1] if len(args) > 1 else "subsample"
     {"steps": lambda: steps(partition), "converge": lambda: converge(*((args[2] if len(args) > 2 else "subsample", partition)
-                                    if partition in models.MODELS else (partition, "m2")), warmup), "brms": brms,
+                                    if partition in specs.MODELS else (partition, "m2")), warmup), "brms": brms,
      "chains": lambda: chains(args[1] if len(args) > 1 else "m3", args[2] if len(args) > 2 else "full", n_draws, delta),
      "scale": lambda: scale([float(a) for a in args[1:]] or [1, 2, 4], budget),
      "flags": lambda: flags(partition, args[2:] or ["httpstan", "no-range-checks", "O1", "O1-no-range-checks"])}[what]()

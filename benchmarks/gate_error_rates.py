@@ -46,7 +46,8 @@ from scipy.signal import lfilter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from schoolquality_assets import diagnostics as dg  # noqa: E402
+from schoolquality_assets.models import diagnostics as dg  # noqa: E402
+from schoolquality_assets.models import draw_diagnostics as dd  # noqa: E402
 
 HYPER = {"b_Intercept": (), "b": (3,), "sd_school": (), "sd_cohort": (), "sigma": ()}
 
@@ -85,11 +86,11 @@ def simulate(rng, scenario: str, k: int, chains: int, draws: int, ess_ratio: flo
 
 def rhat_figures(x: np.ndarray) -> dict:
     """R-hat and block sums of squares of (K, chain, draw) draws (the gate's own functions)."""
-    split = dg._split(x)
-    z, median = dg._z_scale(split, median=True)
-    folded = dg._z_scale(np.abs(split - median[:, None, None]))
-    rb, ssb_b, ssw_b, con_b = dg._rhat_parts(z)
-    rf, ssb_f, ssw_f, con_f = dg._rhat_parts(folded)
+    split = dd._split(x)
+    z, median = dd._z_scale(split, median=True)
+    folded = dd._z_scale(np.abs(split - median[:, None, None]))
+    rb, ssb_b, ssw_b, con_b = dd._rhat_parts(z)
+    rf, ssb_f, ssw_f, con_f = dd._rhat_parts(folded)
     return {"rhat": np.maximum(rb, rf), "ssb_bulk": ssb_b, "ssw_bulk": ssw_b, "ssb_folded": ssb_f, "ssw_folded": ssw_f,
             "contrasts_bulk": con_b, "contrasts_folded": con_f}
 
@@ -124,7 +125,7 @@ def idata_for(rng, args, draws):
 def old_module():
     """diagnostics.py as committed at git HEAD (the rule before this change), or None."""
     try:
-        src = subprocess.run(["git", "-C", str(ROOT), "show", "HEAD:schoolquality_assets/diagnostics.py"],
+        src = subprocess.run(["git", "-C", str(ROOT), "show", "HEAD:schoolquality_assets/models/diagnostics.py"],
                              capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -9,8 +9,10 @@ Default sampler settings of the `full` partition (4 chains, warmup 300, until th
 import argparse
 import time
 
-from schoolquality_assets import contract, diagnostics, filters, models, synthetic
-from schoolquality_assets.resources import SamplerResource
+from schoolquality_assets.ingest import contract, filters, synthetic
+
+from schoolquality_assets.models import diagnostics, specs
+from schoolquality_assets.defs.resources import SamplerResource
 import polars as pl
 
 
@@ -23,18 +25,18 @@ def cleaned_province(seed: int = 2024) -> pl.DataFrame:
 
 
 def fit(sample: pl.DataFrame, collapse: bool) -> None:
-    spec = models.MODELS["m1"]
+    spec = specs.MODELS["m1"]
     settings = SamplerResource().settings("full")
     limits = diagnostics.Thresholds()
-    original = models.stan_data
+    original = specs.stan_data
     if not collapse:
-        models.stan_data = lambda s, mi, collapse=True: original(s, mi, collapse=False)  # noqa: E731
+        specs.stan_data = lambda s, mi, collapse=True: original(s, mi, collapse=False)  # noqa: E731
     try:
         start = time.monotonic()
-        idata = models.fit(spec, sample, settings, progress=lambda m: None, limits=limits)
+        idata = specs.fit(spec, sample, settings, progress=lambda m: None, limits=limits)
         wall = time.monotonic() - start
     finally:
-        models.stan_data = original
+        specs.stan_data = original
     s = diagnostics.convergence_summary(idata, limits)
     print(f"M1 {'school totals' if collapse else 'row level'}: {wall:.1f} s in all "
           f"(compile {float(idata.attrs['compile_seconds']):.1f} s, sampling {float(idata.attrs['sample_seconds']):.1f} s), "

@@ -47,9 +47,12 @@ sys.path.insert(0, str(HERE))
 
 import bench_m2  # noqa: E402
 
-from schoolquality_assets import diagnostics, models  # noqa: E402
-from schoolquality_assets.resources import SAMPLER_ENV  # noqa: E402
-from schoolquality_assets.stan_engine import SamplerSettings, compile_pystan  # noqa: E402
+from schoolquality_assets import models  # noqa: E402
+
+from schoolquality_assets.models import diagnostics
+from schoolquality_assets.defs.resources import SAMPLER_ENV  # noqa: E402
+from schoolquality_assets.engine.pystan_engine import compile_pystan  # noqa: E402
+from schoolquality_assets.engine.base import SamplerSettings  # noqa: E402
 
 QUIET = bench_m2.QUIET
 
@@ -138,7 +141,7 @@ def peer_to_gate(mi: models.ModelInput, warmup: int, max_draws: int, seed: int) 
     from nutpie import _lib
     from nutpie.sample import _arrow_to_arviz
 
-    from schoolquality_assets.stan_engine import StopRule
+    from schoolquality_assets.engine.base import StopRule
 
     if "compiled" not in _PEER:
         start = time.monotonic()

@@ -1,4 +1,4 @@
-"""Cost, calibration and coverage of the school rankings (schoolquality_assets.rankings); numpy only, no Stan.
+"""Cost, calibration and coverage of the school rankings (schoolquality_assets.analyses.rankings); numpy only, no Stan.
 
 Two modes:
 
@@ -112,7 +112,7 @@ def timing(args) -> None:
 
 # ---------------------------------------------------------------- calibration and coverage against the truth
 def truth_check(args) -> int:
-    from schoolquality_assets import models
+    from schoolquality_assets.models import specs
     from schoolquality_assets.warehouse import Warehouse
 
     wh = Warehouse.from_env(args.warehouse)
@@ -127,8 +127,8 @@ def truth_check(args) -> int:
               file=sys.stderr)
         return 2
     try:
-        idata = models.load_passed_posterior(path, wh.failed_posterior_path("m2", args.partition))
-    except models.PosteriorRefused as exc:
+        idata = specs.load_passed_posterior(path, wh.failed_posterior_path("m2", args.partition))
+    except specs.PosteriorRefused as exc:
         print(f"posterior_m2[{args.partition}] refused: {exc}", file=sys.stderr)
         return 2
     table, seconds = _timed(rankings.school_rankings, idata)

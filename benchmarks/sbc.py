@@ -15,7 +15,7 @@ them: the intercept, every SD, three school effects ``r_school[1..3]`` and, for 
 and ``r_cohort[1]`` (M1 5 quantities, M2 8, M3 9: 10, 16 and 18 tests). A fit whose smallest bulk
 ESS over those quantities is below L is rerun once with more draws (Talts et al., algorithm 2), so
 the thinned draws are at least one effective sample apart. A fit that fails outright is counted
-and has no ranks. The logic lives in ``schoolquality_assets/calibration.py`` (shared with
+and has no ranks. The logic lives in ``schoolquality_assets/models/calibration.py`` (shared with
 ``test_sbc.py``).
 
 Sampler settings (``--settings``):
@@ -80,9 +80,12 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script from anywhere
-from schoolquality_assets import calibration, models  # noqa: E402
-from schoolquality_assets.resources import SAMPLER_ENV  # noqa: E402
-from schoolquality_assets.stan_engine import SamplerSettings, choose_engine, compile_pystan  # noqa: E402
+from schoolquality_assets import models  # noqa: E402
+from schoolquality_assets.models import calibration
+from schoolquality_assets.defs.resources import SAMPLER_ENV  # noqa: E402
+from schoolquality_assets.engine.pystan_engine import compile_pystan  # noqa: E402
+from schoolquality_assets.engine.sampling import choose_engine  # noqa: E402
+from schoolquality_assets.engine.base import SamplerSettings  # noqa: E402
 
 RESULTS = Path(__file__).parent / "sbc_results"
 DESIGN = calibration.Design(schools=20, years=3, n_min=10, n_max=60)

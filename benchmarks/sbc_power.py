@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/sbc_power.py [--sims 2000] [--replicates 200] [--mde-sims 1000] [--seed 7]
 
-The test procedure is exactly the one in ``schoolquality_assets/calibration.py``: N replicates,
+The test procedure is exactly the one in ``schoolquality_assets/models/calibration.py``: N replicates,
 L = 99 thinned draws, per quantity a chi-square test on 20 bins of ranks (``bins_for``) and a KS
 test on the normalised ranks (r + 0.5) / (L + 1) (scipy's exact two-sided p-value, as ``kstest``),
 and "rejected" when any p-value is below 1% / number of tests (Bonferroni, ``calibrated``). The
@@ -189,7 +189,7 @@ def detectable(args, rng) -> None:
 
 def check(rng, thinned: int) -> None:
     """The vectorised p-values agree with calibration.uniformity (the project's test)."""
-    from schoolquality_assets import calibration
+    from schoolquality_assets.models import calibration
 
     for n in (50, 200, 1000):
         ranks = simulate_ranks(rng, (5, n), thinned, 0.1, 0.9)

@@ -2,8 +2,9 @@
 
 import dagster as dg
 
-from schoolquality_assets.assets import analysis_assets, ingest, posteriors, production, report
-from schoolquality_assets.orchestration import (
+from schoolquality_assets.defs import posteriors
+from schoolquality_assets.defs.assets import ASSETS, CHECKS
+from schoolquality_assets.defs.orchestration import (
     annual_comparison_after_failure,
     annual_comparison_follow_up,
     annual_rerun_schedule,
@@ -12,11 +13,8 @@ from schoolquality_assets.orchestration import (
     new_results_sensor,
     production_job,
 )
-from schoolquality_assets.run_liveness import dead_run_worker_sensor, schoolquality_executor
-from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
-
-ASSETS = [*dg.load_assets_from_modules([ingest, analysis_assets, production, report]), *posteriors.posterior_assets]
-CHECKS = dg.load_asset_checks_from_modules([ingest])
+from schoolquality_assets.defs.resources import default_resources
+from schoolquality_assets.defs.run_liveness import dead_run_worker_sensor, schoolquality_executor
 
 # Whatever instance runs the code (a fresh DAGSTER_HOME included): at most one Stan step at a
 # time (each samples 4 chains on the machine's cores), and at most two steps of any kind. Before
@@ -37,9 +35,5 @@ defs = dg.Definitions(
     jobs=[comparison_job, production_job, landing_observation_job],
     schedules=[annual_rerun_schedule],
     sensors=[new_results_sensor, annual_comparison_follow_up, annual_comparison_after_failure, dead_run_worker_sensor],
-    resources={
-        "warehouse": WarehouseResource(),
-        "sampler": SamplerResource(),
-        "convergence": ConvergenceResource(),
-    },
+    resources=default_resources(),
 )

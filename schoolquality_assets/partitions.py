@@ -1,17 +1,6 @@
-"""The two model partitions: every eligible school (``full``) and a stable 500-school ``subsample``."""
-
-import warnings
-
-import dagster as dg
+"""The two model partitions: every eligible school (``full``) and a stable 500-school ``subsample``
+(Dagster's partitions definition of them is defs/partitions.py)."""
 
 FULL = "full"
 SUBSAMPLE = "subsample"
 PARTITIONS = (FULL, SUBSAMPLE)
-
-sample_partitions = dg.StaticPartitionsDefinition(list(PARTITIONS))
-
-# Checks are partitioned like their assets (AssetCheckSpec / @asset_check partitions_def), so each
-# evaluation belongs to the partition it judged and the UI shows the status per partition. Dagster
-# 1.13 marks that as a preview; dagster is pinned (pyproject.toml), so the warning, printed at
-# every load of the code location, is silenced here and the tests cover the behaviour.
-warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)

@@ -2,7 +2,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from schoolquality_assets import contract, filters, synthetic
+from schoolquality_assets.ingest import contract, filters, synthetic
 
 
 def province_sample(province: synthetic.Province) -> pl.DataFrame:
@@ -16,7 +16,7 @@ def province_sample(province: synthetic.Province) -> pl.DataFrame:
 
 def checkpoints_up_to(n: int, min_draws: int = 50, check_every: int = 50, max_draws: int = 3000) -> list[int]:
     """The stop rule's checkpoints from ``min_draws`` up to the first at or past ``n``."""
-    from schoolquality_assets.stan_engine import StopRule
+    from schoolquality_assets.engine.base import StopRule
 
     rule = StopRule(judge=None, min_draws=min_draws, check_every=check_every, max_draws=max_draws)
     checkpoints = [min_draws]

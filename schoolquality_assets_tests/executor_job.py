@@ -3,7 +3,11 @@
 import dagster as dg
 
 from schoolquality_assets.definitions import ASSETS, CHECKS, EXECUTOR
-from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
+from schoolquality_assets.defs.resources import (
+    ConvergenceResource,
+    SamplerResource,
+    WarehouseResource,
+)
 
 
 def two_models_job():

@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from schoolquality_assets.definitions import EXECUTOR
-from schoolquality_assets.run_liveness import dead_run_worker_sensor
+from schoolquality_assets.defs.run_liveness import dead_run_worker_sensor
 
 
 @dg.op(pool="stan")

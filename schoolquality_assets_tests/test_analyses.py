@@ -15,8 +15,9 @@ import xarray as xr
 from scipy import integrate, stats
 from scipy.special import expit, logit
 
-from schoolquality_assets import analyses as an
-from schoolquality_assets import diagnostics, figures, loo, models, report
+from schoolquality_assets.analyses import figures, loo, report
+from schoolquality_assets.analyses import tables as an
+from schoolquality_assets.models import diagnostics, specs
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -46,9 +47,9 @@ def simulate(n_schools=40, years=(2015, 2016, 2017, 2018), subjects=("math", "re
 
 
 def fake_idata(sample, posterior, cohort=False, dims=None, sample_stats=None, attrs=None, binomial=True):
-    """InferenceData in models.to_inference_data's layout from given posterior arrays."""
+    """InferenceData in specs.to_inference_data's layout from given posterior arrays."""
     key = "m2" if cohort else "m1"
-    mi = models.model_input(models.MODELS[key], sample)
+    mi = specs.model_input(specs.MODELS[key], sample)
     d = mi.data
     constant = {"school_idx": d["school"] - 1}
     cdims = {"school_idx": ["obs"]}
@@ -183,7 +184,7 @@ def test_pointwise_loo_matches_az_loo_and_chunks(posteriors):
     idata = posteriors["m2"]
     r = loo._reff(idata)
     full = idata.copy()
-    full.add_groups(log_likelihood={"y_success": xr.DataArray(models.log_likelihood(idata), dims=("chain", "draw", "obs"))})
+    full.add_groups(log_likelihood={"y_success": xr.DataArray(specs.log_likelihood(idata), dims=("chain", "draw", "obs"))})
     ref = az.loo(full, pointwise=True, reff=r)
     for chunk in (37, 10_000):
         pw = loo.pointwise_loo(idata, max_draws=None, chunk=chunk)
@@ -251,7 +252,7 @@ def test_loo_table_differences_match_az_compare(posteriors):
     ref = {}
     for key, idata in posteriors.items():   # arviz's PSIS with the project's relative efficiency
         full = idata.copy()
-        full.add_groups(log_likelihood={"y_success": xr.DataArray(models.log_likelihood(idata),
+        full.add_groups(log_likelihood={"y_success": xr.DataArray(specs.log_likelihood(idata),
                                                                   dims=("chain", "draw", "obs"))})
         ref[key.upper()] = az.loo(full, pointwise=True, reff=loo._reff(idata))
     best, other = ranked["model"].to_list()
@@ -312,7 +313,7 @@ def test_cohort_loo_table(posteriors, sim):
     # M1 has no cohort effect: leave-one-cohort-out is PSIS-LOO on the cohorts' summed log-likelihood,
     # which arviz smooths independently (given the same relative efficiency)
     thin = loo._thin(posteriors["m1"], 200)
-    ll = models.log_likelihood(thin)
+    ll = specs.log_likelihood(thin)
     lp = np.stack([ll[..., groups == g].sum(-1) for g in sorted(set(groups))], axis=-1)
     total, count = loo.relative_efficiency(lp)
     ref = az.loo(az.from_dict(log_likelihood={"cohort": lp}), pointwise=True, reff=total / max(count, 1))
@@ -356,8 +357,8 @@ def test_mcmc_diagnostics_reuses_the_summary_stored_with_the_fit(posteriors, tmp
     fitted = posteriors["m2"].copy()
     summary = diagnostics.convergence_summary(fitted, limits)
     fitted.attrs.update(diagnostics.summary_attrs(summary, limits))
-    models.save_posterior(fitted, tmp_path / "m2.nc")
-    idata = models.load_posterior(tmp_path / "m2.nc")
+    specs.save_posterior(fitted, tmp_path / "m2.nc")
+    idata = specs.load_posterior(tmp_path / "m2.nc")
     stored = diagnostics.stored_summary(idata, limits)
     assert stored == summary and {type(v) for v in stored.values()} <= {int, float, str, type(None)}
     assert stored["r_profile_max_rhat"] is None  # None values survive NetCDF (which has no None)

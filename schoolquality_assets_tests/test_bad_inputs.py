@@ -19,9 +19,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from schoolquality_assets import synthetic
 from schoolquality_assets.definitions import ASSETS, CHECKS
-from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
+from schoolquality_assets.defs.resources import (
+    ConvergenceResource,
+    SamplerResource,
+    WarehouseResource,
+)
+from schoolquality_assets.ingest import synthetic
 from schoolquality_assets.warehouse import Warehouse
 
 from .conftest import failure_text
@@ -253,7 +257,7 @@ _RUN_LARGE = """
 import json, resource, sys
 import dagster as dg
 from schoolquality_assets.definitions import ASSETS, CHECKS
-from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
+from schoolquality_assets.defs.resources import ConvergenceResource, SamplerResource, WarehouseResource
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 result = dg.materialize(
     [*ASSETS, *CHECKS],

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from scipy import special
 
-from schoolquality_assets.cohort_density import exp_nonpositive, log_1_to_2, binomial_logit
+from schoolquality_assets.engine.cohort_density import (
+    binomial_logit,
+    exp_nonpositive,
+    log_1_to_2,
+)
 
 
 @numba.njit

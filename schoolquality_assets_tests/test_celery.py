@@ -20,7 +20,8 @@ import polars as pl
 import pytest
 import yaml
 
-from schoolquality_assets import models, synthetic
+from schoolquality_assets.ingest import synthetic
+from schoolquality_assets.models import specs
 from schoolquality_assets.warehouse import Warehouse
 
 pytestmark = pytest.mark.stan
@@ -147,7 +148,7 @@ def test_comparison_job_on_celery_workers_matches_an_in_process_run(celery_clust
     assert result.success
     celery_wh, local_wh = (Warehouse.from_env(roots[k]) for k in ("celery", "in_process"))
     for m in MODELS:
-        a, b = (models.load_posterior(wh.posterior_path(m, "subsample")) for wh in (celery_wh, local_wh))
+        a, b = (specs.load_posterior(wh.posterior_path(m, "subsample")) for wh in (celery_wh, local_wh))
         for name in b.posterior.data_vars:
             np.testing.assert_array_equal(a.posterior[name].values, b.posterior[name].values, err_msg=f"{m} {name}")
     a, b = (pl.read_parquet(wh.output_path("subsample")) for wh in (celery_wh, local_wh))

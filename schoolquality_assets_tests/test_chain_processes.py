@@ -14,8 +14,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schoolquality_assets import models, stan_engine
-from schoolquality_assets.stan_engine import SamplerSettings, SamplingError, sample
+from schoolquality_assets.engine import base, heartbeat, pystan_engine
+from schoolquality_assets.engine.base import SamplerSettings, SamplingError
+from schoolquality_assets.engine.sampling import sample
+from schoolquality_assets.models import specs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO_ROOT = Path(__file__).parents[1]
@@ -26,8 +28,8 @@ def _cbpp():
     d = pl.read_csv(FIXTURES / "cbpp.csv").with_columns(pl.col("herd", "period").cast(pl.Utf8))
     frame = d.select(school_id=pl.col("herd"), year_subject=pl.col("period"), n_trials="size", y_success="incidence",
                      year=pl.lit(0), subject=pl.lit(""))
-    spec = models.ModelSpec(key="cbpp", stan_file="m1_school.stan", description="cbpp through M1", fixed_effects=True)
-    return spec, models.model_input(spec, frame)
+    spec = specs.ModelSpec(key="cbpp", stan_file="m1_school.stan", description="cbpp through M1", fixed_effects=True)
+    return spec, specs.model_input(spec, frame)
 
 
 def _fit_in_daemon(program, data, results) -> None:
@@ -82,9 +84,9 @@ def test_a_failing_chain_is_reported_with_its_error():
 FIT = """
 import sys
 from pathlib import Path
-from schoolquality_assets import stan_engine
-settings = stan_engine.SamplerSettings(chains=2, warmup=100, draws=100000, until_converged=False, engine="pystan")
-stan_engine.sample(Path(sys.argv[1]), {}, settings, progress=lambda line: print(line, flush=True))
+from schoolquality_assets.engine import base, sampling
+settings = base.SamplerSettings(chains=2, warmup=100, draws=100000, until_converged=False, engine="pystan")
+sampling.sample(Path(sys.argv[1]), {}, settings, progress=lambda line: print(line, flush=True))
 """
 
 
@@ -148,7 +150,7 @@ class Clock:
 
 def _beat(lines, chains=4, total=None):
     clock = Clock()
-    beat = stan_engine._Heartbeat(lines.append, warmup=500, stop=None, interval=30.0, chains=chains, total=total,
+    beat = heartbeat.Heartbeat(lines.append, warmup=500, stop=None, interval=30.0, chains=chains, total=total,
                                   clock=clock)
     return beat, clock
 
@@ -245,16 +247,16 @@ def test_the_runs_programs_compile_together_and_a_broken_one_is_left_to_its_fit(
     good.write_text("parameters { real x; } model { x ~ normal(0, 1); }\n")
     broken.write_text("parameters { real x; } model { x ~ no_such_distribution(0, 1); }\n")
     lines = []
-    assert stan_engine.compile_pystan_programs([good, broken], lines.append, parallel=2) > 0
+    assert pystan_engine.compile_pystan_programs([good, broken], lines.append, parallel=2) > 0
     assert any("good.stan: compiled in" in line for line in lines), lines
     failed = [line for line in lines if line.startswith("broken.stan: compiling failed")]
     assert failed and "no_such_distribution" in failed[0], lines
-    name, seconds = stan_engine.compile_pystan(good, lines.append)  # in the cache now: nothing to compile
+    name, seconds = pystan_engine.compile_pystan(good, lines.append)  # in the cache now: nothing to compile
     assert seconds == 0.0 and (tmp_path / "cache" / "httpstan").is_dir()
     lines.clear()
-    assert stan_engine.compile_pystan_programs([good], lines.append) == 0.0 and lines == []
+    assert pystan_engine.compile_pystan_programs([good], lines.append) == 0.0 and lines == []
     with pytest.raises(SamplingError, match="compiling .*broken.stan failed"):  # its fit reports the error
-        stan_engine.compile_pystan(broken, lines.append)
+        pystan_engine.compile_pystan(broken, lines.append)
 
 
 def test_a_pause_for_a_checkpoint_is_not_a_stall():
@@ -271,7 +273,7 @@ def _chain_states() -> dict[int, str]:
     """State letter of every chain process of this process."""
     def is_chain(pid: int) -> bool:
         try:
-            return b"schoolquality_assets.stan_chain" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            return b"schoolquality_assets.engine.stan_chain" in Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
 
@@ -279,7 +281,7 @@ def _chain_states() -> dict[int, str]:
 
 
 @pytest.mark.stan
-@pytest.mark.skipif(not stan_engine.PAUSE_WHILE_JUDGING, reason="chains pause while judged on Linux only")
+@pytest.mark.skipif(not pystan_engine.PAUSE_WHILE_JUDGING, reason="chains pause while judged on Linux only")
 def test_chains_wait_while_a_checkpoint_is_judged_and_draw_the_same(monkeypatch):
     spec, mi = _cbpp()
     seen = []
@@ -292,7 +294,7 @@ def test_chains_wait_while_a_checkpoint_is_judged_and_draw_the_same(monkeypatch)
                 break
             time.sleep(0.02)
         seen.append((n, states))
-        return stan_engine.Verdict(passed=n >= 200, final=n >= 200, status=f"{n}")
+        return base.Verdict(passed=n >= 200, final=n >= 200, status=f"{n}")
 
     # Room for far more draws than the rule takes: cbpp is so cheap that, under load, one chain could
     # otherwise finish its whole run (and a pause of an ended chain is a no-op) before the other
@@ -300,13 +302,13 @@ def test_chains_wait_while_a_checkpoint_is_judged_and_draw_the_same(monkeypatch)
     settings = SamplerSettings(chains=2, warmup=100, seed=5, min_draws=100, check_every=100, max_draws=100_000,
                                engine="pystan")
     paused = sample(spec.path, mi.data, settings, progress=lambda line: None,
-                    stop=stan_engine.StopRule.for_settings(settings, judge))
+                    stop=base.StopRule.for_settings(settings, judge))
     assert [n for n, _ in seen] == [100, 200]
     for n, states in seen:
         assert len(states) == 2 and set(states.values()) == {"T"}, (n, states)   # both chains stopped
-    monkeypatch.setattr(stan_engine, "PAUSE_WHILE_JUDGING", False)
+    monkeypatch.setattr(pystan_engine, "PAUSE_WHILE_JUDGING", False)
     running = sample(spec.path, mi.data, settings, progress=lambda line: None,
-                     stop=stan_engine.StopRule.for_settings(settings, lambda v, n, e: stan_engine.Verdict(
+                     stop=base.StopRule.for_settings(settings, lambda v, n, e: base.Verdict(
                          passed=n >= 200, final=n >= 200, status=f"{n}")))
     np.testing.assert_array_equal(paused.params["mu_school"], running.params["mu_school"])
     np.testing.assert_array_equal(paused.sample_stats["energy"], running.sample_stats["energy"])

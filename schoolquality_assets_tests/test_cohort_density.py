@@ -10,7 +10,8 @@ import importlib
 import numpy as np
 import pytest
 
-from schoolquality_assets import c_density, models, nutpie_engine
+from schoolquality_assets.engine import c_density, nutpie_engine
+from schoolquality_assets.models import specs
 
 pytestmark = pytest.mark.stan   # compiles the Stan programs (httpstan) to compare with them
 
@@ -19,13 +20,13 @@ pytestmark = pytest.mark.stan   # compiles the Stan programs (httpstan) to compa
 def program(request, small_province):
     import httpstan.models
 
-    from schoolquality_assets.stan_engine import compile_pystan
+    from schoolquality_assets.engine.pystan_engine import compile_pystan
 
-    spec = models.MODELS[request.param]
+    spec = specs.MODELS[request.param]
     # M3: scales that centre some profiles, so that both of its forms are tested
-    mi = models.model_input(spec, small_province[1], prior_sds={"school": 0.1, "cohort": 0.15, "profile": 0.3}
+    mi = specs.model_input(spec, small_province[1], prior_sds={"school": 0.1, "cohort": 0.15, "profile": 0.3}
                             if spec.profile else None)
-    data = models.stan_data(spec, mi)
+    data = specs.stan_data(spec, mi)
     module = httpstan.models.import_services_extension_module(compile_pystan(spec.path, lambda m: None)[0])
     jsonable = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in data.items()}
     density_module = importlib.import_module(nutpie_engine.DENSITIES[spec.stan_file][0])
@@ -74,7 +75,7 @@ def test_output_rows_are_stans_write_array(program):
 
 def test_initial_values_unconstrain_as_stans(program):
     spec, mi, data, module, js, density_module = program
-    init = models.initial_values(spec, mi, 1, 17)[0]
+    init = specs.initial_values(spec, mi, 1, 17)[0]
     u = density_module.unconstrain(init, data)
     stan = np.asarray(module.transform_inits(js, {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in init.items()}))
     np.testing.assert_allclose(u, stan, rtol=1e-12, atol=1e-12)
@@ -83,7 +84,7 @@ def test_initial_values_unconstrain_as_stans(program):
 def test_each_density_is_for_its_programs_text(tmp_path):
     """A density is used only for the program text it was written against: an edited program
     samples with PyStan (and this test fails until the density and its hash are brought up to date)."""
-    for spec in models.MODELS.values():
+    for spec in specs.MODELS.values():
         assert nutpie_engine.has_density(spec.path), f"{spec.stan_file} changed since its hand-written density"
         edited = tmp_path / spec.stan_file
         edited.write_text(spec.path.read_text() + "\n// edited\n")

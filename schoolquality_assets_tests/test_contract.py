@@ -3,7 +3,7 @@ import os
 import polars as pl
 import pytest
 
-from schoolquality_assets.contract import (
+from schoolquality_assets.ingest.contract import (
     REQUIRED_COLUMNS,
     LandingFileError,
     ignored_files,

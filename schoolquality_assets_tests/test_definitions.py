@@ -9,15 +9,15 @@ import dagster as dg
 import schoolquality_assets
 from schoolquality_assets import definitions
 from schoolquality_assets.definitions import defs
-from schoolquality_assets.contract import landing_fingerprint
-from schoolquality_assets.orchestration import (
+from schoolquality_assets.defs.orchestration import (
     MAX_RUNTIME,
     annual_comparison_after_failure,
     annual_comparison_follow_up,
     annual_rerun_schedule,
     new_results_sensor,
 )
-from schoolquality_assets.resources import WarehouseResource
+from schoolquality_assets.defs.resources import WarehouseResource
+from schoolquality_assets.ingest.contract import landing_fingerprint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEADER = "school_id,year,subject,n_eligible,n_participating,n_l3l4\n"
@@ -222,7 +222,7 @@ def test_every_asset_has_a_code_version_and_checks_share_its_partitions():
 
 
 def test_code_version_follows_the_source(tmp_path):
-    from schoolquality_assets.assets.common import code_version_of
+    from schoolquality_assets.defs.common import code_version_of
 
     source = tmp_path / "template.j2"
     source.write_text("a")
@@ -233,7 +233,7 @@ def test_code_version_follows_the_source(tmp_path):
 
 
 def test_stale_reason_names_the_fit_a_table_came_from():
-    from schoolquality_assets.report import stale_reason
+    from schoolquality_assets.analyses.report import stale_reason
 
     current = {"m1": "run-aaaa1111", "m2": "run-bbbb2222"}
     assert stale_reason("shrinkage", "full", {"m1": "run-aaaa1111"}, current) is None

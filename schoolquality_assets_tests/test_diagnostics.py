@@ -13,8 +13,8 @@ import pytest
 from scipy import stats
 from scipy.signal import lfilter
 
-from schoolquality_assets import diagnostics
-from schoolquality_assets.resources import ConvergenceResource
+from schoolquality_assets.defs.resources import ConvergenceResource
+from schoolquality_assets.models import diagnostics, draw_diagnostics
 
 LIMITS = diagnostics.Thresholds()
 CHAINS = 4
@@ -65,7 +65,7 @@ def test_vectorised_diagnostics_equal_arviz():
     x[1] = np.round(x[1] * 3) / 3
     x[2] = -0.4 * x[2] + ar1(rng, (3, 201), 1.5)  # antithetic
     x[3, 1] = 2.0                     # one chain constant
-    d = diagnostics._diagnose(x)
+    d = draw_diagnostics.diagnose(x)
     ds = az.from_dict(posterior={"v": np.moveaxis(x, 0, 2)}).posterior
     q = [az.ess(ds, method="quantile", prob=p)["v"].values for p in (0.025, 0.975)]
     np.testing.assert_allclose(d["rhat"], az.rhat(ds)["v"].values, rtol=1e-10)
@@ -78,28 +78,28 @@ def test_a_block_judged_in_parallel_equals_one_process(monkeypatch):
     x = np.random.default_rng(3).normal(size=(45, 4, 60)).cumsum(-1)  # autocorrelated, unequal rows
     x[7] = 1.0  # constant: NaN R-hat
     x[8, 2, 5] = np.nan
-    one = diagnostics._diagnose_draws(x, diagnostics.PUBLISHED_QUANTILES, screen=False)
-    monkeypatch.setattr(diagnostics, "_PARALLEL_MIN_VALUES", 1)
-    parallel = diagnostics.diagnose_in_parallel(x, workers=3)  # this process and two workers
+    one = draw_diagnostics.diagnose_draws(x, draw_diagnostics.PUBLISHED_QUANTILES, screen=False)
+    monkeypatch.setattr(draw_diagnostics, "_PARALLEL_MIN_VALUES", 1)
+    parallel = draw_diagnostics.diagnose_in_parallel(x, workers=3)  # this process and two workers
     assert one.keys() == parallel.keys()
     for k in one:
         np.testing.assert_array_equal(parallel[k], one[k])
     assert np.isnan(parallel["rhat"][7]) and np.isnan(parallel["ess_bulk"][8])
     # other quantiles in this process only: rows 15-44 still agree, so the workers computed them
-    monkeypatch.setattr(diagnostics, "PUBLISHED_QUANTILES", (0.1, 0.9))
-    mixed = diagnostics.diagnose_in_parallel(x, workers=3)["ess_quantile"]
+    monkeypatch.setattr(draw_diagnostics, "PUBLISHED_QUANTILES", (0.1, 0.9))
+    mixed = draw_diagnostics.diagnose_in_parallel(x, workers=3)["ess_quantile"]
     np.testing.assert_array_equal(mixed[15:], one["ess_quantile"][15:])
     assert not np.array_equal(mixed[:15], one["ess_quantile"][:15])
 
 
 def test_a_failed_diagnostics_worker_is_redone_here(monkeypatch):
     x = np.random.default_rng(4).normal(size=(20, 4, 50))
-    monkeypatch.setattr(diagnostics, "_PARALLEL_MIN_VALUES", 1)
+    monkeypatch.setattr(draw_diagnostics, "_PARALLEL_MIN_VALUES", 1)
     monkeypatch.setenv("PYTHONPATH", "/nonexistent")
     monkeypatch.setattr("sys.executable", "/bin/false")  # every worker fails at once
-    parallel = diagnostics.diagnose_in_parallel(x, workers=2)
+    parallel = draw_diagnostics.diagnose_in_parallel(x, workers=2)
     np.testing.assert_array_equal(parallel["ess_bulk"],
-                                  diagnostics._diagnose_draws(x, diagnostics.PUBLISHED_QUANTILES, False)["ess_bulk"])
+                                  draw_diagnostics.diagnose_draws(x, draw_diagnostics.PUBLISHED_QUANTILES, False)["ess_bulk"])
 
 
 @pytest.mark.parametrize("draws", [201, 9, 400])
@@ -112,7 +112,7 @@ def test_the_stop_rules_screen_equals_arviz(draws):
     x[1] = 3.0                         # constant: R-hat NaN, ESS = size (arviz)
     x[2, 3, draws // 2] = np.nan
     x[3] = ar1(rng, (4, draws), 0.01)  # barely moving
-    arviz, screen = diagnostics._diagnose(x), diagnostics._diagnose(x, screen=True)
+    arviz, screen = draw_diagnostics.diagnose(x), draw_diagnostics.diagnose(x, screen=True)
     for key in ("rhat", "ess_bulk", "ess_tail", "ess_quantile"):
         np.testing.assert_array_equal(np.isnan(screen[key]), np.isnan(arviz[key]))
         np.testing.assert_allclose(screen[key], arviz[key], rtol=1e-10, err_msg=key)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from schoolquality_assets.resources import SAMPLER_ENV
+from schoolquality_assets.defs.resources import SAMPLER_ENV
 from schoolquality_assets.warehouse import ENV_VAR
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["README.md", "benchmarks/README.md", "stan/README.md", "schoolquality_assets/ENGINE.md",
-         "schoolquality_assets/ANALYSES.md", "warehouse/README.md"]
+PAGES = ["README.md", "ARCHITECTURE.md", "benchmarks/README.md", "stan/README.md", "schoolquality_assets/engine/README.md",
+         "schoolquality_assets/defs/README.md", "schoolquality_assets/analyses/README.md", "warehouse/README.md"]
 
 
 def _without_code_blocks(text: str) -> str:

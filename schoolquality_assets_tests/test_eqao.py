@@ -13,9 +13,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from schoolquality_assets import contract, eqao, landing
 from schoolquality_assets.definitions import ASSETS, CHECKS
-from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
+from schoolquality_assets.defs.resources import (
+    ConvergenceResource,
+    SamplerResource,
+    WarehouseResource,
+)
+from schoolquality_assets.ingest import contract, eqao, landing
 from schoolquality_assets.warehouse import Warehouse
 
 from .conftest import failure_text

@@ -1,11 +1,15 @@
 """The code location's executor keeps Stan steps from sampling at once, on an empty instance."""
 
-import pytest
 import dagster as dg
+import pytest
 
-from schoolquality_assets import synthetic
 from schoolquality_assets.definitions import ASSETS, CHECKS
-from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
+from schoolquality_assets.defs.resources import (
+    ConvergenceResource,
+    SamplerResource,
+    WarehouseResource,
+)
+from schoolquality_assets.ingest import synthetic
 
 from . import executor_job
 

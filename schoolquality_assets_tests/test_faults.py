@@ -7,15 +7,20 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-import dagster as dg
 
-from schoolquality_assets import models, synthetic
 from schoolquality_assets.definitions import ASSETS, CHECKS
-from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
+from schoolquality_assets.defs.resources import (
+    ConvergenceResource,
+    SamplerResource,
+    WarehouseResource,
+)
+from schoolquality_assets.ingest import synthetic
+from schoolquality_assets.models import specs
 from schoolquality_assets.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,7 +77,7 @@ def test_run_killed_mid_sampling_keeps_previous_output_and_rerun_matches(provinc
     _posterior_written(_cli(province_root, "posterior_m2", "subsample", **settings))
     path = province_root / "posteriors" / "subsample" / "posterior_m2.nc"
     before = path.read_bytes()
-    reference = models.load_posterior(path).posterior["r_school"].values
+    reference = specs.load_posterior(path).posterior["r_school"].values
 
     long = settings | {"SCHOOLQUALITY_WARMUP": "5000000"}   # still warming up at the first heartbeat
     proc = _cli(province_root, "posterior_m2", "subsample", **long)
@@ -84,10 +89,10 @@ def test_run_killed_mid_sampling_keeps_previous_output_and_rerun_matches(provinc
     proc.wait()
     assert path.read_bytes() == before             # the previous posterior is untouched and readable
     assert not [p for p in path.parent.iterdir() if p.name != path.name]   # no half-written file beside it
-    models.load_posterior(path)
+    specs.load_posterior(path)
 
     _posterior_written(_cli(province_root, "posterior_m2", "subsample", **settings))
-    np.testing.assert_array_equal(models.load_posterior(path).posterior["r_school"].values, reference)
+    np.testing.assert_array_equal(specs.load_posterior(path).posterior["r_school"].values, reference)
 
 
 @pytest.mark.stan

@@ -3,7 +3,12 @@ import hashlib
 import polars as pl
 import pytest
 
-from schoolquality_assets.filters import analysis_sample, clean, eligible_schools, select_subsample
+from schoolquality_assets.ingest.filters import (
+    analysis_sample,
+    clean,
+    eligible_schools,
+    select_subsample,
+)
 
 
 def obs(rows):

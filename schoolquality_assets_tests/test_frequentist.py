@@ -13,7 +13,7 @@ import statsmodels.formula.api as smf
 from scipy import linalg, optimize
 from scipy.special import expit
 
-from schoolquality_assets import analyses as an
+from schoolquality_assets.analyses import tables as an
 
 warnings.filterwarnings("ignore", module="statsmodels")
 

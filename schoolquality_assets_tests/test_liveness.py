@@ -19,7 +19,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from schoolquality_assets.run_liveness import dead_run_worker_sensor, release_stale_slots, worker_alive
+from schoolquality_assets.defs.run_liveness import (
+    dead_run_worker_sensor,
+    release_stale_slots,
+    worker_alive,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -186,11 +190,11 @@ def test_daemon_frees_the_slot_of_a_killed_run_and_starts_the_queued_one(home, t
 ORPHAN = """
 import sys
 from pathlib import Path
-from schoolquality_assets import stan_engine
-settings = stan_engine.SamplerSettings(chains=2, warmup=100, draws=100000, until_converged=False, engine="pystan")
+from schoolquality_assets.engine import base, sampling
+settings = base.SamplerSettings(chains=2, warmup=100, draws=100000, until_converged=False, engine="pystan")
 try:
-    stan_engine.sample(Path(sys.argv[1]), {}, settings, progress=lambda line: print(line, flush=True))
-except stan_engine.SamplingError as exc:
+    sampling.sample(Path(sys.argv[1]), {}, settings, progress=lambda line: print(line, flush=True))
+except base.SamplingError as exc:
     print("stopped:", exc, flush=True)
     sys.exit(3)
 """

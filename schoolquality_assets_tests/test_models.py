@@ -2,14 +2,16 @@
 
 from pathlib import Path
 
+import arviz as az
 import numpy as np
 import polars as pl
 import pytest
 
-import arviz as az
-
-from schoolquality_assets import analyses, diagnostics, models, synthetic
-from schoolquality_assets.stan_engine import SamplerSettings, cmdstan_available, sample
+from schoolquality_assets.analyses import tables
+from schoolquality_assets.engine.base import SamplerSettings
+from schoolquality_assets.engine.sampling import cmdstan_available, sample
+from schoolquality_assets.ingest import synthetic
+from schoolquality_assets.models import diagnostics, specs
 
 from .conftest import checkpoints_up_to, province_sample
 
@@ -22,8 +24,8 @@ def _cbpp_input():
     d = pl.read_csv(FIXTURES / "cbpp.csv").with_columns(pl.col("herd", "period").cast(pl.Utf8))
     frame = d.select(school_id=pl.col("herd"), year_subject=pl.col("period"), n_trials="size", y_success="incidence",
                      year=pl.lit(0), subject=pl.lit(""))
-    spec = models.ModelSpec(key="cbpp", stan_file="m1_school.stan", description="cbpp through M1", fixed_effects=True)
-    mi = models.model_input(spec, frame)
+    spec = specs.ModelSpec(key="cbpp", stan_file="m1_school.stan", description="cbpp through M1", fixed_effects=True)
+    mi = specs.model_input(spec, frame)
     return spec, mi
 
 
@@ -31,7 +33,7 @@ def test_m1_program_matches_brms_on_cbpp():
     spec, mi = _cbpp_input()
     assert mi.coords["coef"] == ["year_subject2", "year_subject3", "year_subject4"]
     draws = sample(spec.path, mi.data, SamplerSettings(chains=4, warmup=1000, draws=1000, seed=3), progress=lambda m: None)
-    idata = models.to_inference_data(spec, mi, draws)
+    idata = specs.to_inference_data(spec, mi, draws)
     post = idata.posterior
     # brms 2.18, default priors, 4 x 1000 draws (issue #3 / shared notes)
     assert abs(float(post["sd_school"].mean()) - 0.75) <= 0.05
@@ -87,8 +89,8 @@ def _assert_calibrated(idata, truth) -> None:
 @pytest.mark.parametrize("key", ["m2", "m3"])
 def test_recovery_cohort_models(small_province, key):
     province, cleaned = small_province
-    spec = models.MODELS[key]
-    idata = models.fit(spec, cleaned, SETTINGS, progress=lambda m: None)
+    spec = specs.MODELS[key]
+    idata = specs.fit(spec, cleaned, SETTINGS, progress=lambda m: None)
     post, truth = idata.posterior, province.truth
     assert _inside(post["sd_school"].values, truth.sd_school)
     assert _inside(post["sd_cohort"].values, truth.sd_cohort)
@@ -103,7 +105,7 @@ def test_recovery_school_only_model():
     truth = synthetic.Truth(var_cohort=1e-10, var_profile=1e-10,
                             year_subject={f"{y}_{s}": 0.0 for y in synthetic.DEFAULT_YEARS for s in synthetic.DEFAULT_SUBJECTS})
     province = synthetic.generate_province(seed=8, n_schools=120, truth=truth)
-    idata = models.fit(models.MODELS["m1"], province_sample(province), SETTINGS, progress=lambda m: None)
+    idata = specs.fit(specs.MODELS["m1"], province_sample(province), SETTINGS, progress=lambda m: None)
     assert _inside(idata.posterior["sd_school"].values, province.truth.sd_school)
     assert _inside(idata.posterior["b_Intercept"].values, truth.intercept)
     _assert_calibrated(idata, province.truth)
@@ -122,8 +124,8 @@ def _slope_by_band(table: pl.DataFrame, estimate: str, raw: str) -> dict[str, fl
 
 def test_m0_shrinkage_ignores_n_while_m1_follows_it(small_province):
     _, cleaned = small_province
-    fits = {k: models.fit(models.MODELS[k], cleaned, SETTINGS, progress=lambda m: None) for k in ("m0", "m1")}
-    table = analyses.shrinkage(cleaned, fits["m0"], fits["m1"])
+    fits = {k: specs.fit(specs.MODELS[k], cleaned, SETTINGS, progress=lambda m: None) for k in ("m0", "m1")}
+    table = tables.shrinkage(cleaned, fits["m0"], fits["m1"])
     # each model against its own no-pooling estimate (unweighted mean proportion for M0)
     m0 = _slope_by_band(table, "m0_estimate", "raw_mean_proportion")
     m1 = _slope_by_band(table, "m1_estimate", "raw_proportion")
@@ -131,7 +133,7 @@ def test_m0_shrinkage_ignores_n_while_m1_follows_it(small_province):
     assert m1[">100"] - m1["<=25"] > 0.02                   # measured: 0.96 vs 0.99
     spread0 = max(m0.values()) - min(m0.values())
     assert spread0 < 0.5 * (m1[">100"] - m1["<=25"]), (m0, m1)  # M0: one shrinkage factor for all
-    by_band = analyses.shrinkage_by_band(table)
+    by_band = tables.shrinkage_by_band(table)
     assert by_band.filter(pl.col("band") == "<=25")["mean_shrinkage_m1_pp"].item() > \
         by_band.filter(pl.col("band") == ">100")["mean_shrinkage_m1_pp"].item()
 
@@ -149,17 +151,17 @@ def test_python_linear_predictor_matches_stan(small_province, key):
     """The design is built once in Python; Stan's linear predictor and Python's agree draw by draw,
     with schools and cohorts in both parameterisations."""
     _, cleaned = small_province
-    spec = models.MODELS[key]
-    mi = models.model_input(spec, cleaned, prior_sds={"school": 0.1, "cohort": 0.15, "profile": 0.3})
+    spec = specs.MODELS[key]
+    mi = specs.model_input(spec, cleaned, prior_sds={"school": 0.1, "cohort": 0.15, "profile": 0.3})
     d = mi.data
     assert 0 < d["J_school_c"] < d["J_school"] and 0 < d["J_cohort_c"] < d["J_cohort"], "both forms exercised"
     if key == "m3":
         assert 0 < d["J_profile_c"] < d["J_profile"], "both forms of the profiles exercised"
     settings = SamplerSettings(chains=2, warmup=150, draws=20, seed=4, until_converged=False, engine="pystan")  # Stan's eta
-    data = models.stan_data(spec, mi) | {"emit_eta": 1}
-    draws = sample(spec.path, data, settings, inits=models.initial_values(spec, mi, 2, 4), progress=lambda m: None)
-    idata = models.to_inference_data(spec, mi, draws)
-    np.testing.assert_allclose(models.linear_predictor(idata), draws.params["eta"], rtol=1e-9, atol=1e-9)
+    data = specs.stan_data(spec, mi) | {"emit_eta": 1}
+    draws = sample(spec.path, data, settings, inits=specs.initial_values(spec, mi, 2, 4), progress=lambda m: None)
+    idata = specs.to_inference_data(spec, mi, draws)
+    np.testing.assert_allclose(specs.linear_predictor(idata), draws.params["eta"], rtol=1e-9, atol=1e-9)
 
 
 def _gate_holds(idata, limits) -> bool:
@@ -171,7 +173,7 @@ def test_sampling_stops_once_the_gate_holds(small_province):
     _, cleaned = small_province
     limits = diagnostics.Thresholds()
     settings = SamplerSettings(chains=4, warmup=300, seed=6, min_draws=50, check_every=50, max_draws=3000)
-    idata = models.fit(models.MODELS["m1"], cleaned, settings, progress=lambda m: None, limits=limits)
+    idata = specs.fit(specs.MODELS["m1"], cleaned, settings, progress=lambda m: None, limits=limits)
     n = idata.posterior.sizes["draw"]
     assert idata.attrs["converged"] == 1 and "gate holds" in idata.attrs["stop_status"]
     checkpoints = checkpoints_up_to(n)
@@ -186,12 +188,12 @@ def test_seeded_rerun_agrees_with_unseeded_fit(small_province):
     sampler starts and how it steps, not the posterior: both agree within Monte Carlo error."""
     _, cleaned = small_province
     limits = diagnostics.Thresholds()
-    spec = models.MODELS["m2"]
+    spec = specs.MODELS["m2"]
     settings = SamplerSettings(chains=4, warmup=300, seed=8)
-    plain = models.fit(spec, cleaned, settings, progress=lambda m: None, limits=limits)
+    plain = specs.fit(spec, cleaned, settings, progress=lambda m: None, limits=limits)
     seeded_sds = {"school": float(plain.posterior["sd_school"].mean()) * 0.5,   # deliberately off
                   "cohort": float(plain.posterior["sd_cohort"].mean()) * 2.0}
-    seeded = models.fit(spec, cleaned, SamplerSettings(chains=4, warmup=300, seed=9), progress=lambda m: None,
+    seeded = specs.fit(spec, cleaned, SamplerSettings(chains=4, warmup=300, seed=9), progress=lambda m: None,
                         limits=limits, prior_sds=seeded_sds)
     for name in ("sd_school", "sd_cohort", "b_Intercept", "r_school"):
         a, b = plain.posterior[name], seeded.posterior[name]
@@ -204,15 +206,15 @@ def test_school_totals_give_m1_the_same_posterior(small_province):
     """M1 on one row per school, (Σ y, Σ n), against the same program on every observation: the
     likelihoods differ by a constant, so the posteriors agree within Monte Carlo error."""
     _, cleaned = small_province
-    spec = models.MODELS["m1"]
-    mi = models.model_input(spec, cleaned)
-    collapsed = models.stan_data(spec, mi)
-    rows = models.stan_data(spec, mi, collapse=False)
+    spec = specs.MODELS["m1"]
+    mi = specs.model_input(spec, cleaned)
+    collapsed = specs.stan_data(spec, mi)
+    rows = specs.stan_data(spec, mi, collapse=False)
     assert collapsed["N"] == mi.data["J_school"] < rows["N"] == cleaned.height
     assert collapsed["y_success"].sum() == rows["y_success"].sum() and collapsed["n_trials"].sum() == rows["n_trials"].sum()
     settings = SamplerSettings(chains=4, warmup=500, draws=1000, seed=12, until_converged=False)
-    inits = models.initial_values(spec, mi, 4, 12)
-    fits = [models.to_inference_data(spec, mi, sample(spec.path, data, settings, inits=inits, progress=lambda m: None))
+    inits = specs.initial_values(spec, mi, 4, 12)
+    fits = [specs.to_inference_data(spec, mi, sample(spec.path, data, settings, inits=inits, progress=lambda m: None))
             for data in (collapsed, rows)]
     for name in ("sd_school", "b_Intercept", "r_school"):
         a, b = (f.posterior[name] for f in fits)
@@ -228,12 +230,12 @@ def test_school_moments_give_m0_the_same_log_density(small_province):
     every observation: at random parameter values the log densities differ by one constant."""
     import httpstan.models
 
-    from schoolquality_assets.stan_engine import compile_pystan
+    from schoolquality_assets.engine.pystan_engine import compile_pystan
 
     _, cleaned = small_province
-    spec = models.MODELS["m0"]
-    mi = models.model_input(spec, cleaned)
-    collapsed, rows = models.stan_data(spec, mi), models.stan_data(spec, mi, collapse=False)
+    spec = specs.MODELS["m0"]
+    mi = specs.model_input(spec, cleaned)
+    collapsed, rows = specs.stan_data(spec, mi), specs.stan_data(spec, mi, collapse=False)
     assert collapsed["N"] == mi.data["J_school"] < rows["N"] == cleaned.height
     assert collapsed["n_obs"].sum() == rows["N"]
     module = httpstan.models.import_services_extension_module(compile_pystan(spec.path, lambda m: None)[0])
@@ -256,15 +258,15 @@ def test_centring_some_profiles_leaves_m3s_density_unchanged(small_province):
     -J_c log sd_profile, and one constant (the multipliers' Jacobians)."""
     import httpstan.models
 
-    from schoolquality_assets.stan_engine import compile_pystan
+    from schoolquality_assets.engine.pystan_engine import compile_pystan
 
     _, cleaned = small_province
-    spec = models.MODELS["m3"]
-    mi = models.model_input(spec, cleaned, prior_sds={"school": 0.1, "cohort": 0.15, "profile": 0.3})
+    spec = specs.MODELS["m3"]
+    mi = specs.model_input(spec, cleaned, prior_sds={"school": 0.1, "cohort": 0.15, "profile": 0.3})
     d = mi.data
     J, centred, noncentred = d["J_profile"], d["profile_c"] - 1, d["profile_nc"] - 1
     assert 0 < len(centred) < J
-    mixed = models.stan_data(spec, mi)
+    mixed = specs.stan_data(spec, mi)
     every_nc = mixed | {"J_profile_c": 0, "profile_c": np.zeros(0, np.int64), "profile_nc": np.arange(1, J + 1),
                         "profile_c_scale": np.zeros(0), "profile_nc_scale": np.ones(J)}
     module = httpstan.models.import_services_extension_module(compile_pystan(spec.path, lambda m: None)[0])
@@ -300,10 +302,10 @@ def test_centring_some_profiles_leaves_m3s_density_unchanged(small_province):
 def test_moment_profile_sd_recovers_the_truth(sd_profile):
     """The profile SD behind M3's centring rule, from the covariance between a profile's years:
     near the truth, and the floor when there are no profile effects."""
-    from schoolquality_assets import design
+    from schoolquality_assets.models import design
 
     province = synthetic.generate_province(seed=3, n_schools=800, truth=synthetic.Truth(var_profile=sd_profile**2))
-    mi = models.model_input(models.MODELS["m3"], province_sample(province))
+    mi = specs.model_input(specs.MODELS["m3"], province_sample(province))
     estimate = mi.data["group_sds"]["profile"]
     if sd_profile == 0.0:
         assert estimate < 0.05 and mi.data["J_profile_c"] == 0   # the estimate's own noise is ~0.03

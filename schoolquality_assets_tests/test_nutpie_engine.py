@@ -9,37 +9,38 @@ import arviz as az
 import numpy as np
 import pytest
 
-from schoolquality_assets import diagnostics, models, nutpie_engine, stan_engine
-from schoolquality_assets.resources import SAMPLER_ENV
-from schoolquality_assets.stan_engine import SamplerSettings
+from schoolquality_assets.defs.resources import SAMPLER_ENV
+from schoolquality_assets.engine import base, nutpie_engine, sampling
+from schoolquality_assets.engine.base import SamplerSettings
+from schoolquality_assets.models import diagnostics, specs
 
 from .conftest import checkpoints_up_to
 
 pytestmark = [pytest.mark.stan, pytest.mark.skipif(not nutpie_engine.available(), reason="nutpie and numba are dependencies")]
-M2 = models.MODELS["m2"]
+M2 = specs.MODELS["m2"]
 
 
 def test_auto_picks_nutpie_for_a_program_with_a_density_only(monkeypatch):
-    monkeypatch.setattr(stan_engine, "cmdstan_available", lambda: False)
+    monkeypatch.setattr(sampling, "cmdstan_available", lambda: False)
     other = Path(__file__).parent / "fixtures" / "m1_wrong_intercept_prior_scale.stan"   # no hand-written density
-    for spec in models.MODELS.values():
-        assert stan_engine.choose_engine("auto", spec.path) == "nutpie"
-        assert stan_engine.choose_engine("nutpie", spec.path) == "nutpie"
-        assert stan_engine.choose_engine("pystan", spec.path) == "pystan"
-    assert stan_engine.choose_engine("auto", other) == stan_engine.choose_engine("nutpie", other) == "pystan"
-    monkeypatch.setattr(stan_engine, "cmdstan_available", lambda: True)
-    assert stan_engine.choose_engine("auto", M2.path) == "cmdstanpy"   # cmdstanpy wherever CmdStan exists
+    for spec in specs.MODELS.values():
+        assert sampling.choose_engine("auto", spec.path) == "nutpie"
+        assert sampling.choose_engine("nutpie", spec.path) == "nutpie"
+        assert sampling.choose_engine("pystan", spec.path) == "pystan"
+    assert sampling.choose_engine("auto", other) == sampling.choose_engine("nutpie", other) == "pystan"
+    monkeypatch.setattr(sampling, "cmdstan_available", lambda: True)
+    assert sampling.choose_engine("auto", M2.path) == "cmdstanpy"   # cmdstanpy wherever CmdStan exists
     with pytest.raises(ValueError, match="unknown Stan engine"):
-        stan_engine.choose_engine("stan", M2.path)
+        sampling.choose_engine("stan", M2.path)
 
 
 def test_same_seed_same_draws(small_province):
     settings = SamplerSettings(chains=3, warmup=150, draws=60, seed=5, until_converged=False, engine="nutpie")
-    fits = [models.fit(M2, small_province[1], settings, progress=lambda m: None) for _ in range(2)]
+    fits = [specs.fit(M2, small_province[1], settings, progress=lambda m: None) for _ in range(2)]
     assert all(f.attrs["engine"] == "nutpie" for f in fits)
     for name in ("sd_school", "sd_cohort", "r_school", "r_cohort", "b"):
         np.testing.assert_array_equal(fits[0].posterior[name].values, fits[1].posterior[name].values)
-    other = models.fit(M2, small_province[1], dataclasses.replace(settings, seed=6), progress=lambda m: None)
+    other = specs.fit(M2, small_province[1], dataclasses.replace(settings, seed=6), progress=lambda m: None)
     assert not np.array_equal(other.posterior["sd_school"].values, fits[0].posterior["sd_school"].values)
 
 
@@ -50,10 +51,10 @@ def test_nutpie_and_stan_give_the_same_posterior(small_province, key):
     must not move the posterior): the posterior means agree within their combined Monte Carlo
     error (for the ~1,000 cohorts and ~450 profiles: the z-scores spread as a standard normal's,
     few beyond 3.5), and the posterior SDs within 15%."""
-    spec = models.MODELS[key]
+    spec = specs.MODELS[key]
     limits = diagnostics.Thresholds()
     warmup = {"nutpie": SAMPLER_ENV["warmup"].default, "pystan": 1000}
-    fits = {engine: models.fit(spec, small_province[1], SamplerSettings(warmup=warmup[engine], seed=8, engine=engine),
+    fits = {engine: specs.fit(spec, small_province[1], SamplerSettings(warmup=warmup[engine], seed=8, engine=engine),
                                progress=lambda m: None, limits=limits)
             for engine in ("nutpie", "pystan")}
     assert {e: f.attrs["engine"] for e, f in fits.items()} == {"nutpie": "nutpie", "pystan": "pystan"}
@@ -77,7 +78,7 @@ def test_stops_at_the_first_checkpoint_where_the_gate_holds(small_province):
     limits = diagnostics.Thresholds()
     settings = SamplerSettings(chains=4, warmup=300, seed=6, min_draws=50, check_every=50, max_draws=3000, engine="nutpie")
     lines = []
-    idata = models.fit(M2, small_province[1], settings, progress=lines.append, limits=limits)
+    idata = specs.fit(M2, small_province[1], settings, progress=lines.append, limits=limits)
     n = idata.posterior.sizes["draw"]
     assert idata.attrs["converged"] == 1 and "gate holds" in idata.attrs["stop_status"]
     checkpoints = checkpoints_up_to(n)
@@ -99,7 +100,7 @@ def test_a_density_that_fails_fails_the_fit(small_province, monkeypatch, tmp_pat
 
     import numba
 
-    from schoolquality_assets import c_density, cohort_density
+    from schoolquality_assets.engine import c_density, cohort_density
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     working = cohort_density._c_logp().ctypes
@@ -119,8 +120,8 @@ def test_a_density_that_fails_fails_the_fit(small_province, monkeypatch, tmp_pat
 
     monkeypatch.setattr(cohort_density.Density, "c_logp", c_logp)
     settings = SamplerSettings(chains=2, warmup=50, draws=200_000, until_converged=False, engine="nutpie")
-    with pytest.raises(stan_engine.SamplingError, match=r"(?s)nutpie sampling failed.*ErrorCode\(-7\)"):
-        models.fit(M2, small_province[1], settings, progress=lambda m: None)
+    with pytest.raises(base.SamplingError, match=r"(?s)nutpie sampling failed.*ErrorCode\(-7\)"):
+        specs.fit(M2, small_province[1], settings, progress=lambda m: None)
     assert tables and tables[-1][-1] >= 300
     assert not list(tmp_path.iterdir())
 
@@ -139,7 +140,7 @@ def test_the_trace_is_kept_on_disk_and_deleted_with_the_fit(small_province, monk
 
     monkeypatch.setattr(nutpie_engine, "_views", reading)
     settings = SamplerSettings(chains=2, warmup=50, draws=40, seed=5, until_converged=False, engine="nutpie")
-    idata = models.fit(M2, small_province[1], settings, progress=lambda m: None)
+    idata = specs.fit(M2, small_province[1], settings, progress=lambda m: None)
     assert idata.posterior.sizes["draw"] == 40
     assert read and all(where == tmp_path and stored for where, stored in read)
     assert not list(tmp_path.iterdir())
@@ -149,12 +150,12 @@ def test_kept_draws_are_the_points_the_chains_were_at(small_province):
     """The engine reads each kept draw's point and its sampler statistics from nutpie's trace: they
     must be the same draw's, so each row's lp__ is the density at that row's point, for every row of
     every chain (a row shifted against its statistics would not match)."""
-    from schoolquality_assets import cohort_density
+    from schoolquality_assets.engine import cohort_density
 
-    mi = models.model_input(M2, small_province[1])
-    data = models.stan_data(M2, mi)
+    mi = specs.model_input(M2, small_province[1])
+    data = specs.stan_data(M2, mi)
     settings = SamplerSettings(chains=2, warmup=100, draws=40, seed=3, until_converged=False, engine="nutpie")
-    draws = nutpie_engine.sample_nutpie(M2.path, data, settings, lambda s: models.initial_values(M2, mi, 1, s)[0],
+    draws = nutpie_engine.sample_nutpie(M2.path, data, settings, lambda s: specs.initial_values(M2, mi, 1, s)[0],
                                         lambda m: None, None)
     density = cohort_density.density(data)
     multipliers = cohort_density.multipliers(data)

@@ -4,12 +4,17 @@ import base64
 import html as html_lib
 import re
 
-import pytest
 import dagster as dg
+import pytest
 
-from schoolquality_assets import loo, report, synthetic
+from schoolquality_assets.analyses import loo, report
 from schoolquality_assets.definitions import ASSETS, CHECKS
-from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
+from schoolquality_assets.defs.resources import (
+    ConvergenceResource,
+    SamplerResource,
+    WarehouseResource,
+)
+from schoolquality_assets.ingest import synthetic
 from schoolquality_assets.warehouse import Warehouse
 
 from .conftest import failure_text

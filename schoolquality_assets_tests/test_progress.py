@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpstan.models
 
-from schoolquality_assets import stan_engine
+from schoolquality_assets.engine import base, heartbeat, pystan_engine
 from schoolquality_assets.progress import StepProgress
 
 
@@ -22,9 +22,9 @@ def test_slow_compile_logs_heartbeats(tmp_path, monkeypatch):
 
     monkeypatch.setattr(httpstan.models, "import_services_extension_module", not_cached)
     monkeypatch.setattr(httpstan.models, "build_services_extension_module", slow_build)
-    monkeypatch.setattr(stan_engine, "COMPILE_HEARTBEAT_SECONDS", 0.25)
+    monkeypatch.setattr(pystan_engine, "COMPILE_HEARTBEAT_SECONDS", 0.25)
     lines: list[str] = []
-    stan_engine.compile_pystan(Path(program), progress=lines.append)
+    pystan_engine.compile_pystan(Path(program), progress=lines.append)
     beats = [line for line in lines if "still compiling" in line]
     assert len(beats) >= 3, lines
     assert lines[0].startswith("slow.stan: compiling") and lines[-1].startswith("slow.stan: compiled in")
@@ -32,8 +32,8 @@ def test_slow_compile_logs_heartbeats(tmp_path, monkeypatch):
 
 def test_sampling_heartbeat_reports_phase_rate_and_what_remains(monkeypatch):
     lines: list[str] = []
-    rule = stan_engine.StopRule(judge=lambda views, n, elapsed: None, budget_seconds=600)
-    beat = stan_engine._Heartbeat(lines.append, warmup=300, stop=rule, interval=0.0)
+    rule = base.StopRule(judge=lambda views, n, elapsed: None, budget_seconds=600)
+    beat = heartbeat.Heartbeat(lines.append, warmup=300, stop=rule, interval=0.0)
     beat.start -= 10.0                                    # ten seconds into sampling
     beat.message(("iteration", 1, 150))
     beat.message(("iteration", 2, 120))

@@ -1,4 +1,4 @@
-"""Tests of the school rankings (schoolquality_assets.rankings) on posteriors known exactly; no Stan.
+"""Tests of the school rankings (schoolquality_assets.analyses.rankings) on posteriors known exactly; no Stan.
 
 The calibration and coverage tests draw from the exact posterior of a Normal-Normal model: true
 effects theta_j ~ N(mu, tau^2), one measurement x_j ~ N(theta_j, s_j^2) per school with
@@ -18,8 +18,9 @@ import polars as pl
 import pytest
 import xarray as xr
 
-from schoolquality_assets import columns, figures
-from schoolquality_assets import rankings as rk
+from schoolquality_assets import columns
+from schoolquality_assets.analyses import figures
+from schoolquality_assets.analyses import rankings as rk
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 

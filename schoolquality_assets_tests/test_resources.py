@@ -5,7 +5,11 @@ import dagster as dg
 import pytest
 
 from schoolquality_assets.definitions import defs
-from schoolquality_assets.resources import SAMPLER_ENV, SamplerResource, WarehouseResource
+from schoolquality_assets.defs.resources import (
+    SAMPLER_ENV,
+    SamplerResource,
+    WarehouseResource,
+)
 
 # the README's table: variable -> default
 DEFAULTS = {

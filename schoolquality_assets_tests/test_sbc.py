@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from schoolquality_assets import calibration, models
-from schoolquality_assets.stan_engine import SamplerSettings
+from schoolquality_assets.engine.base import SamplerSettings
+from schoolquality_assets.models import calibration, specs
 
 pytestmark = pytest.mark.stan
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -23,14 +23,14 @@ REPLICATES, SEED = 50, 2024
 
 
 def _sbc(path: Path | None = None) -> dict:
-    spec = models.MODELS["m1"]
+    spec = specs.MODELS["m1"]
     reps = [calibration.run_replicate(spec, i, DESIGN, SETTINGS, SEED, path=path) for i in range(REPLICATES)]
     assert all(r.ranks is not None for r in reps), [r.error for r in reps if r.error]
     return calibration.summarise(reps, SETTINGS.thinned)
 
 
 def test_fixture_is_m1_with_one_wrong_line():
-    project = models.MODELS["m1"].path.read_text().splitlines()
+    project = specs.MODELS["m1"].path.read_text().splitlines()
     fixture = [line for line in WRONG_PRIOR.read_text().splitlines() if not line.startswith("// SBC test fixture")
                and not line.startswith("// (0.25 for 2.5)")]
     assert len(project) == len(fixture), "regenerate the fixture from stan/m1_school.stan"

@@ -5,15 +5,21 @@ and a report shows only tables built from the partition's current fits.
 One tiny province; the runs share an instance (as a user's DAGSTER_HOME) and a warehouse.
 """
 
-import pyarrow.parquet as pq
-import polars as pl
-import pytest
 import dagster as dg
-from dagster._core.event_api import PartitionKeyFilter  # the instance API's partition filter
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from dagster._core.event_api import (
+    PartitionKeyFilter,  # the instance API's partition filter
+)
 
-from schoolquality_assets import synthetic
 from schoolquality_assets.definitions import ASSETS, CHECKS, defs
-from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
+from schoolquality_assets.defs.resources import (
+    ConvergenceResource,
+    SamplerResource,
+    WarehouseResource,
+)
+from schoolquality_assets.ingest import synthetic
 from schoolquality_assets.warehouse import PROVENANCE, Warehouse
 
 from .conftest import failure_text

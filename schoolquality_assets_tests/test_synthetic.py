@@ -2,9 +2,18 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schoolquality_assets.contract import REQUIRED_COLUMNS, load_landing, validate
-from schoolquality_assets.filters import clean, eligible_schools
-from schoolquality_assets.synthetic import Truth, generate_province, truth_frame, write_province
+from schoolquality_assets.ingest.contract import (
+    REQUIRED_COLUMNS,
+    load_landing,
+    validate,
+)
+from schoolquality_assets.ingest.filters import clean, eligible_schools
+from schoolquality_assets.ingest.synthetic import (
+    Truth,
+    generate_province,
+    truth_frame,
+    write_province,
+)
 
 
 @pytest.fixture(scope="module")

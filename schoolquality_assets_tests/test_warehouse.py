@@ -36,9 +36,13 @@ def test_a_table_not_built_yet_says_what_to_materialize(tmp_path):
     import dagster as dg
     import pytest
 
-    from schoolquality_assets import synthetic
     from schoolquality_assets.definitions import ASSETS, CHECKS
-    from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
+    from schoolquality_assets.defs.resources import (
+        ConvergenceResource,
+        SamplerResource,
+        WarehouseResource,
+    )
+    from schoolquality_assets.ingest import synthetic
     from schoolquality_assets.warehouse import MissingTable
 
     wh = Warehouse.from_env(tmp_path)

@@ -29,7 +29,7 @@ import duckdb
 import pytest
 import requests
 
-from schoolquality_assets import synthetic
+from schoolquality_assets.ingest import synthetic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from schoolquality_assets import synthetic
+from schoolquality_assets.ingest import synthetic
 
 pytestmark = pytest.mark.stan
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = """
-from schoolquality_assets import models
-from schoolquality_assets.assets.production import code_version
+from schoolquality_assets.models import specs
+from schoolquality_assets.defs.production import code_version
 from schoolquality_assets.warehouse import Warehouse
-print("STAN_DIR", models.STAN_DIR)
+print("STAN_DIR", specs.STAN_DIR)
 print("ROOT", Warehouse.from_env().root)
 print("CODE", code_version())
 """

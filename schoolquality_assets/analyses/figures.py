@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from scipy.stats import gaussian_kde  # noqa: E402
 
-from schoolquality_assets.analyses import BANDS  # noqa: E402
+from schoolquality_assets.analyses.tables import BANDS  # noqa: E402
 
 BAND_COLOURS = dict(zip(BANDS, plt.get_cmap("viridis_r")([0.15, 0.5, 0.9])))
 CHAIN_COLOURS = plt.get_cmap("tab10").colors
@@ -199,7 +199,7 @@ def league_table_png(rankings: pl.DataFrame, eligible: pl.DataFrame) -> bytes:
     """Schools ordered by posterior median rank (x), each with its 95% rank interval (vertical line)
     and median (dot), coloured by size band (mean_n_trials of ``eligible``); 1 = lowest effect.
     Ties in the median rank are ordered by p_below_average (more likely below = further left)."""
-    from schoolquality_assets.analyses import band_of
+    from schoolquality_assets.analyses.tables import band_of
 
     size = pl.col("mean_n_trials")
     t = (rankings.join(eligible.select("school_id", "mean_n_trials"), on="school_id", how="left")

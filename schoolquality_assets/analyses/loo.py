@@ -18,9 +18,9 @@ import numpy as np
 import polars as pl
 from scipy.special import gammaln, logsumexp
 
-from schoolquality_assets import models
-from schoolquality_assets.cohort_density import exp_nonpositive, log_1_to_2
-from schoolquality_assets.models import draws_matrix as _flat
+from schoolquality_assets.engine.cohort_density import exp_nonpositive, log_1_to_2
+from schoolquality_assets.models import specs
+from schoolquality_assets.models.specs import draws_matrix as _flat
 
 M0_NOTE = "M0 excluded: a Normal density on proportions is not comparable with binomial probabilities"
 
@@ -55,7 +55,7 @@ def _reff(idata, chunk: int = 2000) -> float:
     n_obs = idata.constant_data.sizes["obs"]
     total, count = 0.0, 0
     for a in range(0, n_obs, chunk):
-        t, c = relative_efficiency(models.log_likelihood(idata, slice(a, min(a + chunk, n_obs))))
+        t, c = relative_efficiency(specs.log_likelihood(idata, slice(a, min(a + chunk, n_obs))))
         total, count = total + t, count + c
     return total / max(count, 1)
 
@@ -128,7 +128,7 @@ def pointwise_loo(idata, max_draws: int | None = None, chunk: int = 2000, pool: 
     thin = _thin(idata, max_draws)
     reff, S = _reff(thin), _n_draws(thin)
     N = idata.constant_data.sizes["obs"]
-    chunks = (models.log_likelihood(thin, slice(a, min(a + chunk, N))).reshape(S, -1).T for a in range(0, N, chunk))
+    chunks = (specs.log_likelihood(thin, slice(a, min(a + chunk, N))).reshape(S, -1).T for a in range(0, N, chunk))
     elpd, p, k = _psis_chunks(chunks, reff, pool)
     return {"elpd_i": elpd, "p_loo_i": p, "pareto_k": k, "draws_used": S, "reff": reff}
 
@@ -150,7 +150,7 @@ def _compare(pointwise: dict[str, dict], unit: str, note: str = "") -> pl.DataFr
         high_k = (v["pareto_k"] > k_threshold(v["draws_used"])) | (
             pointwise[best]["pareto_k"] > k_threshold(pointwise[best]["draws_used"]))
         rows.append({
-            "model": m.upper(), "description": models.MODELS[m].description if m in models.MODELS else m,
+            "model": m.upper(), "description": specs.MODELS[m].description if m in specs.MODELS else m,
             "unit": unit, "n_units": n, "elpd_loo": elpd[m], "se": float(np.sqrt(n * np.var(v["elpd_i"]))),
             "p_loo": float(v["p_loo_i"].sum()), "elpd_diff": elpd[m] - elpd[best],
             "se_diff": None if m == best else float(np.sqrt(n * np.var(diff))),
@@ -169,7 +169,7 @@ def _compare(pointwise: dict[str, dict], unit: str, note: str = "") -> pl.DataFr
 def _with_m0_row(table: pl.DataFrame, idatas: dict) -> pl.DataFrame:
     if "m0" not in idatas:
         return table
-    row = pl.DataFrame({"model": ["M0"], "description": [models.MODELS["m0"].description], "note": [M0_NOTE]})
+    row = pl.DataFrame({"model": ["M0"], "description": [specs.MODELS["m0"].description], "note": [M0_NOTE]})
     return pl.concat([table, row], how="diagonal_relaxed")
 
 
@@ -252,7 +252,7 @@ def cohort_groups(sample: pl.DataFrame) -> np.ndarray:
 
 
 def _group_index(idata, groups) -> tuple[np.ndarray, list]:
-    """The model's own cohorts when it has them, else ``groups`` (labels sorted, as models._index)."""
+    """The model's own cohorts when it has them, else ``groups`` (labels sorted, as specs._index)."""
     if "cohort_idx" in idata.constant_data:
         return idata.constant_data["cohort_idx"].values, [str(c) for c in idata.posterior["cohort"].values]
     if groups is None:
@@ -370,13 +370,13 @@ def cohort_log_marginal(idata, groups=None, n_nodes: int = 15, max_draws: int | 
     if not integrate:
         for c0, c1 in spans:
             obs = order[bounds[c0]:bounds[c1]]
-            out[:, c0:c1] = _gsum(models.log_likelihood(thin, obs).reshape(S, -1), gidx[obs] - c0, c1 - c0)
+            out[:, c0:c1] = _gsum(specs.log_likelihood(thin, obs).reshape(S, -1), gidx[obs] - c0, c1 - c0)
         return labels, counts, out
 
     def integrals():
         for c0, c1 in spans:
             obs = order[bounds[c0]:bounds[c1]]
-            eta = models.linear_predictor(thin, obs).reshape(S, -1) - r[:, gidx[obs]]  # eta without cohort
+            eta = specs.linear_predictor(thin, obs).reshape(S, -1) - r[:, gidx[obs]]  # eta without cohort
             y = thin.observed_data["y_success"].values[obs].astype(float)
             n = thin.constant_data["n_trials"].values[obs].astype(float)
             logc = gammaln(n + 1) - gammaln(y + 1) - gammaln(n - y + 1)

@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 import xarray as xr
 
-from schoolquality_assets.analyses import BANDS, band_of
+from schoolquality_assets.analyses.tables import BANDS, band_of
 
 TAIL_PERCENT = 10            # bottom / top 10%
 DISTINGUISHABLE_LEVEL = 0.95  # central interval that must exclude the average school

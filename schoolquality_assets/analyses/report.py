@@ -14,10 +14,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import xarray as xr
 
-from schoolquality_assets import figures, rankings
+from schoolquality_assets.analyses import figures, rankings
 from schoolquality_assets.columns import DESCRIPTIONS, header
-from schoolquality_assets.diagnostics import posterior_summary
-from schoolquality_assets.models import MODELS, posterior_run_id
+from schoolquality_assets.models.diagnostics import posterior_summary
+from schoolquality_assets.models.specs import MODELS, posterior_run_id
 from schoolquality_assets.partitions import FULL
 from schoolquality_assets.warehouse import MissingTable, Warehouse
 
@@ -454,7 +454,7 @@ def _finding(section: str, tables: dict[str, pl.DataFrame]) -> str:
     if section == "School SD by model" and "school_sd_by_model" in tables:
         return school_sd_finding(tables["school_sd_by_model"])
     if section == "Model comparison (LOO-CV)" and "loo_comparison" in tables:
-        from schoolquality_assets.loo import loo_finding
+        from schoolquality_assets.analyses.loo import loo_finding
         return loo_finding(tables["loo_comparison"])
     if section == "Shrinkage" and "shrinkage_by_band" in tables:
         return shrinkage_finding(tables["shrinkage_by_band"])

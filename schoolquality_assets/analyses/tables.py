@@ -1,6 +1,6 @@
 """The page's tables: shrinkage, variance decomposition, school SD and school effects, and the
 frequentist comparison. Pure functions (no Dagster): analysis samples (polars) and posteriors
-(arviz InferenceData as built by :mod:`schoolquality_assets.models`) in, polars frames out.
+(arviz InferenceData as built by :mod:`schoolquality_assets.models.specs`) in, polars frames out.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 from scipy.special import expit
 
-from schoolquality_assets import models
-from schoolquality_assets.models import draws_matrix as _flat
+from schoolquality_assets.models import specs
+from schoolquality_assets.models.specs import draws_matrix as _flat
 
 LOGISTIC_VAR = math.pi**2 / 3
 BANDS = ("<=25", "26-100", ">100")
@@ -151,7 +151,7 @@ def school_sd_by_model(idatas: dict) -> pl.DataFrame:
     for key in ("m1", "m2", "m3"):
         if key in idatas:
             m, lo, hi = _summary(_flat(idatas[key].posterior["sd_school"]))
-            rows.append({"model": key.upper(), "description": models.MODELS[key].description,
+            rows.append({"model": key.upper(), "description": specs.MODELS[key].description,
                          "sd_school": float(m), "lower": float(lo), "upper": float(hi)})
     return pl.DataFrame(rows)
 
@@ -282,7 +282,7 @@ def frequentist_design(sample: pl.DataFrame, max_schools: int | None = None, see
         used = sorted(np.random.default_rng(seed).choice(schools, max_schools, replace=False).tolist())
     d = sample.filter(pl.col("school_id").is_in(used))
     elog, w = empirical_logits(d["y_success"].to_numpy(), d["n_trials"].to_numpy())
-    x = np.column_stack([np.ones(d.height), models.design_matrix(d["year_subject"])[0]])
+    x = np.column_stack([np.ones(d.height), specs.design_matrix(d["year_subject"])[0]])
     return {"endog": elog, "weights": w, "exog": x, "groups": d["school_id"].to_numpy(),
             "nested": d["school_year_id"].to_numpy(), "n_schools": len(used), "n_schools_total": len(schools),
             "n_obs": d.height}

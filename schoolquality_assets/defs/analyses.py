@@ -3,16 +3,25 @@
 import dagster as dg
 import polars as pl
 
-from schoolquality_assets import analyses, diagnostics, figures, loo, models, report
-from schoolquality_assets.assets.common import OWNER, code_version_of, image_md, load_posterior, markdown, rounded, table_metadata
-from schoolquality_assets.partitions import sample_partitions
+from schoolquality_assets.analyses import figures, loo, report, tables
+from schoolquality_assets.defs.common import (
+    OWNER,
+    code_version_of,
+    image_md,
+    load_posterior,
+    markdown,
+    rounded,
+    table_metadata,
+)
+from schoolquality_assets.defs.partitions import sample_partitions
+from schoolquality_assets.defs.resources import ConvergenceResource, WarehouseResource
+from schoolquality_assets.models import diagnostics, specs
 from schoolquality_assets.progress import StepProgress
-from schoolquality_assets.resources import ConvergenceResource, WarehouseResource
 from schoolquality_assets.warehouse import Warehouse, atomic_path
 
-# analyses.py and figures.py compute every table and figure; diagnostics and loo two of them
+# tables.py and figures.py compute every table and figure; diagnostics and loo two of them
 ANALYSIS_ASSET = dict(partitions_def=sample_partitions, group_name="analyses", owners=[OWNER], kinds={"duckdb", "polars"},
-                      code_version=code_version_of(analyses, figures, diagnostics, loo))
+                      code_version=code_version_of(tables, figures, diagnostics, loo))
 
 
 def _posteriors(wh: Warehouse, partition: str, keys) -> dict:
@@ -63,11 +72,11 @@ def _publish(context, wh: Warehouse, table: str, frame: pl.DataFrame, pngs: dict
 def shrinkage(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
     p = _posteriors(wh, context.partition_key, ("m0", "m1"))
-    table = analyses.shrinkage(wh.read_partition("analysis_sample", context.partition_key), p["m0"], p["m1"])
+    table = tables.shrinkage(wh.read_partition("analysis_sample", context.partition_key), p["m0"], p["m1"])
     return _publish(context, wh, "shrinkage", table,
                     {"shrinkage_arrows": figures.shrinkage_arrows_png(table),
                      "shrinkage_vs_n": figures.shrinkage_vs_n_png(table)}, _run_ids(p),
-                    definition=analyses.SHRINKAGE_DEFINITION, **_sources(p, context.partition_key))
+                    definition=tables.SHRINKAGE_DEFINITION, **_sources(p, context.partition_key))
 
 
 @dg.asset(deps=["shrinkage"], description="Shrinkage of M0 and M1 by sample-size band (mean, 90th percentile, "
@@ -78,18 +87,18 @@ def shrinkage_by_band(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     sources = wh.read_sources("shrinkage", partition)
     if sources is None:
         raise dg.Failure(description=f"shrinkage[{partition}] has not been built: materialize it first")
-    by_band = analyses.shrinkage_by_band(wh.read_partition("shrinkage", partition))
-    return _publish(context, wh, "shrinkage_by_band", by_band, {}, sources, definition=analyses.SHRINKAGE_DEFINITION)
+    by_band = tables.shrinkage_by_band(wh.read_partition("shrinkage", partition))
+    return _publish(context, wh, "shrinkage_by_band", by_band, {}, sources, definition=tables.SHRINKAGE_DEFINITION)
 
 
 @dg.asset(deps=["posterior_m2", "posterior_m3"], description="Variance decomposition per posterior draw (full with pi^2/3, and latent), M3 and M2.", **ANALYSIS_ASSET)
 def variance_components(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
     p = _posteriors(wh, context.partition_key, ("m2", "m3"))
-    table = pl.concat([analyses.variance_components(p[k]).with_columns(model=pl.lit(k.upper())) for k in ("m3", "m2")])
+    table = pl.concat([tables.variance_components(p[k]).with_columns(model=pl.lit(k.upper())) for k in ("m3", "m2")])
     m3 = table.filter(pl.col("model") == "M3")
     return _publish(context, wh, "variance_components", table, {"variance_shares": figures.variance_shares_png(table)},
-                    _run_ids(p), page_tables=dg.MetadataValue.md(analyses.variance_markdown(m3)),
+                    _run_ids(p), page_tables=dg.MetadataValue.md(tables.variance_markdown(m3)),
                     **_sources(p, context.partition_key))
 
 
@@ -100,7 +109,7 @@ def school_sd_by_model(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     wh = warehouse.get()
     keys = _current(context, wh, ("m1", "m2", "m3"))
     p = _posteriors(wh, context.partition_key, keys)
-    table = analyses.school_sd_by_model(p)
+    table = tables.school_sd_by_model(p)
     return _publish(context, wh, "school_sd_by_model", table, {"school_sd_by_model": figures.school_sd_png(table)},
                     _run_ids(p), **_sources(p, context.partition_key))
 
@@ -109,7 +118,7 @@ def school_sd_by_model(context: dg.AssetExecutionContext, warehouse: WarehouseRe
 def school_random_effects(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
     p = _posteriors(wh, context.partition_key, ("m3",))
-    table = analyses.school_random_effects(p["m3"], wh.read_table("eligible_schools"))
+    table = tables.school_random_effects(p["m3"], wh.read_table("eligible_schools"))
     return _publish(context, wh, "school_random_effects", table, {"school_effects_caterpillar": figures.caterpillar_png(table)},
                     _run_ids(p), **_sources(p, context.partition_key))
 
@@ -148,14 +157,14 @@ def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResour
 def mcmc_diagnostics(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                      convergence: ConvergenceResource) -> dg.MaterializeResult:
     wh = warehouse.get()
-    keys = _current(context, wh, models.MODELS)
+    keys = _current(context, wh, specs.MODELS)
     p = _posteriors(wh, context.partition_key, keys)
     limits = convergence.thresholds()
     with StepProgress(context.log.info, "MCMC diagnostics", parts=len(keys)) as progress:
         tables, traces = [], {}
         for k in keys:  # the summary stored with each fit, unless the thresholds or the code changed since
             tables.append(diagnostics.mcmc_diagnostics({k: p[k]}, limits))
-            traces[f"trace_{k}"] = figures.trace_png(p[k], models.MODELS[k].sd_names, k.upper())
+            traces[f"trace_{k}"] = figures.trace_png(p[k], specs.MODELS[k].sd_names, k.upper())
             progress.part_done(k.upper())
     table = pl.concat(tables, how="diagonal_relaxed")
     return _publish(context, wh, "mcmc_diagnostics", table, traces, _run_ids(p), **_sources(p, context.partition_key))
@@ -176,7 +185,7 @@ def frequentist_comparison(context: dg.AssetExecutionContext, warehouse: Warehou
         raise dg.Failure(description=f"variance_components[{partition}] was built from another M2 fit "
                          f"(run {sources.get('m2')}) than the current posterior_m2 (run {m2.attrs.get('run_id')}): "
                          "materialize variance_components first")
-    table = analyses.frequentist_comparison(
+    table = tables.frequentist_comparison(
         sample, components, bayes_seconds=float(m2.attrs.get("sample_seconds", 0.0)),
         bayes_sample=f"{sample['school_id'].n_unique()} schools, {sample.height} observations ({partition})",
     )

@@ -10,8 +10,8 @@ from types import ModuleType
 import dagster as dg
 import polars as pl
 
-from schoolquality_assets import models
 from schoolquality_assets.columns import DESCRIPTIONS
+from schoolquality_assets.models import specs
 from schoolquality_assets.warehouse import Warehouse
 
 OWNER = "team:education-data"
@@ -63,8 +63,8 @@ def image_md(png: bytes, alt: str) -> dg.MetadataValue:
 def load_posterior(wh: Warehouse, key: str, partition: str):
     """The model's last passed posterior; fails the step when its latest fit failed the gate."""
     try:
-        return models.load_passed_posterior(wh.posterior_path(key, partition), wh.failed_posterior_path(key, partition))
-    except models.PosteriorRefused as exc:
+        return specs.load_passed_posterior(wh.posterior_path(key, partition), wh.failed_posterior_path(key, partition))
+    except specs.PosteriorRefused as exc:
         raise dg.Failure(description=f"posterior_{key}[{partition}]: {exc}") from exc
 
 

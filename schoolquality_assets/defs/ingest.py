@@ -10,10 +10,16 @@ in the UI) computes the pair's step and writes only the tables selected.
 import dagster as dg
 import polars as pl
 
-from schoolquality_assets import contract, eqao, filters, landing, synthetic
-from schoolquality_assets.assets.common import OWNER, code_version_of, markdown, table_metadata
-from schoolquality_assets.partitions import FULL, sample_partitions
-from schoolquality_assets.resources import WarehouseResource
+from schoolquality_assets.defs.common import (
+    OWNER,
+    code_version_of,
+    markdown,
+    table_metadata,
+)
+from schoolquality_assets.defs.partitions import sample_partitions
+from schoolquality_assets.defs.resources import WarehouseResource
+from schoolquality_assets.ingest import contract, eqao, filters, landing, synthetic
+from schoolquality_assets.partitions import FULL
 
 INGEST = dict(group_name="ingest", owners=[OWNER], kinds={"duckdb", "polars"},
               code_version=code_version_of(contract, eqao, filters, landing, synthetic))

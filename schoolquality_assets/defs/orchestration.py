@@ -3,9 +3,10 @@
 
 import dagster as dg
 
-from schoolquality_assets import contract
+from schoolquality_assets.defs.assets import ASSETS, CHECKS
+from schoolquality_assets.defs.resources import WarehouseResource, default_resources
+from schoolquality_assets.ingest import contract
 from schoolquality_assets.partitions import FULL
-from schoolquality_assets.resources import WarehouseResource
 
 # Dagster's run monitoring (dagster.yaml) cancels a run older than this: a backstop for a worker
 # that is alive but stuck, far above any measured run (production 25 min, each fit's budget 20 min).
@@ -77,9 +78,7 @@ def annual_rerun_schedule(context: dg.ScheduleEvaluationContext):
 
 def after_production_keys() -> tuple[list[dg.AssetKey], list[dg.AssetCheckKey]]:
     """The assets of AFTER_PRODUCTION_SELECTION and their checks, resolved on the code location."""
-    from schoolquality_assets.definitions import defs   # it imports this module
-
-    graph = defs.resolve_asset_graph()
+    graph = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, resources=default_resources()).resolve_asset_graph()
     return sorted(AFTER_PRODUCTION_SELECTION.resolve(graph)), sorted(AFTER_PRODUCTION_SELECTION.resolve_checks(graph))
 
 

@@ -4,13 +4,17 @@ import time
 
 import dagster as dg
 
-from schoolquality_assets import diagnostics, figures, models
-from schoolquality_assets.assets.common import OWNER, image_md, rounded
-from schoolquality_assets.assets.ingest import analysis_sample
-from schoolquality_assets.partitions import sample_partitions
-from schoolquality_assets.resources import ConvergenceResource, SamplerResource, WarehouseResource
-from schoolquality_assets.stan_engine import SamplingError
-
+from schoolquality_assets.analyses import figures
+from schoolquality_assets.defs.common import OWNER, image_md, rounded
+from schoolquality_assets.defs.ingest import analysis_sample
+from schoolquality_assets.defs.partitions import sample_partitions
+from schoolquality_assets.defs.resources import (
+    ConvergenceResource,
+    SamplerResource,
+    WarehouseResource,
+)
+from schoolquality_assets.engine.base import SamplingError
+from schoolquality_assets.models import diagnostics, specs
 
 STAN_TAG = "schoolquality/stan"  # the executor runs one step with this tag at a time
 
@@ -30,14 +34,14 @@ def check_results(outcomes: list[diagnostics.CheckOutcome], limits: ConvergenceR
     ]
 
 
-def fits_in_run(context: dg.AssetExecutionContext) -> tuple[models.ModelSpec, ...]:
+def fits_in_run(context: dg.AssetExecutionContext) -> tuple[specs.ModelSpec, ...]:
     """The models this run fits (its posterior steps): the first one compiles all their programs
     that the PyStan engine samples (none under the default nutpie engine)."""
     steps = set(context.run.step_keys_to_execute or [n.name for n in context.job_def.nodes])
-    return tuple(s for s in models.MODELS.values() if f"posterior_{s.key}" in steps)
+    return tuple(s for s in specs.MODELS.values() if f"posterior_{s.key}" in steps)
 
 
-def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
+def build_posterior_asset(spec: specs.ModelSpec) -> dg.AssetsDefinition:
     name = f"posterior_{spec.key}"
     key = dg.AssetKey(name)
 
@@ -48,7 +52,7 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         group_name="models",
         owners=[OWNER],
         kinds={"stan", "netcdf"},
-        code_version=models.stan_code_version(spec),
+        code_version=specs.stan_code_version(spec),
         description=f"{spec.key.upper()}: {spec.description}. Posterior draws (arviz NetCDF) from stan/{spec.stan_file}.",
         check_specs=[dg.AssetCheckSpec(c, asset=key, description=d, blocking=blocking, partitions_def=sample_partitions)
                      for c, (d, blocking) in diagnostics.GATE.items()],
@@ -67,12 +71,12 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         settings = sampler.settings(partition)
         limits = convergence.thresholds()
         previous = wh.posterior_path(spec.key, partition)
-        prior_sds = models.previous_sds(previous) if sampler.seed_from_previous and previous.exists() else None
+        prior_sds = specs.previous_sds(previous) if sampler.seed_from_previous and previous.exists() else None
         context.log.info(f"fitting {spec.key.upper()} on {sample.height} observations ({partition}) with {settings}"
                          + (f"; scales seeded from the previous posterior {prior_sds}" if prior_sds else ""))
         start = time.monotonic()
         try:
-            idata = models.fit(spec, sample, settings, progress=context.log.info, limits=limits, prior_sds=prior_sds,
+            idata = specs.fit(spec, sample, settings, progress=context.log.info, limits=limits, prior_sds=prior_sds,
                                also_compile=fits_in_run(context))
         except SamplingError as exc:
             raise dg.Failure(description=f"{name}[{partition}] did not produce a posterior: {exc}. Nothing was written; "
@@ -88,7 +92,7 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         path = wh.posterior_path(spec.key, partition)
         failed_path = wh.failed_posterior_path(spec.key, partition)
         if failed:
-            models.save_posterior(idata, failed_path)
+            specs.save_posterior(idata, failed_path)
             # the checks say what failed, with their numbers, before the step fails
             yield from check_results(outcomes, convergence, key, judged="failed fit (not published)",
                                      failed_draws=dg.MetadataValue.path(str(failed_path)), run_id=context.run.run_id)
@@ -101,7 +105,7 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
                 metadata={"failed_draws": dg.MetadataValue.path(str(failed_path)), "wall_seconds": round(wall, 1),
                           **{o.name: o.passed for o in outcomes}},
             )
-        models.save_posterior(idata, path)
+        specs.save_posterior(idata, path)
         failed_path.unlink(missing_ok=True)
         trace = figures.trace_png(idata, spec.sd_names, spec.key.upper())
         yield dg.MaterializeResult(
@@ -132,4 +136,4 @@ def build_posterior_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
     return _posterior
 
 
-posterior_assets = [build_posterior_asset(spec) for spec in models.MODELS.values()]
+posterior_assets = [build_posterior_asset(spec) for spec in specs.MODELS.values()]

@@ -12,13 +12,28 @@ import dagster as dg
 import polars as pl
 import pyarrow.parquet as pq
 
-from schoolquality_assets import analyses, diagnostics, figures, landing, models, rankings
-from schoolquality_assets.assets.common import (OWNER, code_version_of, image_md, load_posterior, markdown, rounded,
-                                                table_metadata)
-from schoolquality_assets.partitions import FULL, sample_partitions
+from schoolquality_assets.analyses import figures, rankings, tables
+from schoolquality_assets.defs.common import (
+    OWNER,
+    code_version_of,
+    image_md,
+    load_posterior,
+    markdown,
+    rounded,
+    table_metadata,
+)
+from schoolquality_assets.defs.partitions import sample_partitions
+from schoolquality_assets.defs.resources import ConvergenceResource, WarehouseResource
+from schoolquality_assets.ingest import landing
+from schoolquality_assets.models import diagnostics, specs
+from schoolquality_assets.partitions import FULL
 from schoolquality_assets.progress import StepProgress
-from schoolquality_assets.resources import ConvergenceResource, WarehouseResource
-from schoolquality_assets.warehouse import CHECKOUT, MissingTable, Warehouse, atomic_path
+from schoolquality_assets.warehouse import (
+    CHECKOUT,
+    MissingTable,
+    Warehouse,
+    atomic_path,
+)
 
 
 def school_quality_table(idata, eligible: pl.DataFrame, vintage: int, names: pl.DataFrame | None = None) -> pl.DataFrame:
@@ -26,7 +41,7 @@ def school_quality_table(idata, eligible: pl.DataFrame, vintage: int, names: pl.
     where it stands among the schools of the fit (rankings.school_rankings: probability below the
     average school, rank with its 95% interval, bottom/top 10%, with Monte Carlo errors). The
     school's name, board and language (from ``names``, the schools table) follow school_id."""
-    frame = analyses.school_effect_summary(idata).rename({
+    frame = tables.school_effect_summary(idata).rename({
         "mean": "g3_school_re", "sd": "g3_re_sd", "lower": "g3_re_lower_95", "upper": "g3_re_upper_95"})
     info = eligible.select("school_id", "n_obs", "mean_n_trials")
     frame = frame.join(info, on="school_id", how="left").with_columns(data_vintage=pl.lit(vintage, pl.Int32))
@@ -77,8 +92,8 @@ def code_version() -> str:
                                   cwd=CHECKOUT).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         pass
-    package = Path(models.__file__).parent
-    sources = sorted([*package.rglob("*.py"), *models.STAN_DIR.glob("*.stan")])
+    package = Path(specs.__file__).parents[1]
+    sources = sorted([*package.rglob("*.py"), *specs.STAN_DIR.glob("*.stan")])
     return f"schoolquality {importlib.metadata.version('schoolquality')} (source {code_version_of(*sources)})"
 
 
@@ -111,7 +126,7 @@ ANNUAL_PUBLICATION = dg.FreshnessPolicy.cron(deadline_cron="0 6 1 10 *", lower_b
     group_name="production",
     owners=[OWNER],
     kinds={"parquet", "polars"},
-    code_version=code_version_of(analyses, diagnostics, rankings, Path(__file__)),
+    code_version=code_version_of(tables, diagnostics, rankings, Path(__file__)),
     description="Stage 1 production output: one row per eligible school with the M2 posterior mean (g3_school_re) "
     "and SD (g3_re_sd) of its school random intercept. 'full' writes outputs/g3_school_quality.parquet; "
     "'subsample' is a dry run written to outputs/dry_run/.",
@@ -162,8 +177,8 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
         raise dg.Failure(description=f"g3_school_quality[{partition}] failed its checks ({problems}; ranking MCSE "
                          f"{mcse}); {target} was not written and is unchanged")
     file_meta = {
-        "model": "M2 " + models.MODELS["m2"].description, "stan_file": idata.attrs["stan_file"],
-        "stan_code_version": models.stan_code_version(models.MODELS["m2"]),
+        "model": "M2 " + specs.MODELS["m2"].description, "stan_file": idata.attrs["stan_file"],
+        "stan_code_version": specs.stan_code_version(specs.MODELS["m2"]),
         "sampler": _json({k[8:]: v for k, v in idata.attrs.items() if k.startswith("sampler_")}),
         "diagnostics": _json({k: v for k, v in summary.items() if v is not None}),
         "code_version": code_version(), "run_id": context.run.run_id, "posterior_run_id": str(idata.attrs.get("run_id", "")),

@@ -4,15 +4,15 @@ import datetime
 
 import dagster as dg
 
-from schoolquality_assets import columns, figures, rankings
-from schoolquality_assets import report as report_html
-from schoolquality_assets.assets.common import OWNER, code_version_of, image_md
-from schoolquality_assets.assets.production import code_version
-from schoolquality_assets.models import MODELS
-from schoolquality_assets.partitions import sample_partitions
-from schoolquality_assets.resources import WarehouseResource
+from schoolquality_assets import columns
+from schoolquality_assets.analyses import figures, rankings
+from schoolquality_assets.analyses import report as report_html
+from schoolquality_assets.defs.common import OWNER, code_version_of, image_md
+from schoolquality_assets.defs.partitions import sample_partitions
+from schoolquality_assets.defs.production import code_version
+from schoolquality_assets.defs.resources import WarehouseResource
+from schoolquality_assets.models.specs import MODELS
 from schoolquality_assets.warehouse import atomic_path
-
 
 # Everything build_sections reads: the analysis tables (and their figures), the sample, the
 # posterior files (summaries), the partition's g3_school_quality file and the row accounting.

@@ -29,11 +29,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from schoolquality_assets.diagnostics import Thresholds
-from schoolquality_assets.filters import DEFAULT_SEED, DEFAULT_SUBSAMPLE_SIZE
+from schoolquality_assets.engine.base import SamplerSettings
+from schoolquality_assets.ingest.filters import DEFAULT_SEED, DEFAULT_SUBSAMPLE_SIZE
+from schoolquality_assets.models.diagnostics import Thresholds
 from schoolquality_assets.partitions import FULL
-from schoolquality_assets.stan_engine import SamplerSettings
-from schoolquality_assets.warehouse import ENV_VAR as WAREHOUSE_ENV_VAR, Warehouse
+from schoolquality_assets.warehouse import ENV_VAR as WAREHOUSE_ENV_VAR
+from schoolquality_assets.warehouse import Warehouse
 
 ENGINES = ("auto", "pystan", "cmdstanpy", "nutpie")
 
@@ -202,3 +203,8 @@ class ConvergenceResource(dg.ConfigurableResource):
 
     def thresholds(self) -> Thresholds:
         return Thresholds(**self.model_dump())
+
+
+def default_resources() -> dict:
+    """The code location's resources, each configured from its environment variables."""
+    return {"warehouse": WarehouseResource(), "sampler": SamplerResource(), "convergence": ConvergenceResource()}

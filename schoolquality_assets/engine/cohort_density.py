@@ -20,7 +20,7 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
-from schoolquality_assets import c_density
+from schoolquality_assets.engine import c_density
 
 NU, SCALE = 3.0, 2.5  # student_t(3, 0, 2.5) on Intercept and on every SD
 
@@ -126,7 +126,7 @@ class Density(Kernel):
 
 def density(data: dict) -> Density:
     """The kernel's arrays from the Stan data of stan/m2_cohort.stan or stan/m3_profile.stan
-    (models.stan_data)."""
+    (specs.stan_data)."""
     index = lambda k: np.ascontiguousarray(np.asarray(data[k], dtype=np.int64).reshape(-1) - 1)  # noqa: E731
     real = lambda k: np.ascontiguousarray(np.asarray(data[k], dtype=np.float64))  # noqa: E731
     K, lay = int(data["K"]), layout(data)
@@ -212,7 +212,7 @@ def binomial_logit(y, n, eta, d):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _t_lpdf(x):
+def t_lpdf(x):
     """student_t(3, 0, 2.5) without its constant, and d/dx."""
     q = (x / SCALE) ** 2 / NU
     return -(NU + 1.0) / 2.0 * np.log1p(q), -(NU + 1.0) * x / (SCALE * SCALE * NU) / (1.0 + q)
@@ -331,19 +331,19 @@ def _logp_grad(u, grad, mult, y, n, cohort, within_row, Xw, cohort_school, cohor
     g_b = Xss.T @ g_xss_b + Xbar.T @ g_xbar_b + Xw.T @ g_xw_b - g_base * X_mean
 
     # priors on Intercept, the SDs (on sd, with the log Jacobian), b when given one
-    t, dt = _t_lpdf(intercept)
+    t, dt = t_lpdf(intercept)
     lp += t
     g[0] = g_base + dt
-    t, dt = _t_lpdf(np.exp(lsd_s))
+    t, dt = t_lpdf(np.exp(lsd_s))
     lp += t + lsd_s
     g[1 + K] = g_lsd_s + dt * np.exp(lsd_s) + 1.0
-    t, dt = _t_lpdf(np.exp(lsd_c))
+    t, dt = t_lpdf(np.exp(lsd_c))
     lp += t + lsd_c
     g[2 + K] = g_lsd_c + dt * np.exp(lsd_c) + 1.0
     if profile:
         t, g_lsd_p, _ = _group(x, g, g_profile, p_pc, profile_c, p_pn, profile_nc, np.zeros(J_profile), lsd_p)
         lp += t
-        t, dt = _t_lpdf(np.exp(lsd_p))
+        t, dt = t_lpdf(np.exp(lsd_p))
         lp += t + lsd_p
         g[p_lsd_p] = g_lsd_p + dt * np.exp(lsd_p) + 1.0
     if prior_b_sd > 0.0:

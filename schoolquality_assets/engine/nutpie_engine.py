@@ -21,17 +21,24 @@ from pathlib import Path
 
 import numpy as np
 
-from schoolquality_assets import c_density
-from schoolquality_assets.stan_engine import Draws, SamplingError, StopRule, Verdict, _Heartbeat, _stack
+from schoolquality_assets.engine import c_density
+from schoolquality_assets.engine.base import (
+    Draws,
+    SamplingError,
+    StopRule,
+    Verdict,
+    stack_draws,
+)
+from schoolquality_assets.engine.heartbeat import Heartbeat
 
 # Each program's hand-written density, and the SHA-256 (first 16 hex digits) of the program text it
 # was written and tested against: a program edited since samples with PyStan until its density is
 # brought up to date (test_cohort_density.py fails on the mismatch).
 DENSITIES = {
-    "m0_normal.stan": ("schoolquality_assets.school_density", "4a8a305997c6297d"),
-    "m1_school.stan": ("schoolquality_assets.school_density", "80c5c750c7c983da"),
-    "m2_cohort.stan": ("schoolquality_assets.cohort_density", "462740a929cbc692"),
-    "m3_profile.stan": ("schoolquality_assets.cohort_density", "6bd92ca0dde95490"),
+    "m0_normal.stan": ("schoolquality_assets.engine.school_density", "4a8a305997c6297d"),
+    "m1_school.stan": ("schoolquality_assets.engine.school_density", "80c5c750c7c983da"),
+    "m2_cohort.stan": ("schoolquality_assets.engine.cohort_density", "462740a929cbc692"),
+    "m3_profile.stan": ("schoolquality_assets.engine.cohort_density", "6bd92ca0dde95490"),
 }
 ENGINE_FILES = ("nutpie_engine.py", "c_density.py", "cohort_density.py", "school_density.py")   # what a density's code version covers
 # nutpie's sampler statistics as Stan's sampler columns
@@ -93,7 +100,7 @@ def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress
     nuts.num_tune, nuts.num_draws, nuts.num_chains = settings.warmup, capacity, settings.chains
     nuts.target_accept, nuts.maxdepth = settings.adapt_delta, settings.max_treedepth
     nuts.store_unconstrained = True   # the kept draws are read from it (_views)
-    heartbeat = _Heartbeat(progress, settings.warmup, stop, chains=settings.chains, total=settings.warmup + capacity)
+    heartbeat = Heartbeat(progress, settings.warmup, stop, chains=settings.chains, total=settings.warmup + capacity)
     counts = _Counts(settings.chains)
     sampling = time.monotonic()
     # nutpie's trace keeps every draw's point and gradient, warmup included: on disk (a zarr store,
@@ -125,7 +132,7 @@ def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress
     seconds = time.monotonic() - sampling
     progress(f"{Path(stan_file).name}: {settings.chains} chains x {kept} draws in {seconds:.0f} s"
              + (f" ({verdict.status})" if verdict else ""))
-    draws = _stack(chains, settings, "nutpie", compile_seconds, seconds)
+    draws = stack_draws(chains, settings, "nutpie", compile_seconds, seconds)
     draws.verdict, draws.warmup_seconds = verdict, warmup_seconds
     draws.adaptation = {c: {"stepsize": float(v["table"][-1, names.index("stepsize__")])} for c, v in chains.items()}
     return draws
@@ -168,7 +175,7 @@ def _finished(sampler) -> bool:
 
 
 def _watch(sampler, settings, capacity, stop, counts, heartbeat, start, views):
-    """The PyStan engine's loop (stan_engine._watch) over nutpie's chains: judge checkpoints of
+    """The PyStan engine's loop (pystan_engine._watch) over nutpie's chains: judge checkpoints of
     kept draws per chain as they fill; fixed draw counts, so the draws do not depend on timing."""
     checkpoint = stop.min_draws if stop else capacity
     verdict, warmup_seconds, last = None, None, 0

@@ -1,25 +1,13 @@
-"""Run Stan programs and stream their draws into NumPy arrays.
-
-Three engines share the same ``.stan`` files (``choose_engine``):
-
-* ``nutpie`` (default where CmdStan is absent): nutpie's NUTS on each program's hand-written
-  log density, tested equal to the program's (nutpie_engine.py).
-
-* ``pystan`` (always available): programs are compiled by httpstan (PyStan 3's
-  back end) and cached by it, so a rerun does not recompile. Sampling does *not* go
-  through PyStan's ``Fit``, which keeps every draw of every parameter in memory as
-  text (M2 on the full province would need ~30 GB). Instead each chain runs the
-  compiled ``stan::services`` function in its own process and this module reads the
-  writer socket as a stream, keeping each kept draw as one float64 row and
-  discarding the per-draw diagnostic stream (unconstrained values and gradients)
-  unread.
-* ``cmdstanpy``: used automatically when a CmdStan installation is found.
-"""
+"""The PyStan engine: programs compiled by httpstan (PyStan 3's back end) and cached by it, so a
+rerun does not recompile. Sampling does *not* go through PyStan's ``Fit``, which keeps every draw of
+every parameter in memory as text (M2 on the full province would need ~30 GB). Instead each chain
+runs the compiled ``stan::services`` function in its own process (stan_chain.py) and this module
+reads the writer socket as a stream, keeping each kept draw as one float64 row and discarding the
+per-draw diagnostic stream (unconstrained values and gradients) unread."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import os
@@ -29,181 +17,25 @@ import select
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from schoolquality_assets import stan_chain
-
-SAMPLE_STATS = {
-    "lp__": "lp",
-    "accept_stat__": "acceptance_rate",
-    "stepsize__": "step_size",
-    "treedepth__": "tree_depth",
-    "n_leapfrog__": "n_steps",
-    "divergent__": "diverging",
-    "energy__": "energy",
-}
-
-Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    chains: int = 4
-    warmup: int = 300   # resources.SAMPLER_ENV["warmup"] (ENGINE.md, Warmup)
-    draws: int = 1000
-    seed: int = 20240601
-    adapt_delta: float = 0.8
-    max_treedepth: int = 10
-    stepsize: float = 1.0   # initial step size (the step size itself when warmup = 0)
-    engine: str = "auto"  # auto | pystan | cmdstanpy | nutpie (choose_engine)
-    # Adaptation windows (Stan's defaults 75 / 25 / 50). The first metric update comes after
-    # init_buffer + window iterations; before it the unit metric makes trees deep.
-    init_buffer: int = 75
-    window: int = 25
-    term_buffer: int = 50
-    parallel_chains: int | None = None  # cmdstanpy only (default one per core); PyStan runs every chain at once
-    # Run length: until the convergence gate holds (checked every check_every draws per chain from
-    # min_draws on, at most max_draws, within budget_seconds of sampling), or a fixed ``draws``.
-    until_converged: bool = True
-    min_draws: int = 100
-    check_every: int = 100
-    max_draws: int = 5000
-    budget_seconds: float = 1200.0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class Draws:
-    """Kept draws of one fit: ``params[name]`` has shape (chain, draw, *dims)."""
-
-    params: dict[str, np.ndarray]
-    sample_stats: dict[str, np.ndarray]
-    engine: str
-    compile_seconds: float
-    sample_seconds: float
-    settings: SamplerSettings
-    messages: list[str] = field(default_factory=list)
-    verdict: "Verdict | None" = None  # set when sampling ran under a StopRule
-    warmup_seconds: float | None = None  # until every chain had its first kept draw (PyStan engine)
-    # Each chain's adapted step size and diagonal inverse metric (unconstrained parameters in the
-    # order of the parameters block), as Stan wrote them when warmup ended (PyStan engine).
-    adaptation: dict[int, dict] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A stop rule's judgement of the draws so far."""
-
-    passed: bool   # the gate holds
-    final: bool    # stop sampling now (passed, or can no longer pass)
-    status: str    # where it stands, in words
-
-
-@dataclass
-class StopRule:
-    """Sample until ``judge`` says stop, at checkpoints of kept draws per chain.
-
-    ``judge(views, draws, elapsed)`` receives, per chain, the column names and the first
-    ``draws`` rows; it returns a :class:`Verdict`. The first checkpoint is ``min_draws``, the
-    next ones at least ``check_every`` and about 25% more draws apart, up to ``max_draws``; the
-    time budget counts from the start of sampling (warmup included).
-    """
-
-    judge: Callable[[dict, int, float], Verdict]
-    min_draws: int = SamplerSettings.min_draws
-    check_every: int = SamplerSettings.check_every
-    max_draws: int = SamplerSettings.max_draws
-    budget_seconds: float = SamplerSettings.budget_seconds
-    growth: float = 1.25
-
-    @classmethod
-    def for_settings(cls, settings: SamplerSettings, judge) -> "StopRule":
-        return cls(judge=judge, min_draws=settings.min_draws, check_every=settings.check_every,
-                   max_draws=settings.max_draws, budget_seconds=settings.budget_seconds)
-
-    def next_checkpoint(self, current: int) -> int:
-        """Checkpoints grow by ``growth`` (in multiples of ``check_every``): a cheap model that
-        needs many draws is judged a few times, not every ``check_every`` draws."""
-        grown = -(-int(current * self.growth) // self.check_every) * self.check_every
-        return max(current + self.check_every, grown)
-
-
-class SamplingError(RuntimeError):
-    pass
-
-
-def cmdstan_available() -> bool:
-    try:
-        import cmdstanpy
-
-        cmdstanpy.cmdstan_path()
-        return True
-    except Exception:
-        return False
-
-
-def choose_engine(requested: str, stan_file: Path | None = None) -> str:
-    """auto: cmdstanpy where CmdStan is installed; else nutpie for a program with a hand-written
-    density (nutpie_engine.DENSITIES) when nutpie is installed; else pystan. nutpie requested for
-    a program without a density samples it with pystan."""
-    from schoolquality_assets import nutpie_engine
-
-    if requested not in ("auto", "pystan", "cmdstanpy", "nutpie"):
-        raise ValueError(f"unknown Stan engine {requested!r}: use auto, pystan, cmdstanpy or nutpie")
-    if requested == "cmdstanpy" and not cmdstan_available():
-        raise SamplingError("engine 'cmdstanpy' requested but no CmdStan installation was found")
-    if requested == "auto" and cmdstan_available():
-        return "cmdstanpy"
-    if requested in ("auto", "nutpie") and stan_file is not None and nutpie_engine.has_density(stan_file):
-        if nutpie_engine.available():
-            return "nutpie"
-        if requested == "nutpie":
-            raise SamplingError("engine 'nutpie' requested but nutpie or numba is not installed")
-    return "cmdstanpy" if requested == "cmdstanpy" else "pystan"
-
-
-def sample(
-    stan_file: Path,
-    data: Mapping[str, object],
-    settings: SamplerSettings,
-    inits: list[dict] | None = None,
-    progress: Progress = print,
-    stop: StopRule | None = None,
-    also_compile: tuple[Path, ...] = (),
-    init_for_seed: Callable[[int], dict] | None = None,
-) -> Draws:
-    """Compile (or reuse) ``stan_file`` and sample it: ``settings.draws`` per chain, or, with a
-    ``stop`` rule, until the rule is satisfied. CmdStan writes its draws only at the end, so under
-    cmdstanpy the rule judges once, after ``stop.max_draws`` draws per chain. Under PyStan, the
-    programs ``also_compile`` (the run's other fits) are compiled with ``stan_file`` when any of
-    them is not compiled yet, as many at once as there are cores."""
-    engine = choose_engine(settings.engine, Path(stan_file))
-    if engine == "nutpie" and data.get("emit_eta"):
-        engine = "pystan"   # Stan's own linear predictor (a generated quantity the densities do not write)
-    if engine == "cmdstanpy":
-        return _sample_cmdstanpy(Path(stan_file), dict(data), settings, inits, progress, stop)
-    stan_programs = [p for p in (Path(stan_file), *map(Path, also_compile)) if choose_engine(settings.engine, p) == "pystan"]
-    waited = compile_pystan_programs(stan_programs, progress) if also_compile and stan_programs else 0.0
-    if engine == "nutpie":
-        from schoolquality_assets.nutpie_engine import sample_nutpie
-
-        draws = sample_nutpie(Path(stan_file), dict(data), settings, init_for_seed, progress, stop)
-        draws.compile_seconds += waited
-        return draws
-    return _sample_pystan(Path(stan_file), dict(data), settings, inits, progress, stop, waited)
-
+from schoolquality_assets.engine import processes
+from schoolquality_assets.engine.base import (
+    Draws,
+    Progress,
+    SamplerSettings,
+    SamplingError,
+    Verdict,
+    stack_draws,
+)
+from schoolquality_assets.engine.heartbeat import COMPILE_HEARTBEAT_SECONDS, Heartbeat
 
 # --------------------------------------------------------------------------- PyStan / httpstan
 
@@ -258,11 +90,11 @@ def compile_pystan_programs(stan_files: list[Path], progress: Progress = print, 
     todo = [p for p in dict.fromkeys(stan_files) if not _in_cache(httpstan.models.calculate_model_name(p.read_text()))]
     if not todo:
         return 0.0
-    parallel = max(1, parallel or stan_chain.usable_cores())
+    parallel = max(1, parallel or processes.usable_cores())
     progress(f"compiling {', '.join(p.name for p in todo)} with g++, {min(parallel, len(todo))} at a time "
              "(about a minute each)")
     build = ("import asyncio, pathlib, sys, httpstan.models; "
-             "from schoolquality_assets.stan_chain import die_with_parent; die_with_parent(int(sys.argv[2])); "
+             "from schoolquality_assets.engine.processes import die_with_parent; die_with_parent(int(sys.argv[2])); "
              "asyncio.run(httpstan.models.build_services_extension_module(pathlib.Path(sys.argv[1]).read_text()))")
     start, waiting, running = time.monotonic(), list(todo), {}
     last_beat = start
@@ -271,7 +103,7 @@ def compile_pystan_programs(stan_files: list[Path], progress: Progress = print, 
             path = waiting.pop(0)
             log = tempfile.TemporaryFile()  # the compiler's messages (a pipe could fill and block it)
             running[path] = (subprocess.Popen([sys.executable, "-c", build, str(path), str(os.getpid())], stdin=subprocess.DEVNULL,
-                                              stdout=log, stderr=subprocess.STDOUT, env=stan_chain.child_env()),
+                                              stdout=log, stderr=subprocess.STDOUT, env=processes.child_env()),
                              time.monotonic(), log)
         time.sleep(0.5)
         for path, (proc, began, log) in list(running.items()):
@@ -290,7 +122,7 @@ def compile_pystan_programs(stan_files: list[Path], progress: Progress = print, 
     return time.monotonic() - start
 
 
-def _sample_pystan(stan_file, data, settings, inits, progress, stop, compile_waited: float = 0.0) -> Draws:
+def sample_pystan(stan_file, data, settings, inits, progress, stop, compile_waited: float = 0.0) -> Draws:
     """Every chain in its own child process, all at once; draws land in memory-mapped tables that
     this process reads at checkpoints (``stop``) or when the chains end."""
     model_name, compile_seconds = compile_pystan(stan_file, progress)
@@ -306,7 +138,7 @@ def _sample_pystan(stan_file, data, settings, inits, progress, stop, compile_wai
                                        init=(inits[c] if inits else {}), chain=c + 1, settings=settings,
                                        capacity=capacity))
         tables = [_ChainTable(workdir, c + 1) for c in range(settings.chains)]
-        heartbeat = _Heartbeat(progress, settings.warmup, stop, chains=settings.chains, total=settings.warmup + capacity)
+        heartbeat = Heartbeat(progress, settings.warmup, stop, chains=settings.chains, total=settings.warmup + capacity)
         kept, verdict, warmup_seconds = _watch(procs, tables, capacity, stop, messages, heartbeat, start)
     finally:
         for proc in procs:
@@ -321,24 +153,24 @@ def _sample_pystan(stan_file, data, settings, inits, progress, stop, compile_wai
     seconds = time.monotonic() - start
     progress(f"{stan_file.name}: {settings.chains} chains x {kept} draws in {seconds:.0f} s"
              + (f" ({verdict.status})" if verdict else ""))
-    draws = _stack(chains, settings, "pystan", compile_seconds, seconds)
+    draws = stack_draws(chains, settings, "pystan", compile_seconds, seconds)
     draws.verdict, draws.warmup_seconds, draws.adaptation = verdict, warmup_seconds, adaptation
     return draws
 
 
 class _ChainProcess:
-    """One chain as a child process, ``python -m schoolquality_assets.stan_chain ARGS PARENT``: a
+    """One chain as a child process, ``python -m schoolquality_assets.engine.stan_chain ARGS PARENT``: a
     new interpreter, not a fork, so a fit runs wherever a Dagster step runs (a Celery or Dask worker
     is a daemonic process, and multiprocessing refuses to fork children from one). The arguments of
-    :func:`_run_chain` go pickled into the work directory; the chain's messages come back on its
+    :func:`run_chain` go pickled into the work directory; the chain's messages come back on its
     stdout, one JSON value a line, which a thread puts on ``messages``. The chain dies with this
-    process (stan_chain.die_with_parent); :meth:`stop` kills it."""
+    process (processes.die_with_parent); :meth:`stop` kills it."""
 
     def __init__(self, workdir: Path, messages: queue.Queue, **args):
         path = workdir / f"chain_{args['chain']}.args.pkl"
         path.write_bytes(pickle.dumps(args | {"workdir": str(workdir)}))
-        self.proc = subprocess.Popen([sys.executable, "-m", "schoolquality_assets.stan_chain", str(path), str(os.getpid())],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=stan_chain.child_env())
+        self.proc = subprocess.Popen([sys.executable, "-m", "schoolquality_assets.engine.stan_chain", str(path), str(os.getpid())],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=processes.child_env())
         self.reader = threading.Thread(target=self._read, args=(messages,), daemon=True)
         self.reader.start()
 
@@ -353,7 +185,7 @@ class _ChainProcess:
 
     def pause(self, paused: bool) -> None:
         """Stop (SIGSTOP) or continue (SIGCONT) the chain; a no-op once it has ended. A stopped chain
-        still dies with this process (the kernel's SIGKILL, stan_chain.die_with_parent) and with
+        still dies with this process (the kernel's SIGKILL, processes.die_with_parent) and with
         :meth:`stop`."""
         if self.proc.poll() is None:
             try:
@@ -454,153 +286,14 @@ def _drain(messages, progress) -> None:
             message = messages.get_nowait()
         except queue.Empty:
             return
-        if isinstance(progress, _Heartbeat):
+        if isinstance(progress, Heartbeat):
             progress.message(message)
         elif isinstance(message, str):
             progress(message)
 
 
-HEARTBEAT_SECONDS = 30.0          # sampling progress line
-COMPILE_HEARTBEAT_SECONDS = 15.0  # "still compiling" line
-STALL_BEHIND = 0.25               # a chain below this share of the median chain's iteration is stalled ...
-STALL_HEARTBEATS = 4              # ... and so is one without a new iteration for this many heartbeats
-SLOW_MIN_ITERATIONS = 20          # a chain is slow below STALL_BEHIND of the median chain's iterations over the
-                                  # last STALL_HEARTBEATS heartbeats, once the median chain made this many
 
-
-class _Heartbeat:
-    """Turns the chains' iteration reports into one progress line every ``interval`` seconds:
-    elapsed time, each chain's phase and iteration, draws per second, and what remains. A chain
-    that stalls gets a warning line, once per stall: after two heartbeats, one below STALL_BEHIND
-    of the median chain's iteration, or one that has not reported a new iteration for
-    STALL_HEARTBEATS heartbeats while another chain has (every chain slow is slow, not stalled).
-    A chain that moves on, but at less than STALL_BEHIND of the median chain's pace over the last
-    STALL_HEARTBEATS heartbeats, gets a "slow" warning, once per episode. ``chains`` counts a chain that never reported; ``total`` (warmup + draws) marks a chain done."""
-
-    def __init__(self, progress: Progress, warmup: int, stop, interval: float = HEARTBEAT_SECONDS,
-                 chains: int = 0, total: int | None = None, clock: Callable[[], float] = time.monotonic):
-        self.progress, self.warmup, self.stop, self.interval = progress, warmup, stop, interval
-        self.total, self.clock = total, clock
-        self.start = self.last = clock()
-        self.chains: dict[int, int] = {}
-        self.moved = dict.fromkeys(range(1, chains + 1), self.start)  # when each chain last reported a new iteration
-        self.stalled: set[int] = set()
-        self.slow: set[int] = set()
-        self.history: collections.deque = collections.deque(maxlen=STALL_HEARTBEATS + 1)  # (time, iterations)
-
-    def __call__(self, text: str) -> None:
-        self.progress(text)
-
-    def resumed(self) -> None:
-        """The chains were paused (a checkpoint was judged): a pause is not a stall."""
-        now = self.clock()
-        self.moved = dict.fromkeys(self.moved, now)
-        self.history.clear()
-
-    def message(self, message) -> None:
-        if isinstance(message, tuple):  # ("iteration", chain, iteration)
-            _, chain, iteration = message
-            if self.chains.get(chain) != iteration:
-                self.moved[chain] = self.clock()
-            self.chains[chain] = iteration
-        else:
-            self.progress(message)
-
-    def tick(self, kept: int, checkpoint: int | None) -> None:
-        now = self.clock()
-        if now - self.last < self.interval or not self.chains:
-            return
-        self.last = now
-        elapsed = now - self.start
-        slowest = min(self.chains.values())
-        rate = slowest / elapsed if elapsed > 0 else 0.0
-        phases = ", ".join(f"chain {c} {'warmup' if i <= self.warmup else 'sampling'} {i}" for c, i in sorted(self.chains.items()))
-        if slowest <= self.warmup:
-            todo = f"warmup ends in ~{(self.warmup - slowest) / max(rate, 1e-9):.0f} s"
-        elif checkpoint is not None:
-            todo = f"{kept} draws kept per chain; next convergence check at {checkpoint} in ~{max(checkpoint - kept, 0) / max(rate, 1e-9):.0f} s"
-        else:
-            todo = f"{kept} draws kept per chain"
-        budget = f", budget {self.stop.budget_seconds:.0f} s" if self.stop else ""
-        self.progress(f"sampling {elapsed:.0f} s{budget}: {phases}; {rate:.2f} iterations/s per chain; {todo}")
-        self._stalls(now, elapsed)
-        self._slow(now)
-
-    def _slow(self, now: float) -> None:
-        iterations = {c: self.chains.get(c, 0) for c in self.moved}
-        self.history.append((now, iterations))
-        if len(self.history) <= STALL_HEARTBEATS:
-            return
-        then, before = self.history[0]
-        span = now - then
-        moved = {c: i - before.get(c, 0) for c, i in iterations.items() if self.total is None or i < self.total}
-        if len(moved) < 2:
-            return
-        median = statistics.median(moved.values())
-        for chain, d in sorted(moved.items()):
-            if chain in self.stalled:
-                continue
-            if median >= SLOW_MIN_ITERATIONS and d < STALL_BEHIND * median:
-                if chain not in self.slow:
-                    self.slow.add(chain)
-                    self.progress(f"warning: chain {chain} slow at iteration {iterations[chain]}: {d} iterations in the "
-                                  f"last {span:.0f} s ({d / span:.2f} iterations/s), the median chain {median:.0f} "
-                                  f"({median / span:.2f} iterations/s)")
-            elif d >= 2 * STALL_BEHIND * median:   # back to half the median pace: the episode is over
-                self.slow.discard(chain)
-
-    def _stalls(self, now: float, elapsed: float) -> None:
-        iterations = {c: self.chains.get(c, 0) for c in self.moved}
-        median = statistics.median(iterations.values())
-        patience = STALL_HEARTBEATS * self.interval
-        for chain, i in sorted(iterations.items()):
-            idle = now - self.moved[chain]
-            others_moved = any(now - t < patience for c, t in self.moved.items() if c != chain)
-            behind = elapsed >= 2 * self.interval and i < STALL_BEHIND * median
-            stuck = idle >= patience and others_moved
-            if (behind or stuck) and (self.total is None or i < self.total):
-                if chain not in self.stalled:
-                    self.stalled.add(chain)
-                    self.progress(f"warning: chain {chain} stalled at iteration {i} ({i / elapsed:.2f} iterations/s, "
-                                  f"the median chain {median:.0f} at {median / elapsed:.2f} iterations/s); "
-                                  f"no new iteration for {idle:.0f} s")
-            else:
-                self.stalled.discard(chain)
-
-
-def _stack(chains: dict[int, dict], settings, engine, compile_seconds, sample_seconds) -> Draws:
-    blocks = columns(chains, list(_group_columns(chains[0]["names"])))
-    stats = {SAMPLE_STATS[k]: v for k, v in blocks.items() if k in SAMPLE_STATS}
-    params = {k: v for k, v in blocks.items() if k not in SAMPLE_STATS}
-    stats["diverging"] = stats["diverging"].astype(bool)
-    stats["tree_depth"] = stats["tree_depth"].astype(np.int64)
-    stats["n_steps"] = stats["n_steps"].astype(np.int64)
-    stats["max_treedepth_hit"] = stats["tree_depth"] >= settings.max_treedepth
-    return Draws(params, stats, engine, compile_seconds, sample_seconds, settings)
-
-
-def columns(views: dict[int, dict], bases: list[str]) -> dict[str, np.ndarray]:
-    """(chain, draw, ...) arrays of the named variables (and sampler columns) from chain views."""
-    names = views[0]["names"]
-    groups = _group_columns(names)
-    out = {}
-    for base in bases:
-        if base in groups:
-            cols = groups[base]
-            block = np.stack([np.asarray(v["table"][:, cols]) for _, v in sorted(views.items())])
-            out[base] = block[:, :, 0] if len(cols) == 1 and "." not in names[cols[0]] else block
-    return out
-
-
-def _group_columns(names: list[str]) -> dict[str, list[int]]:
-    """'mu_school.3' -> base 'mu_school'; only vectors and scalars are used here."""
-    groups: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        groups.setdefault(name.split(".")[0], []).append(i)
-    return groups
-
-
-def _run_chain(model_name, data, init, chain, settings: SamplerSettings, capacity, workdir, messages) -> None:
+def run_chain(model_name, data, init, chain, settings: SamplerSettings, capacity, workdir, messages) -> None:
     """One chain in its own process (stan_chain.py): run the sampler, write each kept draw to this
     chain's table; ``messages.put`` reports iterations and warnings."""
     import httpstan.models
@@ -821,45 +514,3 @@ class _ChainReader:
     def finish(self) -> None:
         if self.row != self.draws:
             raise SamplingError(f"chain {self.chain}: received {self.row} of {self.draws} draws")
-
-
-# --------------------------------------------------------------------------- cmdstanpy
-
-
-def _sample_cmdstanpy(stan_file, data, settings, inits, progress, stop) -> Draws:
-    import cmdstanpy
-
-    start = time.monotonic()
-    build_dir = Path(tempfile.gettempdir()) / "schoolquality_cmdstan"
-    progress(f"{stan_file.name}: compiling with CmdStan (executable cached in {build_dir})")
-    build_dir.mkdir(exist_ok=True)
-    local = build_dir / stan_file.name
-    if not local.exists() or local.read_text() != stan_file.read_text():
-        local.write_text(stan_file.read_text())
-    model = cmdstanpy.CmdStanModel(stan_file=str(local))
-    compile_seconds = time.monotonic() - start
-    start = time.monotonic()
-    fit = model.sample(
-        data={k: np.asarray(v).tolist() for k, v in data.items()},
-        chains=settings.chains, parallel_chains=settings.parallel_chains or os.cpu_count(),
-        iter_warmup=settings.warmup, iter_sampling=stop.max_draws if stop else settings.draws, seed=settings.seed,
-        adapt_delta=settings.adapt_delta, max_treedepth=settings.max_treedepth,
-        adapt_init_phase=settings.init_buffer, adapt_metric_window=settings.window,
-        adapt_step_size=settings.term_buffer, step_size=settings.stepsize, inits=inits, show_progress=False,
-    )
-    seconds = time.monotonic() - start
-    progress(f"{stan_file.name}: {settings.chains} chains sampled in {seconds:.0f} s (CmdStan)")
-    names = list(fit.column_names)
-    table = fit.draws(concat_chains=False).transpose(1, 0, 2)  # (chain, draw, column)
-    chains = {}
-    for c in range(settings.chains):
-        chains[c] = {
-            "names": [n.replace("[", ".").rstrip("]") for n in names],
-            "table": np.ascontiguousarray(table[c]),
-        }
-    draws = _stack(chains, settings, "cmdstanpy", compile_seconds, seconds)
-    if stop is not None:
-        n = chains[0]["table"].shape[0]
-        verdict = stop.judge(chains, n, seconds)
-        draws.verdict = verdict if verdict.passed else Verdict(False, True, verdict.status)
-    return draws

@@ -16,8 +16,13 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from schoolquality_assets import c_density
-from schoolquality_assets.cohort_density import Blocks, Kernel, _t_lpdf, binomial_logit
+from schoolquality_assets.engine import c_density
+from schoolquality_assets.engine.cohort_density import (
+    Blocks,
+    Kernel,
+    binomial_logit,
+    t_lpdf,
+)
 
 
 def normal_model(data: dict) -> bool:
@@ -102,10 +107,10 @@ def _binomial_logp_grad(u, grad, y, n, school, Xc, prior_b_sd):
     for i in range(y.shape[0]):
         g[p_mu + school[i]] += g_eta[i]
     g_b = Xc.T @ g_eta
-    t, dt = _t_lpdf(intercept)
+    t, dt = t_lpdf(intercept)
     lp += t
     g[0] = g_intercept + dt
-    t, dt = _t_lpdf(np.exp(lsd))
+    t, dt = t_lpdf(np.exp(lsd))
     lp += t + lsd
     g[1 + K] = g_lsd + dt * np.exp(lsd) + 1.0
     for k in range(K):
@@ -135,13 +140,13 @@ def _normal_logp_grad(u, grad, proportion, n_obs, ss_within, school, location):
     extra, ss = n_obs.sum() - proportion.shape[0], ss_within.sum()
     lp -= extra * lsigma + ss * inv_var / 2.0
     g_lsigma += -extra + ss * inv_var
-    t, dt = _t_lpdf(intercept - location)
+    t, dt = t_lpdf(intercept - location)
     lp += t
     g[0] = g_intercept + dt
-    t, dt = _t_lpdf(np.exp(lsd))
+    t, dt = t_lpdf(np.exp(lsd))
     lp += t + lsd
     g[1] = g_lsd + dt * np.exp(lsd) + 1.0
-    t, dt = _t_lpdf(sigma)
+    t, dt = t_lpdf(sigma)
     lp += t + lsigma
     g[2] = g_lsigma + dt * sigma + 1.0
     grad[:] = g

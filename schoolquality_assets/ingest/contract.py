@@ -23,7 +23,6 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
-
 from pathlib import Path
 
 import polars as pl

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from schoolquality_assets.contract import SUPPRESSED_FLAG, with_provenance
+from schoolquality_assets.ingest.contract import SUPPRESSED_FLAG, with_provenance
 
 FORMAT = "eqao"
 GRADE = 3

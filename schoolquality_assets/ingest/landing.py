@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from schoolquality_assets import contract, eqao
+from schoolquality_assets.ingest import contract, eqao
 
 # EQAO's own naming (G6_2024_1.csv): a file so named for another grade is kept apart whatever its header
 _PUBLISHER_NAME = re.compile(r"^G(\d{1,2})_(?:19|20)\d\d", re.IGNORECASE)

@@ -1,8 +1,8 @@
 """Simulation-based calibration (SBC; Talts et al. 2018) of the binomial programs M1-M3.
 
 One replicate: draw every parameter from the program's prior, simulate binomial outcomes on a
-small design, fit the program through the project's own path (``models.model_input``,
-``models.initial_values``, the streaming engine), thin the posterior to ``L`` draws spaced at
+small design, fit the program through the project's own path (``specs.model_input``,
+``specs.initial_values``, the streaming engine), thin the posterior to ``L`` draws spaced at
 least one effective sample apart, and record the rank of each true value among them. If the
 program, the data path and the sampler are right, every rank is uniform on 0..L.
 
@@ -36,8 +36,9 @@ import polars as pl
 from scipy import stats
 from scipy.special import expit
 
-from schoolquality_assets import models
-from schoolquality_assets.stan_engine import SamplerSettings, SamplingError, sample
+from schoolquality_assets.engine.base import SamplerSettings, SamplingError
+from schoolquality_assets.engine.sampling import sample
+from schoolquality_assets.models import specs
 
 PRIOR_T_DF, PRIOR_T_SCALE = 3, 2.5   # student_t(3, 0, 2.5): the intercept and every SD
 PRIOR_B_SD = 1.0                      # proper prior substituted for the flat b (M2, M3)
@@ -109,9 +110,9 @@ def half_t(rng: np.random.Generator) -> float:
     return abs(PRIOR_T_SCALE * float(rng.standard_t(PRIOR_T_DF)))
 
 
-def draw_prior(spec: models.ModelSpec, frame: pl.DataFrame, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def draw_prior(spec: specs.ModelSpec, frame: pl.DataFrame, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Every parameter from the program's prior (``b`` from normal(0, PRIOR_B_SD))."""
-    X, _ = models.fixed_design(spec, frame)
+    X, _ = specs.fixed_design(spec, frame)
     truth = {"Intercept": np.array(PRIOR_T_SCALE * rng.standard_t(PRIOR_T_DF)), "b": rng.normal(0.0, PRIOR_B_SD, X.shape[1])}
     for level, column in _levels(spec).items():
         sd = half_t(rng)
@@ -120,17 +121,17 @@ def draw_prior(spec: models.ModelSpec, frame: pl.DataFrame, rng: np.random.Gener
     return truth
 
 
-def simulate_outcomes(spec: models.ModelSpec, frame: pl.DataFrame, truth: dict, rng: np.random.Generator) -> pl.DataFrame:
+def simulate_outcomes(spec: specs.ModelSpec, frame: pl.DataFrame, truth: dict, rng: np.random.Generator) -> pl.DataFrame:
     """``frame`` with y_success ~ binomial(n_trials, inv_logit(eta)), the exact likelihood."""
-    X, _ = models.fixed_design(spec, frame)
+    X, _ = specs.fixed_design(spec, frame)
     eta = truth["Intercept"] + (X - X.mean(axis=0)) @ truth["b"]   # centred design: the intercept prior's row
     for level, column in _levels(spec).items():
-        eta = eta + truth[f"r_{level}"][models.level_index(frame[column])[0] - 1]
+        eta = eta + truth[f"r_{level}"][specs.level_index(frame[column])[0] - 1]
     y = rng.binomial(frame["n_trials"].to_numpy(), expit(eta))
     return frame.with_columns(y_success=pl.Series(y, dtype=pl.Int64))
 
 
-def _levels(spec: models.ModelSpec) -> dict[str, str]:
+def _levels(spec: specs.ModelSpec) -> dict[str, str]:
     """Group levels of a model and the frame column that indexes each."""
     return ({"school": "school_id"} | ({"cohort": "school_year_id"} if spec.cohort else {})
             | ({"profile": "school_subject_id"} if spec.profile else {}))
@@ -139,7 +140,7 @@ def _levels(spec: models.ModelSpec) -> dict[str, str]:
 # --------------------------------------------------------------------------- fit and rank
 
 
-def tracked(spec: models.ModelSpec, truth: dict) -> dict[str, float]:
+def tracked(spec: specs.ModelSpec, truth: dict) -> dict[str, float]:
     """The scalars whose ranks are recorded: intercept, every SD, a few school effects (and b, a cohort)."""
     out = {"Intercept": float(truth["Intercept"])}
     out |= {name: float(truth[name]) for name in spec.sd_names}
@@ -151,9 +152,9 @@ def tracked(spec: models.ModelSpec, truth: dict) -> dict[str, float]:
     return out
 
 
-def posterior_draws(spec: models.ModelSpec, mi: models.ModelInput, params: dict) -> dict[str, np.ndarray]:
+def posterior_draws(spec: specs.ModelSpec, mi: specs.ModelInput, params: dict) -> dict[str, np.ndarray]:
     """(chain, draw) arrays of the tracked quantities, derived as the project derives them."""
-    effects = models.group_effects(spec, params, mi.data)
+    effects = specs.group_effects(spec, params, mi.data)
     out = {"Intercept": params["Intercept"]} | {name: params[name] for name in spec.sd_names}
     out |= {f"r_school[{j + 1}]": effects["r_school"][..., j] for j in range(TRACKED_SCHOOLS)}
     if spec.fixed_effects:
@@ -182,17 +183,17 @@ def min_bulk_ess(draws: dict[str, np.ndarray]) -> float:
     return float(min(ess[k].item() for k in ess.data_vars))
 
 
-def fit_draws(spec: models.ModelSpec, path: Path, frame: pl.DataFrame, sampler: SamplerSettings):
+def fit_draws(spec: specs.ModelSpec, path: Path, frame: pl.DataFrame, sampler: SamplerSettings):
     """Fit ``path`` (the program of ``spec`` or a variant of it) with b ~ normal(0, PRIOR_B_SD)."""
-    mi = models.model_input(spec, frame)
-    data = models.stan_data(spec, mi) | {"prior_b_sd": PRIOR_B_SD}
-    inits = models.initial_values(spec, mi, sampler.chains, sampler.seed)
+    mi = specs.model_input(spec, frame)
+    data = specs.stan_data(spec, mi) | {"prior_b_sd": PRIOR_B_SD}
+    inits = specs.initial_values(spec, mi, sampler.chains, sampler.seed)
     draws = sample(path, data, sampler, inits=inits, progress=lambda message: None,
-                   init_for_seed=lambda seed: models.initial_values(spec, mi, 1, seed)[0])  # the nutpie engine's
+                   init_for_seed=lambda seed: specs.initial_values(spec, mi, 1, seed)[0])  # the nutpie engine's
     return mi, draws
 
 
-def run_replicate(spec: models.ModelSpec, index: int, design: Design, settings: Settings, seed: int,
+def run_replicate(spec: specs.ModelSpec, index: int, design: Design, settings: Settings, seed: int,
                   path: Path | None = None) -> Replicate:
     """One replicate: prior draw, simulated data, fit (rerun once with more draws if ESS < L), ranks."""
     rng = np.random.default_rng([seed, index])

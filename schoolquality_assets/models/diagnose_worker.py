@@ -1,9 +1,9 @@
 """arviz's per-parameter diagnostics of part of a block, in a second interpreter
-(diagnostics.diagnose_in_parallel)::
+(draw_diagnostics.diagnose_in_parallel)::
 
-    python -m schoolquality_assets.diagnose_worker DRAWS.npy OUT.npz PARENT_PID
+    python -m schoolquality_assets.models.diagnose_worker DRAWS.npy OUT.npz PARENT_PID
 
-DRAWS.npy holds (K, chain, draw) draws; OUT.npz gets diagnostics._diagnose_draws of them (arviz's
+DRAWS.npy holds (K, chain, draw) draws; OUT.npz gets draw_diagnostics.diagnose_draws of them (arviz's
 R-hat and ESS, the block sums of squares). The worker dies with the process PARENT_PID.
 """
 
@@ -12,14 +12,14 @@ import sys
 
 import numpy as np
 
-from schoolquality_assets.stan_chain import die_with_parent
+from schoolquality_assets.engine.processes import die_with_parent
 
 
 def main(draws: str, out: str, parent: str) -> None:
     die_with_parent(int(parent))
-    from schoolquality_assets import diagnostics
+    from schoolquality_assets.models import draw_diagnostics
 
-    result = diagnostics._diagnose_draws(np.load(draws), diagnostics.PUBLISHED_QUANTILES, screen=False)
+    result = draw_diagnostics.diagnose_draws(np.load(draws), draw_diagnostics.PUBLISHED_QUANTILES, screen=False)
     tmp = out + ".part.npz"
     np.savez(tmp, **result)
     os.replace(tmp, out)

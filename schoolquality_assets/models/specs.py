@@ -18,13 +18,13 @@ import numpy as np
 import polars as pl
 from scipy.special import gammaln, log_expit
 
-from schoolquality_assets import design
-from schoolquality_assets.stan_engine import Draws
+from schoolquality_assets.engine.base import Draws
+from schoolquality_assets.models import design
 
 # The programs live in stan/ at the top of the checkout; an installed wheel carries them as
 # schoolquality_assets/stan/ (pyproject.toml). Not site-packages/stan: that is PyStan's package.
-_PACKAGED_STAN = Path(__file__).resolve().parent / "stan"
-STAN_DIR = _PACKAGED_STAN if (_PACKAGED_STAN / "m1_school.stan").exists() else Path(__file__).resolve().parent.parent / "stan"
+_PACKAGED_STAN = Path(__file__).resolve().parents[1] / "stan"
+STAN_DIR = _PACKAGED_STAN if (_PACKAGED_STAN / "m1_school.stan").exists() else Path(__file__).resolve().parents[2] / "stan"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -377,7 +377,8 @@ def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print, limits=
     ended); otherwise it runs ``settings.draws`` per chain. ``also_compile``: the run's other
     models (their programs are compiled with this one's, on every core, when any is missing).
     """
-    from schoolquality_assets.stan_engine import StopRule, sample as run_sampler
+    from schoolquality_assets.engine.base import StopRule
+    from schoolquality_assets.engine.sampling import sample as run_sampler
 
     mi = model_input(spec, sample, prior_sds)
     if settings.adapt_delta < spec.min_adapt_delta:
@@ -405,8 +406,8 @@ GATED = ("Intercept", "b_Intercept", "b", "sd_school", "sd_cohort", "sd_profile"
 
 def convergence_judge(spec: ModelSpec, mi: ModelInput, limits):
     """The stop rule's judge: the blocking gate (diagnostics.gate) on the gated quantities so far."""
-    from schoolquality_assets import diagnostics
-    from schoolquality_assets.stan_engine import SAMPLE_STATS, Verdict, columns
+    from schoolquality_assets.engine.base import SAMPLE_STATS, Verdict, columns
+    from schoolquality_assets.models import diagnostics
 
     def judge(views: dict, n: int, elapsed: float):
         p = columns(views, list(GATED) + ["divergent__", "energy__"])
@@ -503,10 +504,10 @@ def stan_code_version(spec: ModelSpec) -> str:
     import hashlib
     import importlib.util
 
-    from schoolquality_assets import nutpie_engine
+    from schoolquality_assets.engine import nutpie_engine
 
     parts = [spec.path.read_bytes()]
     if spec.stan_file in nutpie_engine.DENSITIES:   # the engine's source, without importing numba
         here = Path(importlib.util.find_spec("schoolquality_assets").origin).parent
-        parts += [(here / name).read_bytes() for name in nutpie_engine.ENGINE_FILES]
+        parts += [(here / "engine" / name).read_bytes() for name in nutpie_engine.ENGINE_FILES]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]

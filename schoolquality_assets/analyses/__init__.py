@@ -1,0 +1,1 @@
+"""The page's tables and figures, LOO, school rankings and the HTML report. No Dagster."""

@@ -1,0 +1,1 @@
+"""The page's models: specs, design, fitting, convergence diagnostics and gate, calibration (SBC). No Dagster."""
