@@ -9,25 +9,34 @@ with true variance components taken from the page: school 0.395, cohort 0.156,
 profile 0.004. ``year_subject`` effects are subject offsets (writing -0.10, math -0.30)
 plus N(0, 0.15^2) deviations per year.
 
-Structure:
-- school size (Grade 3 eligible) ~ lognormal, median 45, clipped to [5, 260], varying
-  +-10% by year; all three subjects share a year's eligible count;
+Structure (sizes and participation matched to the real EQAO Grade 3 excerpt in
+``schoolquality_assets_tests/fixtures/eqao/``, its school rows; per published school x year x subject,
+participants at the 5/25/50/75/95th percentiles 13 / 24 / 36 / 50 / 80, never below 10,
+participation median 0.97, 1.7% of observations below 0.70):
+- school size (Grade 3 eligible) ~ lognormal, median 38, log-sd 0.65 below the median and
+  0.49 above (the real lower tail is longer), clipped to [5, 260], varying +-10% by year;
+  all three subjects share a year's eligible count;
 - 12% of the regular schools are *small*: 3-15 Grade 3 students, reporting in only 1-2
-  consecutive years (tiny rural schools, schools that open or close, years whose results were
-  suppressed), so they have the 3-6 observations that the eligibility filter lets through and
-  are shrunk hardest;
-- participation ~ Beta(mean 0.93), with ~3% of rows at low participation (0.2-0.6);
+  consecutive years (tiny rural schools, schools that open or close). Most of their
+  observations are suppressed (below); those with 10-15 participants are the eligible schools
+  with the fewest observations and are shrunk hardest;
+- participation ~ Beta(25, 1.2) (median 0.97 after the binomial draw), with ~1% of rows at
+  low participation (0.48-0.70);
 - ~8% of regular schools open late / close early (at least 3 years present);
-- ~6% "fringe" schools exist for only 1-2 years with low participation, so they are
+- ~3% "fringe" schools exist for only 1-2 years, all at low participation, so they are
   not eligible; the default ``n_schools`` is tuned so ~3,250 schools are eligible;
-- successes ~ Binomial(n_participating, inv_logit(eta)).
+- successes ~ Binomial(n_participating, inv_logit(eta));
+- publisher suppression: an observation with fewer than 10 participants keeps its row but
+  has ``publisher_suppressed`` = 1 and null counts (EQAO publishes no numbers for groups
+  under 10): ~3% of rows, many of them the small schools' (the excerpt: 3.9% of the school
+  rows of its three files after 2021-22). ``write_province`` writes those cells as ``N/R``.
+  The truth still covers every school and cohort drawn.
 
 Everything comes from ``np.random.default_rng(seed)`` (the small-school segment from a second
 stream seeded by ``(seed, 1)``): same seed, identical frame.
 
-The sizes are assumptions, not measurements: no real assessment file is reachable here. The
-body is chosen so that a typical Grade 3 cohort has 30-60 students. The small segment stands
-for the many schools that a real province has with a handful of Grade 3 students. Drop real
+Only sizes and participation are fitted to the excerpt (a few hundred schools a year); the
+years a school reports (partial spans, small and fringe schools) remain assumptions. Drop real
 landing files into ``warehouse/raw/`` and they replace this generator.
 """
 
@@ -42,13 +51,15 @@ import polars as pl
 DEFAULT_YEARS = (2015, 2016, 2017, 2018, 2019, 2022, 2023, 2024)
 DEFAULT_SUBJECTS = ("reading", "writing", "math")
 SUBJECT_OFFSET = {"reading": 0.0, "writing": -0.10, "math": -0.30}
-DEFAULT_N_SCHOOLS = 3475  # gives ~3,250 eligible schools
+DEFAULT_N_SCHOOLS = 3630  # gives ~3,250 eligible schools
 
-SIZE_MEDIAN, SIZE_SIGMA, SIZE_RANGE = 45.0, 0.8, (5, 260)
-PARTICIPATION_BETA = (28.0, 2.1)  # mean 0.93
-LOW_ROW_SHARE, LOW_RANGE = 0.03, (0.2, 0.6)
-PARTIAL_SPAN_SHARE, FRINGE_SHARE = 0.08, 0.06
+SIZE_MEDIAN, SIZE_SIGMA, SIZE_RANGE = 38.0, (0.65, 0.49), (5, 260)  # log-sd below / above the median
+PARTICIPATION_BETA = (25.0, 1.2)  # mean 0.954
+LOW_ROW_SHARE, LOW_RANGE = 0.01, (0.48, 0.70)
+PARTIAL_SPAN_SHARE, FRINGE_SHARE = 0.08, 0.03
 SMALL_SHARE, SMALL_RANGE, SMALL_MAX_YEARS = 0.12, (3, 15), 2
+SUPPRESS_BELOW, SUPPRESSED_MARKER = 10, "N/R"  # EQAO publishes no numbers for fewer than 10 participants
+COUNTS = ("n_eligible", "n_participating", "n_l3l4")
 YEAR_SUBJECT_SD = 0.15
 
 
@@ -110,7 +121,7 @@ def _add_small_schools(rng: np.random.Generator, present: np.ndarray, size: np.n
 
 
 def _participation(rng: np.random.Generator, n_elig: np.ndarray, low: np.ndarray) -> np.ndarray:
-    """Participants: binomial around Beta(mean 0.93); low rows get floor(n * U(0.2, 0.6))."""
+    """Participants: binomial around Beta(25, 1.2); low rows get floor(n * U(0.48, 0.70))."""
     p = rng.beta(*PARTICIPATION_BETA, n_elig.size)
     regular = rng.binomial(n_elig, p)
     low_count = np.floor(n_elig * rng.uniform(*LOW_RANGE, n_elig.size)).astype(np.int64)
@@ -147,7 +158,8 @@ def generate_province(
 
     fringe = rng.random(n_schools) < FRINGE_SHARE
     present = _presence(rng, n_schools, ny, fringe)
-    base = np.exp(rng.normal(np.log(SIZE_MEDIAN), SIZE_SIGMA, n_schools))
+    z = rng.normal(0.0, 1.0, n_schools)
+    base = SIZE_MEDIAN * np.exp(z * np.where(z < 0, *SIZE_SIGMA))
     size = np.clip(np.rint(base[:, None] * rng.uniform(0.9, 1.1, (n_schools, ny))), *SIZE_RANGE).astype(np.int64)
     _add_small_schools(np.random.default_rng((seed, 1)), present, size, fringe)
 
@@ -171,7 +183,8 @@ def generate_province(
         "n_eligible": n_elig,
         "n_participating": n_part.astype(np.int64),
         "n_l3l4": n_succ.astype(np.int64),
-    })
+        "publisher_suppressed": (n_part < SUPPRESS_BELOW).astype(np.int8),
+    }).with_columns(pl.when(pl.col("publisher_suppressed") == 0).then(pl.col(c)).alias(c) for c in COUNTS)
     drawn = replace(
         truth,
         year_subject=dict(year_subject),
@@ -184,13 +197,13 @@ def generate_province(
 
 
 def write_province(province: Province, raw_dir: Path) -> list[Path]:
-    """Write one landing CSV per year, ``g3_results_{year}.csv``; return the paths."""
+    """Write one landing CSV per year, ``g3_results_{year}.csv`` (suppressed counts as ``N/R``); return the paths."""
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for (year,), frame in province.observations.group_by("year", maintain_order=True):
         path = raw_dir / f"g3_results_{year}.csv"
-        frame.write_csv(path)
+        frame.with_columns(pl.col(COUNTS).cast(pl.Utf8).fill_null(SUPPRESSED_MARKER)).write_csv(path)
         paths.append(path)
     return sorted(paths)
 
