@@ -76,6 +76,8 @@ COLUMNS = {
     # school rankings (M2 posterior draws; the average school = mean of the J school effects in the same draw)
     "p_below_average": "Posterior probability (0-1) that the school's M2 effect r_school is below the average school "
                        "(the mean of all J schools' effects in the same draw); 0.5 = no evidence either way.",
+    "near_cut": "True when p_below_average lies within 2 Monte Carlo standard errors of a cut (0.025 or 0.975): the "
+                "school's distinguishable label could change with more draws.",
     "p_below_average_mcse": "Monte Carlo standard error of p_below_average (arviz MCSE of the mean of the per-draw "
                             "indicator; 0 when the indicator is the same in every draw).",
     "rank_median": "Posterior median of the school's rank among the J schools of the fit, 1 = lowest school "

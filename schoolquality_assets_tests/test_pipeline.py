@@ -2,9 +2,12 @@
 
 import base64
 import html as html_lib
+import json
 import re
 
 import dagster as dg
+import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from schoolquality_assets.analyses import loo, report
@@ -113,6 +116,12 @@ def test_budget_too_short_fails_cleanly_and_blocks_production(small_province):
     good = dg.materialize(_assets(), resources=_resources(small_province), partition_key="subsample",
                           selection=upstream | dg.AssetSelection.assets("posterior_m2", "g3_school_quality"))
     assert good.success
+    gate = json.loads(pq.read_schema(wh.output_path("subsample")).metadata[b"gate_thresholds"])
+    assert gate["min_ess"] == 400 and gate["max_rhat"] == 1.01 and gate["ranking_mcse_limit"] == 0.025
+    quality = pl.read_parquet(wh.output_path("subsample"))
+    assert quality.columns[:5] == ["school_id", "school_name", "board_id", "board_name", "language"]
+    assert quality["school_name"].null_count() == quality.height      # the synthetic province names no school
+    assert quality["near_cut"].dtype == pl.Boolean
     files = [wh.posterior_path("m2", "subsample"), wh.output_path("subsample"), wh.database]
     before = [f.read_bytes() for f in files]
 

@@ -336,3 +336,15 @@ def test_every_new_column_is_described(replicates):
     assert not missing
     for c in ("rank_median", "rank_lower_95", "rank_upper_95", "p_bottom_10"):
         assert "1 = lowest" in columns.DESCRIPTIONS[c]
+
+
+def test_near_cut_flags_a_label_that_more_draws_could_change():
+    p = np.array([0.970, 0.5, 0.990, 0.020, 0.976])
+    mcse = np.array([0.004, 0.01, 0.001, 0.003, 0.0])
+    assert rk.near_cut(p, mcse).tolist() == [True, False, False, True, False]
+    rng = np.random.default_rng(2)
+    draws = rng.normal(np.linspace(-1, 1, 40), 0.5, size=(2, 200, 40))
+    t = rk.rankings_from_draws(draws, np.array([f"S{i:02d}" for i in range(40)]))
+    expected = rk.near_cut(t["p_below_average"].to_numpy(), t["p_below_average_mcse"].to_numpy())
+    assert t["near_cut"].to_list() == expected.tolist()
+    assert rk.mcse_summary(t)["near_cut"] == int(expected.sum())

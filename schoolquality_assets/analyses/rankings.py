@@ -46,7 +46,8 @@ MCSE_LIMIT = 0.02
 
 PROBABILITIES = ("p_below_average", "p_bottom_10", "p_top_10")
 COLUMNS = ("school_id", "p_below_average", "p_below_average_mcse", "rank_median", "rank_lower_95",
-           "rank_upper_95", "p_bottom_10", "p_bottom_10_mcse", "p_top_10", "p_top_10_mcse", "distinguishable")
+           "rank_upper_95", "p_bottom_10", "p_bottom_10_mcse", "p_top_10", "p_top_10_mcse", "distinguishable",
+           "near_cut")
 
 RANKINGS_DEFINITION = (
     "Average school = the mean of the J school effects in the same posterior draw; p_below_average = posterior "
@@ -151,7 +152,15 @@ def rankings_from_draws(draws: np.ndarray, school_ids) -> pl.DataFrame:
         "p_top_10": p_top,
         "p_top_10_mcse": mcse_top,
         "distinguishable": pl.Series(_label(p_below), dtype=pl.Utf8),
+        "near_cut": pl.Series(near_cut(p_below, mcse_below), dtype=pl.Boolean),
     }).sort("school_id")
+
+
+def near_cut(p_below: np.ndarray, mcse: np.ndarray) -> np.ndarray:
+    """Schools whose ``distinguishable`` label could change with more draws: ``p_below_average``
+    within 2 MCSE of either cut (0.025, 0.975)."""
+    hi, lo = 1 - (1 - DISTINGUISHABLE_LEVEL) / 2, (1 - DISTINGUISHABLE_LEVEL) / 2
+    return (np.abs(p_below - hi) < 2 * mcse) | (np.abs(p_below - lo) < 2 * mcse)
 
 
 def school_rankings(idata) -> pl.DataFrame:
@@ -197,11 +206,10 @@ def mcse_summary(rankings: pl.DataFrame, limit: float = MCSE_LIMIT) -> dict:
         if col.size and m > worst:
             worst, worst_school = m, str(rankings["school_id"][int(finite.argmax())])
     p, se = rankings["p_below_average"].to_numpy(), rankings["p_below_average_mcse"].to_numpy()
-    hi, lo = 1 - (1 - DISTINGUISHABLE_LEVEL) / 2, (1 - DISTINGUISHABLE_LEVEL) / 2
     out["max_mcse"] = worst if worst_school is not None else float("nan")
     out["worst_mcse_school"] = worst_school
     out["non_finite_mcse"] = non_finite
-    out["near_cut"] = int(np.sum((np.abs(p - hi) < 2 * se) | (np.abs(p - lo) < 2 * se)))
+    out["near_cut"] = int(near_cut(p, se).sum())
     out["passed"] = bool(non_finite == 0 and worst_school is not None and worst <= limit)
     return out
 

@@ -1,6 +1,7 @@
 """Stage 1 production output: g3_school_quality.parquet from the M2 posterior."""
 
 
+import dataclasses
 import importlib.metadata
 import json
 import shutil
@@ -183,6 +184,8 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
         "diagnostics": _json({k: v for k, v in summary.items() if v is not None}),
         "code_version": code_version(), "run_id": context.run.run_id, "posterior_run_id": str(idata.attrs.get("run_id", "")),
         "data_vintage": str(vintage), "partition": partition, "scale": "logit",
+        "gate_thresholds": _json(dataclasses.asdict(limits) | {
+            "ranking_mcse_limit": ranking_mcse_limit(convergence.min_ess)}),
     }
     arrow = table.to_arrow()
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **file_meta})

@@ -255,6 +255,38 @@ def _assemble(x, mean, p_c, centred, p_n, noncentred, sd):
     return out
 
 
+def fixed_order_dot(rows: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """rows @ v for a (draws, K) array, column by column (elementwise products and sums give the same
+    bits on every CPU, unlike BLAS)."""
+    out = np.zeros(rows.shape[0])
+    for k in range(rows.shape[1]):
+        out += rows[:, k] * v[k]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def matvec(A, v):
+    """A @ v as explicit loops in a fixed order: BLAS picks CPU-specific kernels at run time, whose
+    sums can differ in the last bit between machines, and so would the draws."""
+    out = np.zeros(A.shape[0])
+    for i in range(A.shape[0]):
+        s = 0.0
+        for k in range(A.shape[1]):
+            s += A[i, k] * v[k]
+        out[i] = s
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def matvec_t(A, v):
+    """A.T @ v as explicit loops in a fixed order (see :func:`matvec`)."""
+    out = np.zeros(A.shape[1])
+    for i in range(A.shape[0]):
+        for k in range(A.shape[1]):
+            out[k] += A[i, k] * v[i]
+    return out
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _logp_grad(u, grad, mult, y, n, cohort, within_row, Xw, cohort_school, cohort_row, Xbar, school_row, Xss,
                X_mean, school_c, school_nc, cohort_c, cohort_nc, profile, subject_profile, profile_c, profile_nc,
@@ -275,7 +307,7 @@ def _logp_grad(u, grad, mult, y, n, cohort, within_row, Xw, cohort_school, cohor
 
     # down: b, each level's fixed part and mean, the linear predictor
     b = delta + delta.sum()
-    xss_b, xbar_b, xw_b = Xss @ b, Xbar @ b, Xw @ b
+    xss_b, xbar_b, xw_b = matvec(Xss, b), matvec(Xbar, b), matvec(Xw, b)
     school_fixed = np.empty(J_school)
     for j in range(J_school):
         school_fixed[j] = xss_b[school_row[j]]
@@ -328,7 +360,7 @@ def _logp_grad(u, grad, mult, y, n, cohort, within_row, Xw, cohort_school, cohor
     g_xss_b = np.zeros(Xss.shape[0])
     for j in range(J_school):
         g_xss_b[school_row[j]] += g_school_fixed[j]
-    g_b = Xss.T @ g_xss_b + Xbar.T @ g_xbar_b + Xw.T @ g_xw_b - g_base * X_mean
+    g_b = matvec_t(Xss, g_xss_b) + matvec_t(Xbar, g_xbar_b) + matvec_t(Xw, g_xw_b) - g_base * X_mean
 
     # priors on Intercept, the SDs (on sd, with the log Jacobian), b when given one
     t, dt = t_lpdf(intercept)
@@ -396,5 +428,5 @@ def output_rows(u: np.ndarray, data: dict) -> np.ndarray:
     delta = x[:, s["delta"]]
     b = delta + delta.sum(axis=1, keepdims=True)
     log_sds = [s[k].start for k in ("log_sd_school", "log_sd_cohort", "log_sd_profile") if k in s]
-    b_intercept = x[:, 0] - b @ np.asarray(data["X_mean"], float).reshape(lay.K)
+    b_intercept = x[:, 0] - fixed_order_dot(b, np.asarray(data["X_mean"], float).reshape(lay.K))
     return np.concatenate([x, b, np.exp(x[:, log_sds]), b_intercept[:, None]], axis=1)

@@ -17,12 +17,8 @@ import numba
 import numpy as np
 
 from schoolquality_assets.engine import c_density
-from schoolquality_assets.engine.cohort_density import (
-    Blocks,
-    Kernel,
-    binomial_logit,
-    t_lpdf,
-)
+from schoolquality_assets.engine.cohort_density import (Blocks, Kernel, binomial_logit, fixed_order_dot, matvec,
+                                                         matvec_t, t_lpdf)
 
 
 def normal_model(data: dict) -> bool:
@@ -98,7 +94,7 @@ def _binomial_logp_grad(u, grad, y, n, school, Xc, prior_b_sd):
     intercept, b, lsd = u[0], u[1:1 + K], u[1 + K]
     g = np.zeros(u.shape[0])
     lp, g_intercept, g_lsd = _school_prior(u, g, p_mu, intercept, lsd)
-    xb = Xc @ b
+    xb = matvec(Xc, b)
     eta = np.empty(y.shape[0])
     for i in range(y.shape[0]):
         eta[i] = u[p_mu + school[i]] + xb[i]
@@ -106,7 +102,7 @@ def _binomial_logp_grad(u, grad, y, n, school, Xc, prior_b_sd):
     lp += binomial_logit(y, n, eta, g_eta)
     for i in range(y.shape[0]):
         g[p_mu + school[i]] += g_eta[i]
-    g_b = Xc.T @ g_eta
+    g_b = matvec_t(Xc, g_eta)
     t, dt = t_lpdf(intercept)
     lp += t
     g[0] = g_intercept + dt
@@ -199,5 +195,5 @@ def output_rows(u: np.ndarray, data: dict) -> np.ndarray:
             x[:, s[name]] = np.exp(x[:, s[name]])
     if lay.normal:
         return x
-    b_intercept = x[:, 0] - x[:, s["b"]] @ _x(data).mean(axis=0)
+    b_intercept = x[:, 0] - fixed_order_dot(x[:, s["b"]], _x(data).mean(axis=0))
     return np.concatenate([x, b_intercept[:, None]], axis=1)
