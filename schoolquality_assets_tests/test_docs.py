@@ -11,7 +11,8 @@ from schoolquality_assets.warehouse import ENV_VAR
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", "ARCHITECTURE.md", "benchmarks/README.md", "stan/README.md", "schoolquality_assets/engine/README.md",
-         "schoolquality_assets/defs/README.md", "schoolquality_assets/analyses/README.md", "warehouse/README.md"]
+         "schoolquality_assets/defs/README.md", "schoolquality_assets/analyses/README.md",
+         "schoolquality_assets/ingest/README.md", "warehouse/README.md"]
 
 
 def _without_code_blocks(text: str) -> str:
