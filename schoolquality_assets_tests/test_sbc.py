@@ -9,6 +9,7 @@ p >= 0.26). SBC only sees errors where the prior matters; the intercept's prior 
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from schoolquality_assets.engine.base import SamplerSettings
@@ -47,3 +48,22 @@ def test_a_wrong_prior_scale_fails_calibration():
     summary = _sbc(WRONG_PRIOR)
     assert not calibration.calibrated(summary), summary
     assert summary["Intercept"]["chi2_p"] < 0.001, summary["Intercept"]
+
+
+def test_sbc_fits_sample_with_the_settings_production_uses(monkeypatch):
+    """calibration.fit_draws samples M3 at its minimum adapt_delta (0.9), as specs.fit does, not at
+    the settings' 0.8 (no sampling here: the sampler call is captured)."""
+    seen = {}
+
+    def capture(path, data, settings, **kwargs):
+        seen["adapt_delta"] = settings.adapt_delta
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(calibration, "sample", capture)
+    spec = specs.MODELS["m3"]
+    frame = calibration.design_frame(calibration.Design(schools=6, years=2), np.random.default_rng(1))
+    frame = frame.with_columns(y_success=frame["n_trials"] // 2)
+    with pytest.raises(RuntimeError, match="captured"):
+        calibration.fit_draws(spec, spec.path, frame, SamplerSettings(adapt_delta=0.8))
+    assert seen["adapt_delta"] == spec.min_adapt_delta == 0.9
+    assert specs.model_settings(specs.MODELS["m2"], SamplerSettings(adapt_delta=0.8)).adapt_delta == 0.8

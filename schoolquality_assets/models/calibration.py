@@ -187,6 +187,7 @@ def fit_draws(spec: specs.ModelSpec, path: Path, frame: pl.DataFrame, sampler: S
     """Fit ``path`` (the program of ``spec`` or a variant of it) with b ~ normal(0, PRIOR_B_SD)."""
     mi = specs.model_input(spec, frame)
     data = specs.stan_data(spec, mi) | {"prior_b_sd": PRIOR_B_SD}
+    sampler = specs.model_settings(spec, sampler, progress=lambda message: None)   # as specs.fit samples it
     inits = specs.initial_values(spec, mi, sampler.chains, sampler.seed)
     draws = sample(path, data, sampler, inits=inits, progress=lambda message: None,
                    init_for_seed=lambda seed: specs.initial_values(spec, mi, 1, seed)[0])  # the nutpie engine's

@@ -368,6 +368,16 @@ def log_likelihood(idata: az.InferenceData, obs: slice | np.ndarray = slice(None
     return -0.5 * np.log(2 * np.pi) - np.log(sigma) - 0.5 * ((y - eta) / sigma) ** 2
 
 
+def model_settings(spec: ModelSpec, settings, progress=print):
+    """``settings`` as this model samples with them: at least the model's ``min_adapt_delta``
+    (M3's 0.9). Every fit of the model goes through here, SBC's included."""
+    if settings.adapt_delta >= spec.min_adapt_delta:
+        return settings
+    progress(f"{spec.key.upper()} samples with adapt_delta {spec.min_adapt_delta} (the model's minimum; "
+             f"settings: {settings.adapt_delta})")
+    return dataclasses.replace(settings, adapt_delta=spec.min_adapt_delta)
+
+
 def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print, limits=None,
         prior_sds: dict[str, float] | None = None, also_compile: tuple[ModelSpec, ...] = ()) -> az.InferenceData:
     """Fit ``spec`` to an analysis sample and return its posterior.
@@ -381,10 +391,7 @@ def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print, limits=
     from schoolquality_assets.engine.sampling import sample as run_sampler
 
     mi = model_input(spec, sample, prior_sds)
-    if settings.adapt_delta < spec.min_adapt_delta:
-        progress(f"{spec.key.upper()} samples with adapt_delta {spec.min_adapt_delta} (the model's minimum; "
-                 f"settings: {settings.adapt_delta})")
-        settings = dataclasses.replace(settings, adapt_delta=spec.min_adapt_delta)
+    settings = model_settings(spec, settings, progress)
     inits = initial_values(spec, mi, settings.chains, settings.seed)
     stop = None
     if settings.until_converged and limits is not None:
