@@ -97,6 +97,26 @@ COLUMNS = {
     "cannot_tell": "Schools that cannot be told apart from the average school at 95%.",
     "median_rank_interval_width": "Median over the band's schools of rank_upper_95 - rank_lower_95: places "
                                   "a typical 95% rank interval spans.",
+    # posterior predictive checks and the held-out year
+    "statistic": "Test statistic of the posterior predictive check (code; see description).",
+    "observed": "The statistic on the observed data.",
+    "replicated_mean": "Mean of the statistic over the replicated data sets.",
+    "replicated_lower": "2.5% quantile of the replicated statistic.",
+    "replicated_upper": "97.5% quantile of the replicated statistic.",
+    "p_value": "Posterior predictive p-value P(T_rep >= T_obs), ties counted half; outside [0.025, 0.975] the model "
+               "does not reproduce the statistic.",
+    "draws": "Replicated data sets (posterior draws) used.",
+    "heldout_year": "The latest year, held out of the fits and predicted.",
+    "observations": "Held-out results (school x subject of the held-out year).",
+    "coverage_50": "Share of held-out results inside their 50% central predictive interval (randomised PIT).",
+    "coverage_90": "Share of held-out results inside their 90% central predictive interval (randomised PIT).",
+    "coverage_50_inclusive": "Share of held-out counts within the 25%-75% predictive quantiles, bounds included.",
+    "coverage_90_inclusive": "Share of held-out counts within the 5%-95% predictive quantiles, bounds included.",
+    "mean_lpd": "Mean log predictive density per held-out result (higher is better).",
+    "mean_lpd_se": "Standard error of mean_lpd over held-out results.",
+    "new_school_observations": "Held-out results of schools absent from the earlier years (new school effect drawn).",
+    "training_years": "Years the held-out fits were fitted to.",
+    "gate": "The held-out fit's convergence gate: passed, what failed, or no fit (a baseline).",
     # LOO and diagnostics
     "unit": "What is left out: one observation, or one cohort with its effect integrated out.",
     "elpd_loo": "Expected log predictive density (higher is better).",

@@ -56,10 +56,10 @@ def test_comparison_pipeline_on_subsample(small_province):
     html = (wh.reports_dir / "subsample" / "index.html").read_text()
     for section in ("Why the binomial likelihood matters", "Shrinkage", "Variance decomposition", "School SD by model",
                     "School random effects", "Model comparison (LOO-CV)", "MCMC diagnostics",
-                    "Comparison with frequentist approach"):
+                    "Comparison with frequentist approach", "Posterior predictive checks", "Held-out year"):
         assert f"<h2>{html_lib.escape(section)}</h2>" in html, section
     for table in ("shrinkage_by_band", "variance_components", "school_sd_by_model", "loo_comparison",
-                  "mcmc_diagnostics", "frequentist_comparison"):
+                  "mcmc_diagnostics", "frequentist_comparison", "posterior_predictive_checks", "holdout_validation"):
         assert _report_cells(html, table) == _duckdb_cells(wh, table), table
     assert html.count(f"Note: {loo.M0_NOTE}.") == 1  # the LOO note once, under its table
     assert "<figcaption><strong>Trace plot, M2 SDs.</strong>" in html and "shrinkage_arrows" not in html
@@ -68,9 +68,13 @@ def test_comparison_pipeline_on_subsample(small_province):
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(images) >= 5
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "next year's results fell inside the 90% interval for" in html
+    assert set(wh.read_partition("posterior_predictive_checks", "subsample")["model"]) == {"M0", "M1", "M2", "M3"}
+    assert wh.read_partition("holdout_validation", "subsample")["heldout_year"].unique().to_list() == [sample["year"].max()]
     evals = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
     assert evals[("cleaned_observations", "participation_at_least_half")]
     assert evals[("analysis_sample", "sample_schools_eligible")]
+    assert ("posterior_predictive_checks", "ppc_p_values") in evals and ("holdout_validation", "holdout_fits_converged") in evals
     for model in ("m0", "m1", "m2", "m3"):
         assert evals[(f"posterior_{model}", "rhat")], model
         assert evals[(f"posterior_{model}", "no_divergences")], model

@@ -42,7 +42,7 @@ ASSETS = {
     "school_sd_by_model", "school_random_effects", "loo_comparison", "mcmc_diagnostics",
     "frequentist_comparison", "report", "g3_school_quality",
     "synthetic_truth", "valid_observations", "filtered_observations", "landing_files", "shrinkage_by_band",
-    "school_rankings", "schools", "publisher_aggregates",
+    "school_rankings", "schools", "publisher_aggregates", "posterior_predictive_checks", "holdout_validation",
 }
 CHECKS = {
     ("cleaned_observations", "participation_at_least_half"),

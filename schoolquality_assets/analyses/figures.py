@@ -50,6 +50,17 @@ FIGURES |= {
         "is the band of mean students per observation. A long vertical line: the data cannot place the school."),
 }
 FIGURES |= {
+    "ppc_p_values": (
+        "Posterior predictive p-values by model and statistic",
+        "Each dot is the posterior predictive p-value P(T_rep >= T_obs) of one statistic under one model "
+        "(replications with new cohort and profile effects); the shaded bands are outside [0.025, 0.975], where a "
+        "statistic says the model does not reproduce the data."),
+    "holdout_coverage": (
+        "Held-out year: coverage of the 50% and 90% predictive intervals",
+        "Share of the latest year's results inside each model's 50% and 90% posterior predictive intervals when "
+        "fitted to the earlier years, beside the baselines; the dashed lines are the nominal 50% and 90%."),
+}
+FIGURES |= {
     f"trace_{k}": (f"Trace plot, {k.upper()} SDs",
                    f"{k.upper()}: posterior density (left) and trace (right) of each SD hyperparameter, one colour per "
                    "chain; overlapping chains that mix without trends indicate convergence.")
@@ -231,4 +242,36 @@ def league_table_png(rankings: pl.DataFrame, eligible: pl.DataFrame) -> bytes:
            title="League table: school ranks with 95% intervals (M2)")
     legend = ax.legend(loc="upper left", fontsize=8, markerscale=3)
     legend.set_title("mean students per observation", prop={"size": 8})
+    return figure_png(fig)
+
+
+def ppc_p_values_png(table: pl.DataFrame) -> bytes:
+    """Posterior predictive p-values: one row per statistic, one marker per model."""
+    stats = table["statistic"].unique(maintain_order=True).to_list()
+    models = table["model"].unique(maintain_order=True).to_list()
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(stats) + 1.5))
+    ax.axvspan(0, 0.025, color="0.85")
+    ax.axvspan(0.975, 1, color="0.85")
+    for i, model in enumerate(models):
+        rows = table.filter(pl.col("model") == model)
+        y = [stats.index(s) + (i - (len(models) - 1) / 2) * 0.15 for s in rows["statistic"]]
+        ax.plot(rows["p_value"].to_numpy(), y, "o", label=model)
+    ax.set(yticks=range(len(stats)), yticklabels=stats, xlim=(0, 1), xlabel="posterior predictive p-value",
+           title="Posterior predictive checks")
+    ax.invert_yaxis()
+    ax.legend(loc="center left", bbox_to_anchor=(1, 0.5))
+    return figure_png(fig)
+
+
+def holdout_coverage_png(table: pl.DataFrame) -> bytes:
+    """Coverage of the 50% and 90% intervals per model and baseline, against the nominal levels."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = np.arange(table.height)
+    ax.bar(x - 0.2, table["coverage_50"].to_numpy(), width=0.4, label="50% interval")
+    ax.bar(x + 0.2, table["coverage_90"].to_numpy(), width=0.4, label="90% interval")
+    for level in (0.5, 0.9):
+        ax.axhline(level, color="k", linestyle="--", linewidth=0.8)
+    ax.set(xticks=x, xticklabels=table["model"].to_list(), ylim=(0, 1), ylabel="share of held-out results inside",
+           title=f"Held-out year {int(table['heldout_year'][0])}")
+    ax.legend(loc="lower right")
     return figure_png(fig)

@@ -29,6 +29,8 @@ SECTIONS = (
     "School SD by model",
     "School random effects",
     "Model comparison (LOO-CV)",
+    "Posterior predictive checks",
+    "Held-out year",
     "Stage 1 production model",
     "School rankings",
     "Posterior summaries",
@@ -47,6 +49,13 @@ TEXT = {
     "School random effects": "M3 school effects ranked, with 95% credible intervals; colour is the average number of students.",
     "Model comparison (LOO-CV)": "PSIS-LOO per observation, and leave-one-cohort-out with each cohort effect integrated "
     "out (adaptive Gauss-Hermite); the comparison whose Pareto k diagnostics pass comes first.",
+    "Posterior predictive checks": "Does each model describe the data? Every posterior draw replicates the data set "
+    "(with new cohort and profile effects, as a new cohort would get), and each statistic of the observed data is "
+    "compared with its replications: a posterior predictive p-value below 0.025 or above 0.975 says the model does "
+    "not reproduce that feature of the data.",
+    "Held-out year": "Does each model predict next year? M1-M3 are fitted again to every year but the latest (fixed "
+    "seed, the production gate; the published posteriors are untouched) and predict each result of the latest year "
+    "with a new cohort effect, beside the school's earlier raw proportion and the frequentist model.",
     "Stage 1 production model": "M2 on every school of the partition (on full, every eligible school: the production "
     "fit); g3_school_quality.parquet holds each school's posterior "
     "mean and SD of the random intercept.",
@@ -66,6 +75,8 @@ CONTENT = {
     "School SD by model": (["school_sd_by_model"], ["school_sd_by_model"], ["school_sd_by_model"]),
     "School random effects": (["school_random_effects"], [], ["school_effects_caterpillar"]),
     "Model comparison (LOO-CV)": (["loo_comparison"], ["loo_comparison"], []),
+    "Posterior predictive checks": (["posterior_predictive_checks"], ["posterior_predictive_checks"], ["ppc_p_values"]),
+    "Held-out year": (["holdout_validation"], ["holdout_validation"], ["holdout_coverage"]),
     "MCMC diagnostics": (["mcmc_diagnostics"], ["mcmc_diagnostics"], [f"trace_{k}" for k in ("m0", "m1", "m2", "m3")]),
     "Comparison with frequentist approach": (["frequentist_comparison"], ["frequentist_comparison"], []),
 }
@@ -88,6 +99,10 @@ TABLE_CAPTIONS = {
         "where the data gives them; the full list is the school_rankings table and g3_school_quality.parquet.",
     "landing files read": "What was read from the landing folder: each file, its format and year, its rows and "
                           "schools, and the school rows the publisher suppressed.",
+    "posterior_predictive_checks": "Each statistic of the observed data beside its replications under each model "
+                                   "(mean and 95% interval) and the posterior predictive p-value P(T_rep >= T_obs).",
+    "holdout_validation": "The latest year held out: coverage of each model's 50% and 90% predictive intervals (randomised "
+                          "PIT for counts) and the mean log predictive density per result, beside the baselines.",
     "g3_school_quality summary": "Stage 1 output: schools, spread of the school means and their mean posterior SD (logit scale).",
 }
 TRANSPOSED = {"mcmc_diagnostics": "model"}  # wide tables shown one row per column: table -> key column
@@ -456,6 +471,12 @@ def _finding(section: str, tables: dict[str, pl.DataFrame]) -> str:
     if section == "Model comparison (LOO-CV)" and "loo_comparison" in tables:
         from schoolquality_assets.analyses.loo import loo_finding
         return loo_finding(tables["loo_comparison"])
+    if section == "Posterior predictive checks" and "posterior_predictive_checks" in tables:
+        from schoolquality_assets.analyses.predictive import ppc_finding
+        return ppc_finding(tables["posterior_predictive_checks"])
+    if section == "Held-out year" and "holdout_validation" in tables:
+        from schoolquality_assets.analyses.holdout import holdout_finding
+        return holdout_finding(tables["holdout_validation"])
     if section == "Shrinkage" and "shrinkage_by_band" in tables:
         return shrinkage_finding(tables["shrinkage_by_band"])
     return ""

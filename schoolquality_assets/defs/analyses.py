@@ -24,11 +24,11 @@ ANALYSIS_ASSET = dict(partitions_def=sample_partitions, group_name="analyses", o
                       code_version=code_version_of(tables, figures, diagnostics, loo))
 
 
-def _posteriors(wh: Warehouse, partition: str, keys) -> dict:
+def posteriors_of(wh: Warehouse, partition: str, keys) -> dict:
     return {k: load_posterior(wh, k, partition) for k in keys}
 
 
-def _current(context, wh: Warehouse, keys) -> list[str]:
+def current_keys(context, wh: Warehouse, keys) -> list[str]:
     """Of ``keys``, the models with a current posterior on the partition (a passed one, and the
     latest fit did not fail); a table comparing models leaves the others out, and the log says why."""
     partition = context.partition_key
@@ -41,12 +41,12 @@ def _current(context, wh: Warehouse, keys) -> list[str]:
     return [k for k in keys if k in current]
 
 
-def _run_ids(p: dict) -> dict[str, str]:
+def run_ids(p: dict) -> dict[str, str]:
     """Model key -> run that fitted the posterior (recorded with each table: see report.section_status)."""
     return {k: str(v.attrs.get("run_id", "")) for k, v in p.items()}
 
 
-def _sources(p: dict, partition: str) -> dict:
+def sources_metadata(p: dict, partition: str) -> dict:
     """Which posteriors a table came from: model, partition, the run that fitted it, draws."""
     return {"posteriors": dg.MetadataValue.json({
         k.upper(): {"partition": partition, "run_id": str(v.attrs.get("run_id", "")),
@@ -54,7 +54,7 @@ def _sources(p: dict, partition: str) -> dict:
                     "stop_status": str(v.attrs.get("stop_status", ""))} for k, v in p.items()})}
 
 
-def _publish(context, wh: Warehouse, table: str, frame: pl.DataFrame, pngs: dict[str, bytes], sources: dict[str, str],
+def publish_table(context, wh: Warehouse, table: str, frame: pl.DataFrame, pngs: dict[str, bytes], sources: dict[str, str],
              **extra) -> dg.MaterializeResult:
     """Write the figures (by name), then the table's partition rows with the posteriors they came
     from (``sources``: model -> run id); return metadata the UI shows."""
@@ -71,12 +71,12 @@ def _publish(context, wh: Warehouse, table: str, frame: pl.DataFrame, pngs: dict
 @dg.asset(deps=["posterior_m0", "posterior_m1", "analysis_sample"], description="M0 vs M1 shrinkage per school and by sample-size band.", **ANALYSIS_ASSET)
 def shrinkage(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
-    p = _posteriors(wh, context.partition_key, ("m0", "m1"))
+    p = posteriors_of(wh, context.partition_key, ("m0", "m1"))
     table = tables.shrinkage(wh.read_partition("analysis_sample", context.partition_key), p["m0"], p["m1"])
-    return _publish(context, wh, "shrinkage", table,
+    return publish_table(context, wh, "shrinkage", table,
                     {"shrinkage_arrows": figures.shrinkage_arrows_png(table),
-                     "shrinkage_vs_n": figures.shrinkage_vs_n_png(table)}, _run_ids(p),
-                    definition=tables.SHRINKAGE_DEFINITION, **_sources(p, context.partition_key))
+                     "shrinkage_vs_n": figures.shrinkage_vs_n_png(table)}, run_ids(p),
+                    definition=tables.SHRINKAGE_DEFINITION, **sources_metadata(p, context.partition_key))
 
 
 @dg.asset(deps=["shrinkage"], description="Shrinkage of M0 and M1 by sample-size band (mean, 90th percentile, "
@@ -88,18 +88,18 @@ def shrinkage_by_band(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     if sources is None:
         raise dg.Failure(description=f"shrinkage[{partition}] has not been built: materialize it first")
     by_band = tables.shrinkage_by_band(wh.read_partition("shrinkage", partition))
-    return _publish(context, wh, "shrinkage_by_band", by_band, {}, sources, definition=tables.SHRINKAGE_DEFINITION)
+    return publish_table(context, wh, "shrinkage_by_band", by_band, {}, sources, definition=tables.SHRINKAGE_DEFINITION)
 
 
 @dg.asset(deps=["posterior_m2", "posterior_m3"], description="Variance decomposition per posterior draw (full with pi^2/3, and latent), M3 and M2.", **ANALYSIS_ASSET)
 def variance_components(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
-    p = _posteriors(wh, context.partition_key, ("m2", "m3"))
+    p = posteriors_of(wh, context.partition_key, ("m2", "m3"))
     table = pl.concat([tables.variance_components(p[k]).with_columns(model=pl.lit(k.upper())) for k in ("m3", "m2")])
     m3 = table.filter(pl.col("model") == "M3")
-    return _publish(context, wh, "variance_components", table, {"variance_shares": figures.variance_shares_png(table)},
-                    _run_ids(p), page_tables=dg.MetadataValue.md(tables.variance_markdown(m3)),
-                    **_sources(p, context.partition_key))
+    return publish_table(context, wh, "variance_components", table, {"variance_shares": figures.variance_shares_png(table)},
+                    run_ids(p), page_tables=dg.MetadataValue.md(tables.variance_markdown(m3)),
+                    **sources_metadata(p, context.partition_key))
 
 
 @dg.asset(deps=["posterior_m1", "posterior_m2", "posterior_m3"],
@@ -107,20 +107,20 @@ def variance_components(context: dg.AssetExecutionContext, warehouse: WarehouseR
           **ANALYSIS_ASSET)
 def school_sd_by_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
-    keys = _current(context, wh, ("m1", "m2", "m3"))
-    p = _posteriors(wh, context.partition_key, keys)
+    keys = current_keys(context, wh, ("m1", "m2", "m3"))
+    p = posteriors_of(wh, context.partition_key, keys)
     table = tables.school_sd_by_model(p)
-    return _publish(context, wh, "school_sd_by_model", table, {"school_sd_by_model": figures.school_sd_png(table)},
-                    _run_ids(p), **_sources(p, context.partition_key))
+    return publish_table(context, wh, "school_sd_by_model", table, {"school_sd_by_model": figures.school_sd_png(table)},
+                    run_ids(p), **sources_metadata(p, context.partition_key))
 
 
 @dg.asset(deps=["posterior_m3", "eligible_schools"], description="M3 school effects, ranked, with 95% intervals (caterpillar).", **ANALYSIS_ASSET)
 def school_random_effects(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     wh = warehouse.get()
-    p = _posteriors(wh, context.partition_key, ("m3",))
+    p = posteriors_of(wh, context.partition_key, ("m3",))
     table = tables.school_random_effects(p["m3"], wh.read_table("eligible_schools"))
-    return _publish(context, wh, "school_random_effects", table, {"school_effects_caterpillar": figures.caterpillar_png(table)},
-                    _run_ids(p), **_sources(p, context.partition_key))
+    return publish_table(context, wh, "school_random_effects", table, {"school_effects_caterpillar": figures.caterpillar_png(table)},
+                    run_ids(p), **sources_metadata(p, context.partition_key))
 
 
 @dg.asset(deps=["posterior_m1", "posterior_m2", "posterior_m3", "analysis_sample"],
@@ -132,15 +132,15 @@ def school_random_effects(context: dg.AssetExecutionContext, warehouse: Warehous
           **ANALYSIS_ASSET)
 def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     wh = warehouse.get()
-    p = _posteriors(wh, context.partition_key, ("m1", "m2", "m3"))
+    p = posteriors_of(wh, context.partition_key, ("m1", "m2", "m3"))
     sample = wh.read_partition("analysis_sample", context.partition_key).sort("school_id", "year", "subject")
     with StepProgress(context.log.info, "LOO", parts=2 * len(p)) as progress, loo.loo_workers() as pool:
         context.log.info("PSIS and cohort integrals " + ("in worker processes" if pool else "in this process"))
         obs = loo.loo_table(p, on_done=progress.part_done, pool=pool)
         cohort = loo.cohort_loo_table(p, groups=loo.cohort_groups(sample), on_done=progress.part_done, pool=pool)
     table = loo.mark_unconverged_inputs(loo.comparison(obs, cohort, p | {"m0": None}), p)
-    result = _publish(context, wh, "loo_comparison", table, {}, _run_ids(p), finding=loo.loo_finding(table),
-                      **_sources(p, context.partition_key))
+    result = publish_table(context, wh, "loo_comparison", table, {}, run_ids(p), finding=loo.loo_finding(table),
+                      **sources_metadata(p, context.partition_key))
     ranked = obs.filter(pl.col("rank").is_not_null())
     high = int(ranked["n_k_above_threshold"].max())
     yield result
@@ -157,8 +157,8 @@ def loo_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResour
 def mcmc_diagnostics(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                      convergence: ConvergenceResource) -> dg.MaterializeResult:
     wh = warehouse.get()
-    keys = _current(context, wh, specs.MODELS)
-    p = _posteriors(wh, context.partition_key, keys)
+    keys = current_keys(context, wh, specs.MODELS)
+    p = posteriors_of(wh, context.partition_key, keys)
     limits = convergence.thresholds()
     with StepProgress(context.log.info, "MCMC diagnostics", parts=len(keys)) as progress:
         tables, traces = [], {}
@@ -167,7 +167,7 @@ def mcmc_diagnostics(context: dg.AssetExecutionContext, warehouse: WarehouseReso
             traces[f"trace_{k}"] = figures.trace_png(p[k], specs.MODELS[k].sd_names, k.upper())
             progress.part_done(k.upper())
     table = pl.concat(tables, how="diagonal_relaxed")
-    return _publish(context, wh, "mcmc_diagnostics", table, traces, _run_ids(p), **_sources(p, context.partition_key))
+    return publish_table(context, wh, "mcmc_diagnostics", table, traces, run_ids(p), **sources_metadata(p, context.partition_key))
 
 
 @dg.asset(deps=["analysis_sample", "variance_components", "posterior_m2"],
@@ -189,4 +189,4 @@ def frequentist_comparison(context: dg.AssetExecutionContext, warehouse: Warehou
         sample, components, bayes_seconds=float(m2.attrs.get("sample_seconds", 0.0)),
         bayes_sample=f"{sample['school_id'].n_unique()} schools, {sample.height} observations ({partition})",
     )
-    return _publish(context, wh, "frequentist_comparison", table, {}, sources)
+    return publish_table(context, wh, "frequentist_comparison", table, {}, sources)

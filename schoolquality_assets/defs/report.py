@@ -19,6 +19,7 @@ from schoolquality_assets.warehouse import atomic_path
 REPORT_DEPS = [
     "shrinkage", "shrinkage_by_band", "variance_components", "school_sd_by_model", "school_random_effects",
     "loo_comparison", "mcmc_diagnostics", "frequentist_comparison", "g3_school_quality", "school_rankings",
+    "posterior_predictive_checks", "holdout_validation",
     "eligible_schools", "analysis_sample",
     *(f"posterior_{k}" for k in MODELS), "rejected_observations", "filtered_observations", "cleaned_observations",
 ]
@@ -66,6 +67,8 @@ SUMMARY_TABLES = {  # table -> columns shown in the UI summary
     "mcmc_diagnostics": ["model", "max_rhat", "min_ess_bulk", "min_ess_tail", "divergences", "min_bfmi"],
     "shrinkage_by_band": ["band", "schools", "mean_shrinkage_m0_pp", "mean_shrinkage_m1_pp", "max_shrinkage_m1_pp"],
     "school_rankings by size band": ["band", "schools", "below", "above", "cannot_tell", "median_rank_interval_width"],
+    "posterior_predictive_checks": ["model", "statistic", "observed", "replicated_mean", "p_value"],
+    "holdout_validation": ["model", "observations", "coverage_50", "coverage_90", "mean_lpd"],
 }
 
 
@@ -89,5 +92,5 @@ def _summary(sections: dict) -> str:
 
 def _key_figures(sections: dict) -> list[tuple[str, bytes]]:
     wanted = ("variance_shares", "shrinkage_arrows", "school_sd_by_model", "school_effects_caterpillar",
-              "school_ranks_league_table")
+              "school_ranks_league_table", "ppc_p_values", "holdout_coverage")
     return [(n, png) for s in sections.values() for n, png in s.get("figures", []) if n in wanted]
