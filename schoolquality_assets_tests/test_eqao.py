@@ -264,3 +264,13 @@ def _write(path: Path, header: list[str], rows: list[dict]) -> None:
         writer = csv.DictWriter(fh, fieldnames=header, lineterminator="\r\n")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def test_a_file_without_name_or_language_columns_still_loads(tmp_path):
+    rows = _wide(FILES[3])
+    header = [c for c in rows[0] if c not in ("SchoolName", "BoardName", "Language")]
+    _write(tmp_path / "G3_2026_1.csv", header, [{k: r[k] for k in header} for r in rows])
+    read, valid, _ = _load(tmp_path)
+    assert valid.height == len(_expected(FILES[3], 2026)[0])
+    assert read.schools["school_name"].null_count() == read.schools.height
+    assert read.schools["board_id"].null_count() == 0

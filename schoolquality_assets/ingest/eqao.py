@@ -29,7 +29,8 @@ FORMAT = "eqao"
 GRADE = 3
 SUBJECTS = {"reading": "Read", "writing": "Write", "math": "Math"}
 SCHOOL, PROVINCE, BOARD = "S", "P", "B"
-ORG_COLUMNS = ("OrgType", "BoardMident", "BoardName", "SchoolMident", "SchoolName", "Suppressed")
+ORG_COLUMNS = ("OrgType", "SchoolMident", "Suppressed")
+NAME_COLUMNS = ("BoardMident", "BoardName", "SchoolName")   # kept when present (null otherwise)
 LANGUAGE_COLUMNS = ("Language", "Lang")  # 2022-23 on / 2021-22
 
 
@@ -60,9 +61,9 @@ class NotGradeThree(ValueError):
 
 
 def is_eqao_header(columns: Sequence[str]) -> bool:
-    """True when the header has every column the mapping needs and a language column."""
-    names = set(columns)
-    return names.issuperset(REQUIRED) and any(c in names for c in LANGUAGE_COLUMNS)
+    """True when the header has every column the mapping needs (names, boards and language are
+    kept when present, but not required)."""
+    return set(columns).issuperset(REQUIRED)
 
 
 def layout(columns: Sequence[str]) -> str:
@@ -124,8 +125,13 @@ def check_grade(names: Sequence[str], frame: pl.DataFrame) -> None:
 
 
 def _language(frame: pl.DataFrame) -> pl.Expr:
-    name = next(c for c in LANGUAGE_COLUMNS if c in frame.columns)
-    return pl.col(name).str.strip_chars().alias("language")
+    name = next((c for c in LANGUAGE_COLUMNS if c in frame.columns), None)
+    return (pl.col(name).str.strip_chars() if name else pl.lit(None, pl.Utf8)).alias("language")
+
+
+def _text(frame: pl.DataFrame, column: str, alias: str) -> pl.Expr:
+    """A name column, stripped, or null when this file's header has no such column."""
+    return (pl.col(column).str.strip_chars() if column in frame.columns else pl.lit(None, pl.Utf8)).alias(alias)
 
 
 def _long(frame: pl.DataFrame, year: int, org: pl.Expr, org_columns: list[pl.Expr]) -> pl.DataFrame:
@@ -150,7 +156,7 @@ def aggregate_rows(frame: pl.DataFrame, year: int) -> pl.DataFrame:
     """The publisher's own aggregates (province and board rows, and any other non-school row), by subject."""
     org = [pl.col("OrgType").str.strip_chars().alias("org_type"), pl.col("OrgID").alias("org_id")
            if "OrgID" in frame.columns else pl.lit(None, pl.Utf8).alias("org_id"),
-           pl.col("BoardMident").alias("board_id"), pl.col("BoardName").alias("board_name"), _language(frame)]
+           _text(frame, "BoardMident", "board_id"), _text(frame, "BoardName", "board_name"), _language(frame)]
     return _long(frame, year, pl.col("OrgType").str.strip_chars().fill_null("") != SCHOOL, org)
 
 
@@ -158,9 +164,8 @@ def schools(frame: pl.DataFrame, year: int) -> pl.DataFrame:
     """Name, board and language of each school row, with the year and file they come from."""
     return frame.filter(pl.col("OrgType").str.strip_chars() == SCHOOL).select(
         pl.col("SchoolMident").str.strip_chars().alias("school_id"),
-        pl.col("SchoolName").str.strip_chars().alias("school_name"),
-        pl.col("BoardMident").str.strip_chars().alias("board_id"),
-        pl.col("BoardName").str.strip_chars().alias("board_name"),
+        _text(frame, "SchoolName", "school_name"), _text(frame, "BoardMident", "board_id"),
+        _text(frame, "BoardName", "board_name"),
         _language(frame), pl.lit(year, pl.Int32).alias("year"), "source_file", "source_row",
     )
 
