@@ -68,7 +68,7 @@ def test_comparison_pipeline_on_subsample(small_province):
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(images) >= 5
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
-    assert "next year's results fell inside the 90% interval for" in html
+    assert "next year's results fell inside the 90% interval for" in html_lib.unescape(html)
     assert set(wh.read_partition("posterior_predictive_checks", "subsample")["model"]) == {"M0", "M1", "M2", "M3"}
     assert wh.read_partition("holdout_validation", "subsample")["heldout_year"].unique().to_list() == [sample["year"].max()]
     evals = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
