@@ -48,12 +48,18 @@ def _landing(warehouse: WarehouseResource) -> tuple[landing.Landing, str, pl.Dat
     return read, f"synthetic province (seed {warehouse.synthetic_seed})", synthetic.truth_frame(province.truth)
 
 
+def landing_version(warehouse: WarehouseResource) -> str:
+    """The landing folder's data version: its content fingerprint, or the synthetic seed when it is empty."""
+    fingerprint = contract.landing_fingerprint(warehouse.get().raw_dir)
+    return fingerprint or f"synthetic-province-seed-{warehouse.synthetic_seed}"
+
+
 def landing_observation(warehouse: WarehouseResource) -> tuple[str, dict]:
     """Data version (content fingerprint) and per-file metadata of the landing folder."""
     wh = warehouse.get()
     fingerprint = contract.landing_fingerprint(wh.raw_dir)
     if fingerprint is None:  # the synthetic province stands in; its seed is its version
-        return f"synthetic-province-seed-{warehouse.synthetic_seed}", {"source": "synthetic province (raw/ is empty)"}
+        return landing_version(warehouse), {"source": "synthetic province (raw/ is empty)"}
     files = landing.describe(wh.raw_dir)
     return fingerprint, {
         "source": f"landing files ({len(files)})", "fingerprint": fingerprint, "folder": dg.MetadataValue.path(str(wh.raw_dir)),
@@ -143,7 +149,7 @@ def raw_observations(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         asset_key="raw_observations",
         metadata=table_metadata(frame) | what_was_read(read) | {
             "source": source,
-            "landing_files_version": landing_observation(warehouse)[0],   # what it read, beside what was observed
+            "landing_files_version": landing_version(warehouse),   # what it read, beside what was observed
             "files": dg.MetadataValue.json([f["file"] for f in read.files if truth is None]),
             "ignored_files": dg.MetadataValue.json(ignored),
         }
