@@ -102,6 +102,15 @@ def year_from_names(names: Sequence[str]) -> int:
     return found[0][1]
 
 
+_PUBLISHER_NAME = re.compile(r"^G(\d{1,2})_(?:19|20)\d\d", re.IGNORECASE)
+
+
+def grade_of_publisher_name(name: str) -> int | None:
+    """The grade of a file named as EQAO names its files (``G6_2024_1.csv`` -> 6), else None."""
+    match = _PUBLISHER_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
 def grade_of_names(names: Sequence[str]) -> int | None:
     """The grade the file name gives (``G6_2024_1.csv`` -> 6), else its nearest folder's."""
     for name in reversed(names):

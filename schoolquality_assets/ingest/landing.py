@@ -5,16 +5,12 @@ aggregates, a table of schools and an account of what was read."""
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from schoolquality_assets.ingest import contract, eqao
-
-# EQAO's own naming (G6_2024_1.csv): a file so named for another grade is kept apart whatever its header
-_PUBLISHER_NAME = re.compile(r"^G(\d{1,2})_(?:19|20)\d\d", re.IGNORECASE)
 
 SCHOOL_COLUMNS = ("school_name", "board_id", "board_name", "language")
 SCHOOLS_SCHEMA = {"school_id": pl.Utf8, **{c: pl.Utf8 for c in SCHOOL_COLUMNS}, "year": pl.Int32,
@@ -47,9 +43,9 @@ def _read(path: Path, raw_dir: Path) -> _File:
     """One landing file in its own format; raises LandingFileError or eqao.NotGradeThree."""
     name = contract.relative_name(path, raw_dir)
     parts = name.split("/")
-    named = _PUBLISHER_NAME.match(path.name)
-    if named and int(named.group(1)) != eqao.GRADE:
-        raise eqao.NotGradeThree(f"named as a Grade {int(named.group(1))} file")
+    named = eqao.grade_of_publisher_name(path.name)
+    if named is not None and named != eqao.GRADE:    # kept apart whatever its header
+        raise eqao.NotGradeThree(f"named as a Grade {named} file")
     frame = contract.read_text_frame(path)
     if not eqao.is_eqao_header(frame.columns):
         rows = contract.contract_rows(path, frame, name)
