@@ -138,3 +138,28 @@ def test_custom_truth_is_used():
     obs = small.observations
     assert (obs["n_l3l4"].sum() / obs["n_participating"].sum()) > 0.8
     assert small.truth.intercept == 2.0 and small.truth.sd_school == pytest.approx(0.1)
+
+
+def test_an_empty_landing_folder_gives_the_synthetic_provinces_published_rows(tmp_path):
+    """With raw/ empty the synthetic province stands in, through the real ingest assets: every
+    published row is valid, and only the suppressed rows are rejected."""
+    import dagster as dg
+
+    from schoolquality_assets.definitions import ASSETS, CHECKS
+    from schoolquality_assets.defs.resources import ConvergenceResource, SamplerResource, WarehouseResource
+    from schoolquality_assets.warehouse import Warehouse
+
+    (tmp_path / "raw").mkdir()
+    result = dg.materialize(
+        [*ASSETS, *CHECKS], selection=dg.AssetSelection.assets("raw_observations", "rejected_observations",
+                                                               "valid_observations"),
+        resources={"warehouse": WarehouseResource(root=str(tmp_path), synthetic_seed=7), "sampler": SamplerResource(),
+                   "convergence": ConvergenceResource()})
+    assert result.success
+    wh = Warehouse.from_env(tmp_path)
+    obs = generate_province(seed=7).observations
+    published = obs.filter(pl.col("publisher_suppressed") == 0)
+    assert wh.read_table("valid_observations").height == published.height
+    rejected = wh.read_table("rejected_observations")
+    assert rejected.height == obs.height - published.height
+    assert set(rejected["reason"]) == {"suppressed_by_publisher"}

@@ -35,6 +35,7 @@ KEY = ("school_id", "year", "subject")
 YEAR_RANGE = (1990, 2100)
 LANDING_SUFFIXES = (".csv", ".parquet")
 CONTRACT_FORMAT = "contract"
+PUBLISHER_FORMAT = "eqao"   # rows of a publisher's wide file (eqao.py): every identity part must be given
 
 # Publishers' "no number" markers: EQAO writes N/R (not reported), S. R. (French) and N/D (no data).
 MARKERS = ("N/R", "S. R.", "S.R.", "N/D")
@@ -389,8 +390,8 @@ def validate(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     raw = raw.with_columns(pl.col(REQUIRED_COLUMNS).cast(pl.Utf8), pl.int_range(pl.len()).alias("_row"),
                            *[pl.lit(None, dtype=pl.Utf8).alias(c) for c in optional])
     raw = raw.with_columns(pl.col(SUPPRESSED_FLAG, *IDENTITY_COLUMNS).cast(pl.Utf8))
-    from_publisher = pl.col("source_format").is_not_null() & (pl.col("source_format") != CONTRACT_FORMAT)
-    reason, detail = _first_reason(_row_checks(from_publisher.fill_null(False)))
+    from_publisher = (pl.col("source_format") == PUBLISHER_FORMAT).fill_null(False)
+    reason, detail = _first_reason(_row_checks(from_publisher))
     checked = raw.with_columns(reason.alias("reason"), detail.alias("detail"))
     row_bad = checked.filter(pl.col("reason").is_not_null())
     typed = _typed(checked.filter(pl.col("reason").is_null()))

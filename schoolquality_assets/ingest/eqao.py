@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from schoolquality_assets.ingest.contract import SUPPRESSED_FLAG, with_provenance
+from schoolquality_assets.ingest.contract import PUBLISHER_FORMAT, SUPPRESSED_FLAG, with_provenance
 
-FORMAT = "eqao"
+FORMAT = PUBLISHER_FORMAT
 GRADE = 3
 SUBJECTS = {"reading": "Read", "writing": "Write", "math": "Math"}
 SCHOOL, PROVINCE, BOARD = "S", "P", "B"
