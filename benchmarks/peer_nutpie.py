@@ -47,7 +47,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_m2  # noqa: E402
 
-from schoolquality_assets import models  # noqa: E402
+from schoolquality_assets.models import specs  # noqa: E402
 
 from schoolquality_assets.models import diagnostics
 from schoolquality_assets.defs.resources import SAMPLER_ENV  # noqa: E402
@@ -63,7 +63,7 @@ def sample_of(which: str) -> pl.DataFrame:
     return bench_m2.province_sample("full")
 
 
-def peer_model(mi: models.ModelInput):
+def peer_model(mi: specs.ModelInput):
     """PyMC M2, centred-nested, from the project's model input (same data, same contrasts)."""
     import pymc as pm
 
@@ -103,14 +103,14 @@ def project(spec, sample_, settings: SamplerSettings, label: str) -> tuple[float
     if settings.engine == "pystan":
         compile_pystan(spec.path, progress=QUIET)
     limits = diagnostics.Thresholds() if settings.until_converged else None
-    idata = models.fit(spec, sample_, settings, progress=QUIET, limits=limits)
+    idata = specs.fit(spec, sample_, settings, progress=QUIET, limits=limits)
     return report(label, idata.posterior, float(idata.attrs["sample_seconds"]))
 
 
 _PEER = {}
 
 
-def peer(mi: models.ModelInput, warmup: int | None, draws: int | None, seed: int, label: str, chains: int | None = 4):
+def peer(mi: specs.ModelInput, warmup: int | None, draws: int | None, seed: int, label: str, chains: int | None = 4):
     """The peer at 4 x (warmup + draws), or with None at nutpie.sample's own defaults (6 chains x
     (400 + 1000) on one core per chain at a time in nutpie 0.16.8)."""
     import nutpie
@@ -129,7 +129,7 @@ def peer(mi: models.ModelInput, warmup: int | None, draws: int | None, seed: int
     return report(label, post, seconds)
 
 
-def peer_to_gate(mi: models.ModelInput, warmup: int, max_draws: int, seed: int) -> None:
+def peer_to_gate(mi: specs.ModelInput, warmup: int, max_draws: int, seed: int) -> None:
     """The peer under the project's stop rule, generously: nutpie samples 4 x (warmup + max_draws)
     without pausing, the time at which every chain has k kept draws is recorded for each of the
     project's checkpoints k, and afterwards the project's gate (diagnostics.convergence_summary
@@ -226,9 +226,9 @@ def main(argv: list[str]) -> None:
     warmup = opt("--warmup", 1000 if which == "brms" and not gate else SAMPLER_ENV["warmup"].default)
     draws = opt("--draws", 1000 if which == "brms" else 700)
     seeds = range(1, opt("--seeds", 3) + 1)
-    spec = models.MODELS["m2"]
+    spec = specs.MODELS["m2"]
     sample_ = sample_of(which)
-    mi = models.model_input(spec, sample_)
+    mi = specs.model_input(spec, sample_)
     print(f"{which}: {mi.data['N']} observations, {mi.data['J_school']} schools, {mi.data['J_cohort']} cohorts; "
           f"4 chains on {os.cpu_count()} cores; seeds {list(seeds)}")
     print(f"{'fit':52s} {'seconds':>8s} {'sd_s':>6s} {'sd_c':>6s} {'ESS_s':>7s} {'ESS_c':>7s} {'ESS/s':>7s} {'ESS/s':>7s}")

@@ -36,7 +36,7 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from schoolquality_assets import rankings  # noqa: E402
+from schoolquality_assets.analyses import rankings  # noqa: E402
 
 BINS = (0.0, 0.025, 0.1, 0.5, 0.9, 0.975, 1.0)
 

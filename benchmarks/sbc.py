@@ -31,6 +31,13 @@ Sampler settings (``--settings``):
   would keep many extreme prior draws sampling to ``max_draws``, an unbounded cost. What SBC
   checks is the program, the data path and the adapted sampler (warmup, step size, metric, tree
   depth) that production uses; the run length is the one difference.
+* ``production-stop``: the production procedure itself (issue 38): 4 chains, 300 warmup, the
+  model's adapt_delta (M3 0.9), dispersed initial values, sampling until the blocking gate
+  (``diagnostics.Thresholds()``) holds at a checkpoint, as ``specs.sample_model`` does for every
+  production fit, here with a 300 s budget per fit; no ESS rerun. A fit whose gate never held is
+  a problem fit (``gate_failed``): production would not have published it. This is optional
+  stopping, which the rank argument does not cover: the run measures whether it matters.
+  Written to ``benchmarks/sbc_results/production_stop/``.
 * ``quick``: the previous run's settings, 2 chains x (250 warmup + 250 draws), max tree depth 8,
   ESS rerun with up to 3x the draws (~16 min for 3 x 200 fits on this machine). Written to
   ``benchmarks/sbc_results/quick/`` unless ``--out`` says otherwise.
@@ -80,12 +87,13 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script from anywhere
-from schoolquality_assets import models  # noqa: E402
-from schoolquality_assets.models import calibration
+from schoolquality_assets.models import specs  # noqa: E402
+from schoolquality_assets.models import calibration  # noqa: E402
 from schoolquality_assets.defs.resources import SAMPLER_ENV  # noqa: E402
 from schoolquality_assets.engine.pystan_engine import compile_pystan  # noqa: E402
 from schoolquality_assets.engine.sampling import choose_engine  # noqa: E402
 from schoolquality_assets.engine.base import SamplerSettings  # noqa: E402
+from schoolquality_assets.models.diagnostics import Thresholds  # noqa: E402
 
 RESULTS = Path(__file__).parent / "sbc_results"
 DESIGN = calibration.Design(schools=20, years=3, n_min=10, n_max=60)
@@ -95,6 +103,12 @@ SETTINGS = {
         sampler=SamplerSettings(chains=4, warmup=SAMPLER_ENV["warmup"].default, draws=250, adapt_delta=0.8, max_treedepth=10,
                                 until_converged=False),
         thinned=99, max_draw_factor=4),
+    # the production procedure itself: sampling until the blocking gate holds (optional stopping),
+    # the model's adapt_delta, dispersed initial values; no ESS rerun (issue 38, section 3)
+    "production-stop": calibration.Settings(
+        sampler=SamplerSettings(chains=4, warmup=SAMPLER_ENV["warmup"].default, adapt_delta=0.8, max_treedepth=10,
+                                until_converged=True, budget_seconds=300.0),
+        thinned=99, max_draw_factor=1, limits=Thresholds()),
     # the previous run: short, tree depth lowered to 8 to bound the cost of the hard prior draws
     "quick": calibration.Settings(
         sampler=SamplerSettings(chains=2, warmup=250, draws=250, adapt_delta=0.8, max_treedepth=8,
@@ -118,7 +132,7 @@ def fit_line(key: str, done: int, total: int, rep: calibration.Replicate, elapse
 
 
 def run_model(key: str, indices: list[int], seed: int, settings: calibration.Settings, name: str) -> dict:
-    spec = models.MODELS[key]
+    spec = specs.MODELS[key]
     if choose_engine(settings.sampler.engine, spec.path) == "pystan":
         compile_pystan(spec.path, progress=lambda message: None)   # not timed with the replicates
     start = time.monotonic()
@@ -139,7 +153,8 @@ def load(path: Path) -> dict:
     s = raw["settings"]
     sampler = {k: v for k, v in s["sampler"].items() if k != "seed"}
     settings = calibration.Settings(sampler=SamplerSettings(**sampler), thinned=s["thinned"],
-                                    max_draw_factor=s["max_draw_factor"])
+                                    max_draw_factor=s["max_draw_factor"],
+                                    limits=Thresholds(**s["limits"]) if s.get("limits") else None)
     return {"model": raw["model"], "settings_name": raw.get("settings_name", "quick (previous run)"),
             "settings": settings, "seed": raw.get("seed", 20181024), "wall_seconds": raw["wall_seconds"],
             "_reps": reps}
@@ -181,6 +196,9 @@ def fit_counts(result: dict) -> dict:
         "treedepth_fits": sum(r.treedepth_hits > 0 for r in reps),
         "reruns": sum(r.reruns for r in reps),
         "low_ess_fits": sum("low_ess" in f for f in flags),
+        "gate_failed_fits": sum("gate_failed" in f for f in flags),
+        "draws_per_chain_median": float(np.median([r.draws_per_chain for r in reps if r.ranks is not None] or [0])),
+        "draws_per_chain_max": max([r.draws_per_chain for r in reps if r.ranks is not None] or [0]),
         "problem_fits": sum(bool(f) for f in flags),
         "clean_fits": len(calibration.select(reps, L, "clean")),
     }
@@ -334,7 +352,7 @@ def save(result: dict, out: Path, write_json: bool = True) -> None:
             "settings": settings_record(result), "design": asdict(DESIGN),
             "seed_rule": "numpy: default_rng([seed, i]); Stan and initial values: seed + i",
             "problem_rule": "divergences > 0, any draw at max tree depth, or min bulk ESS < L after the rerun",
-            "engine": choose_engine(result["settings"].sampler.engine, models.MODELS[key].path),
+            "engine": choose_engine(result["settings"].sampler.engine, specs.MODELS[key].path),
             "prior_b_sd": calibration.PRIOR_B_SD,
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores"}
         (out / f"sbc_{key}.json").write_text(json.dumps(record, indent=1, default=str))
@@ -345,8 +363,10 @@ def save(result: dict, out: Path, write_json: bool = True) -> None:
 def header(args, settings: calibration.Settings) -> str:
     sampler = {k: v for k, v in asdict(settings.sampler).items() if k != "seed"}
     return (f"SBC ({args.settings} settings): {args.replicates} replicates per model, design {DESIGN}, "
-            f"sampler {sampler}, thinned to L = {settings.thinned}, ESS rerun up to {settings.max_draw_factor}x; "
-            f"replicate i: numpy seed [{args.seed}, i], Stan seed {args.seed} + i; "
+            f"sampler {sampler}, thinned to L = {settings.thinned}, "
+            + (f"until the blocking gate holds ({settings.limits}); " if settings.stop_rule
+               else f"ESS rerun up to {settings.max_draw_factor}x; ")
+            + f"replicate i: numpy seed [{args.seed}, i], Stan seed {args.seed} + i; "
             f"b ~ normal(0, {calibration.PRIOR_B_SD})")
 
 
@@ -356,7 +376,7 @@ def main() -> None:
     parser.add_argument("--settings", choices=sorted(SETTINGS), default="production",
                         help="sampler settings (default production; quick = the previous run's)")
     parser.add_argument("--replicates", type=int, default=200)
-    parser.add_argument("--models", default="m1,m2,m3", help="comma-separated, of " + ",".join(models.MODELS))
+    parser.add_argument("--models", default="m1,m2,m3", help="comma-separated, of " + ",".join(specs.MODELS))
     parser.add_argument("--seed", type=int, default=20181024)
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default benchmarks/sbc_results, quick: benchmarks/sbc_results/quick)")
@@ -367,10 +387,10 @@ def main() -> None:
                         help="no Stan: reload sbc_<model>.json from DIR, print the tables and redraw the plots in --out")
     args = parser.parse_args()
     keys = args.models.split(",")
-    unknown = [k for k in keys if k not in models.MODELS]
+    unknown = [k for k in keys if k not in specs.MODELS]
     if unknown:
         parser.error(f"unknown models {unknown}")
-    out = args.out or (RESULTS if args.settings == "production" else RESULTS / "quick")
+    out = args.out or (RESULTS if args.settings == "production" else RESULTS / args.settings.replace("-", "_"))
     settings = SETTINGS[args.settings]
 
     if args.from_json:

@@ -100,3 +100,25 @@ def test_modules_are_short_and_the_top_level_small():
     top = [p.name for p in PACKAGE.glob("*.py")]
     assert len(top) <= 8, top
     assert {"ingest", "engine", "models", "analyses", "defs"} <= {p.name for p in PACKAGE.iterdir() if p.is_dir()}
+
+
+def test_benchmark_scripts_import_names_that_exist():
+    """A module moved or renamed breaks the benchmarks silently (they are scripts, not tests):
+    every ``from schoolquality_assets... import name`` in benchmarks/ must resolve."""
+    import ast
+    import importlib
+
+    scripts = sorted((PACKAGE.parent / "benchmarks").glob("*.py"))
+    assert scripts, "no benchmark scripts found beside the package"
+    missing = []
+    for script in scripts:
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("schoolquality_assets"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{alias.name}")
+                        except ImportError:
+                            missing.append(f"{script.name}: from {node.module} import {alias.name}")
+    assert not missing, missing

@@ -51,19 +51,27 @@ def test_a_wrong_prior_scale_fails_calibration():
 
 
 def test_sbc_fits_sample_with_the_settings_production_uses(monkeypatch):
-    """calibration.fit_draws samples M3 at its minimum adapt_delta (0.9), as specs.fit does, not at
-    the settings' 0.8 (no sampling here: the sampler call is captured)."""
+    """calibration.fit_draws samples as specs.fit does (specs.sample_model): M3 at its minimum
+    adapt_delta (0.9), not the settings' 0.8, and with gate limits under the production stop
+    rule (no sampling here: the sampler call is captured)."""
+    from schoolquality_assets.engine import sampling
+    from schoolquality_assets.models.diagnostics import Thresholds
+
     seen = {}
 
     def capture(path, data, settings, **kwargs):
-        seen["adapt_delta"] = settings.adapt_delta
+        seen.update(adapt_delta=settings.adapt_delta, stop=kwargs.get("stop"), prior_b_sd=data.get("prior_b_sd"))
         raise RuntimeError("captured")
 
-    monkeypatch.setattr(calibration, "sample", capture)
+    monkeypatch.setattr(sampling, "sample", capture)
     spec = specs.MODELS["m3"]
     frame = calibration.design_frame(calibration.Design(schools=6, years=2), np.random.default_rng(1))
     frame = frame.with_columns(y_success=frame["n_trials"] // 2)
     with pytest.raises(RuntimeError, match="captured"):
-        calibration.fit_draws(spec, spec.path, frame, SamplerSettings(adapt_delta=0.8))
+        calibration.fit_draws(spec, spec.path, frame, SamplerSettings(adapt_delta=0.8, until_converged=False))
     assert seen["adapt_delta"] == spec.min_adapt_delta == 0.9
+    assert seen["stop"] is None and seen["prior_b_sd"] == calibration.PRIOR_B_SD
+    with pytest.raises(RuntimeError, match="captured"):
+        calibration.fit_draws(spec, spec.path, frame, SamplerSettings(until_converged=True), limits=Thresholds())
+    assert seen["stop"] is not None and seen["stop"].min_draws == SamplerSettings.min_draws
     assert specs.model_settings(specs.MODELS["m2"], SamplerSettings(adapt_delta=0.8)).adapt_delta == 0.8

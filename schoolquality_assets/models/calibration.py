@@ -37,8 +37,8 @@ from scipy import stats
 from scipy.special import expit
 
 from schoolquality_assets.engine.base import SamplerSettings, SamplingError
-from schoolquality_assets.engine.sampling import sample
 from schoolquality_assets.models import specs
+from schoolquality_assets.models.diagnostics import Thresholds
 
 PRIOR_T_DF, PRIOR_T_SCALE = 3, 2.5   # student_t(3, 0, 2.5): the intercept and every SD
 PRIOR_B_SD = 1.0                      # proper prior substituted for the flat b (M2, M3)
@@ -64,6 +64,13 @@ class Settings:
     sampler: SamplerSettings = SamplerSettings(chains=2, warmup=300, draws=300, until_converged=False)
     thinned: int = 99          # L: draws kept after thinning, so ranks run 0..L
     max_draw_factor: int = 4   # a fit whose ESS < L is rerun once with up to this many times the draws
+    # With ``sampler.until_converged``: the production procedure, sampling until this gate holds
+    # (no ESS rerun; a fit that never passes keeps its ranks and counts as a problem fit).
+    limits: Thresholds | None = None
+
+    @property
+    def stop_rule(self) -> bool:
+        return self.sampler.until_converged and self.limits is not None
 
 
 @dataclass
@@ -79,6 +86,7 @@ class Replicate:
     draws_per_chain: int = 0
     reruns: int = 0
     seconds: float = 0.0
+    converged: bool | None = None   # under the stop rule: whether the gate held when sampling stopped
     error: str | None = None
     # What this replicate actually used: numpy's seed for the prior draw and the data, the seed
     # passed to Stan (and to the initial values), and the sampler settings of the kept fit (after
@@ -183,15 +191,14 @@ def min_bulk_ess(draws: dict[str, np.ndarray]) -> float:
     return float(min(ess[k].item() for k in ess.data_vars))
 
 
-def fit_draws(spec: specs.ModelSpec, path: Path, frame: pl.DataFrame, sampler: SamplerSettings):
-    """Fit ``path`` (the program of ``spec`` or a variant of it) with b ~ normal(0, PRIOR_B_SD)."""
+def fit_draws(spec: specs.ModelSpec, path: Path, frame: pl.DataFrame, sampler: SamplerSettings,
+              limits: Thresholds | None = None):
+    """Fit ``path`` (the program of ``spec`` or a variant of it) with b ~ normal(0, PRIOR_B_SD), by
+    the production procedure (specs.sample_model): with ``sampler.until_converged`` and ``limits``,
+    until the blocking gate holds."""
     mi = specs.model_input(spec, frame)
     data = specs.stan_data(spec, mi) | {"prior_b_sd": PRIOR_B_SD}
-    sampler = specs.model_settings(spec, sampler, progress=lambda message: None)   # as specs.fit samples it
-    inits = specs.initial_values(spec, mi, sampler.chains, sampler.seed)
-    draws = sample(path, data, sampler, inits=inits, progress=lambda message: None,
-                   init_for_seed=lambda seed: specs.initial_values(spec, mi, 1, seed)[0])  # the nutpie engine's
-    return mi, draws
+    return mi, specs.sample_model(spec, mi, sampler, progress=lambda message: None, limits=limits, data=data, path=path)
 
 
 def run_replicate(spec: specs.ModelSpec, index: int, design: Design, settings: Settings, seed: int,
@@ -208,10 +215,10 @@ def run_replicate(spec: specs.ModelSpec, index: int, design: Design, settings: S
                        sampler=asdict(sampler))
     try:
         for attempt in range(2):
-            mi, draws = fit_draws(spec, path or spec.path, frame, sampler)
+            mi, draws = fit_draws(spec, path or spec.path, frame, sampler, settings.limits if settings.stop_rule else None)
             post = posterior_draws(spec, mi, draws.params)
             ess = min_bulk_ess(post)
-            if ess >= settings.thinned or attempt == 1:
+            if ess >= settings.thinned or attempt == 1 or settings.stop_rule:
                 break
             factor = min(settings.max_draw_factor, math.ceil(1.2 * settings.thinned / max(ess, 1.0)))
             sampler = replace(sampler, draws=sampler.draws * max(factor, 2))
@@ -224,7 +231,9 @@ def run_replicate(spec: specs.ModelSpec, index: int, design: Design, settings: S
     result.ranks = {name: rank(thin(post[name], settings.thinned), value) for name, value in truth.items()}
     result.divergences = int(draws.sample_stats["diverging"].sum())
     result.treedepth_hits = int(draws.sample_stats["max_treedepth_hit"].sum())
-    result.min_ess, result.draws_per_chain = ess, sampler.draws
+    result.min_ess, result.draws_per_chain = ess, int(draws.sample_stats["diverging"].shape[1])
+    if draws.verdict is not None:
+        result.converged = bool(draws.verdict.passed)
     result.seconds = time.monotonic() - start
     return result
 
@@ -251,17 +260,19 @@ def uniformity(ranks: np.ndarray, thinned: int) -> dict[str, float]:
             "ks": float(ks.statistic), "ks_p": float(ks.pvalue)}
 
 
-PROBLEMS = ("divergences", "max_treedepth", "low_ess")
+PROBLEMS = ("divergences", "max_treedepth", "low_ess", "gate_failed")
 SUBSETS = ("all", "clean", "problem")
 
 
 def problems(replicate: Replicate, thinned: int) -> tuple[str, ...]:
     """Why a fit that produced ranks is a problem fit: any divergent transition, any draw at the
-    maximum tree depth, smallest bulk ESS still below L after the rerun (empty: a clean fit)."""
+    maximum tree depth, smallest bulk ESS still below L after the rerun, under the stop rule a
+    gate that never held (production would not publish it) (empty: a clean fit)."""
     if replicate.ranks is None:
         return ()
     return tuple(name for name, hit in zip(PROBLEMS, (replicate.divergences > 0, replicate.treedepth_hits > 0,
-                                                      replicate.min_ess < thinned)) if hit)
+                                                      replicate.min_ess < thinned, replicate.converged is False))
+                 if hit)
 
 
 def select(replicates: list[Replicate], thinned: int, subset: str = "all") -> list[Replicate]:

@@ -199,13 +199,17 @@ def school_totals(d: dict) -> dict:
     }
 
 
+SD_DISPERSION = 1.0   # each chain's log SDs start within +-1 of the data-driven value (initial_values)
+
+
 def initial_values(spec: ModelSpec, mi: ModelInput, chains: int, seed: int) -> list[dict]:
-    """Data-driven starting points (empirical logits), jittered per chain.
+    """Data-driven starting points (empirical logits), dispersed per chain.
 
     Stan's default uniform(-2, 2) inits put ~28k effects far from the data, and early
-    warmup on the full sample then runs at tree depth 10 for a long time. Chains differ by
-    the jitter on the effects; each SD (and the intercept) starts at its value given that
-    chain's effects, because with 25k cohorts an SD away from it is a very stiff direction.
+    warmup on the full sample then runs at tree depth 10 for a long time. The effects start
+    near the data (jitter 0.05); each chain's SDs start at exp(u), u ~ uniform(-1, 1)
+    (``SD_DISPERSION``), times the spread of its effects, so that chains start apart in
+    the stiffest directions and R-hat can see a transient they would otherwise share.
     """
     rng = np.random.default_rng(seed)
     d = mi.data
@@ -218,24 +222,26 @@ def initial_values(spec: ModelSpec, mi: ModelInput, chains: int, seed: int) -> l
     grand = float(obs.mean())
     inits = []
     for _ in range(chains):
+        disperse = lambda: float(np.exp(rng.uniform(-SD_DISPERSION, SD_DISPERSION)))  # noqa: E731
         mu_school = grand + 0.8 * (school_mean - grand) + rng.normal(0.0, 0.05, d["J_school"])
         intercept = float(mu_school.mean())
-        init = {"Intercept": intercept, "sd_school": max(float(np.std(mu_school - intercept)), 0.05), "mu_school": mu_school}
+        init = {"Intercept": intercept, "sd_school": max(float(np.std(mu_school - intercept)), 0.05) * disperse(),
+                "mu_school": mu_school}
         if spec.binomial:
             init["delta" if spec.cohort else "b"] = np.zeros(d["K"])
         else:
-            init["sigma"] = max(float(np.std(obs - mu_school[d["school"] - 1])), 0.01)
+            init["sigma"] = max(float(np.std(obs - mu_school[d["school"] - 1])), 0.01) * disperse()
         if spec.cohort:
             cohort_mean = _group_mean(obs, d["cohort"], d["J_cohort"])
             parent = mu_school[d["cohort_school"] - 1]
             dev = cohort_mean - school_mean[d["cohort_school"] - 1]
             mu_cohort = parent + 0.7 * dev + rng.normal(0.0, 0.05, d["J_cohort"])
-            init["sd_cohort"] = max(float(np.std(mu_cohort - parent)), 0.05)
+            init["sd_cohort"] = max(float(np.std(mu_cohort - parent)), 0.05) * disperse()
             # with b = 0 a school's prior mean is the intercept and a cohort's its school's mean
             init |= _split(init.pop("mu_school"), intercept, init["sd_school"], d["school_c"], d["school_nc"], "school")
             init |= _split(mu_cohort, parent, init["sd_cohort"], d["cohort_c"], d["cohort_nc"], "cohort")
         if spec.profile:
-            init["sd_profile"] = 0.1 * np.exp(rng.normal(0.0, 0.2))
+            init["sd_profile"] = 0.1 * disperse()
             z = rng.normal(0.0, 0.5, d["J_profile"])
             init |= {k: v for k, v in {"r_profile_c": init["sd_profile"] * z[d["profile_c"] - 1],
                                        "z_profile": z[d["profile_nc"] - 1]}.items() if v.size}
@@ -387,24 +393,32 @@ def fit(spec: ModelSpec, sample: pl.DataFrame, settings, progress=print, limits=
     ended); otherwise it runs ``settings.draws`` per chain. ``also_compile``: the run's other
     models (their programs are compiled with this one's, on every core, when any is missing).
     """
-    from schoolquality_assets.engine.base import StopRule
-    from schoolquality_assets.engine.sampling import sample as run_sampler
-
     mi = model_input(spec, sample, prior_sds)
-    settings = model_settings(spec, settings, progress)
-    inits = initial_values(spec, mi, settings.chains, settings.seed)
-    stop = None
-    if settings.until_converged and limits is not None:
-        stop = StopRule.for_settings(settings, convergence_judge(spec, mi, limits))
-    draws = run_sampler(spec.path, stan_data(spec, mi), settings, inits=inits, progress=progress, stop=stop,
-                        also_compile=tuple(s.path for s in also_compile if s.key != spec.key),
-                        init_for_seed=lambda seed: initial_values(spec, mi, 1, seed)[0])
+    draws = sample_model(spec, mi, settings, progress, limits, also_compile=also_compile)
     idata = to_inference_data(spec, mi, draws)
     if draws.verdict is not None:
         idata.attrs |= {"converged": int(draws.verdict.passed), "stop_status": draws.verdict.status}
     if draws.warmup_seconds is not None:
         idata.attrs["warmup_seconds"] = draws.warmup_seconds
     return idata
+
+
+def sample_model(spec: ModelSpec, mi: ModelInput, settings, progress=print, limits=None, data: dict | None = None,
+                 path: Path | None = None, also_compile: tuple[ModelSpec, ...] = ()) -> Draws:
+    """The production procedure on one model input: the model's settings, dispersed initial values,
+    and (with ``settings.until_converged`` and ``limits``) the stop rule of the blocking gate.
+    ``data`` / ``path`` replace the Stan data and program (SBC's proper prior on b, a variant)."""
+    from schoolquality_assets.engine.base import StopRule
+    from schoolquality_assets.engine.sampling import sample as run_sampler
+
+    settings = model_settings(spec, settings, progress)
+    stop = None
+    if settings.until_converged and limits is not None:
+        stop = StopRule.for_settings(settings, convergence_judge(spec, mi, limits))
+    return run_sampler(path or spec.path, stan_data(spec, mi) if data is None else data, settings,
+                       inits=initial_values(spec, mi, settings.chains, settings.seed), progress=progress, stop=stop,
+                       also_compile=tuple(s.path for s in also_compile if s.key != spec.key),
+                       init_for_seed=lambda seed: initial_values(spec, mi, 1, seed)[0])
 
 
 GATED = ("Intercept", "b_Intercept", "b", "sd_school", "sd_cohort", "sd_profile", "sigma", "mu_school",
