@@ -131,13 +131,16 @@ def fit_line(key: str, done: int, total: int, rep: calibration.Replicate, elapse
             f"| {elapsed:.0f} s, {per_fit:.2f} s/fit, ETA {per_fit * (total - done) / 60:.1f} min")
 
 
-def run_model(key: str, indices: list[int], seed: int, settings: calibration.Settings, name: str) -> dict:
+def run_model(key: str, indices: list[int], seed: int, settings: calibration.Settings, name: str,
+              pause_file: Path | None = None) -> dict:
     spec = specs.MODELS[key]
     if choose_engine(settings.sampler.engine, spec.path) == "pystan":
         compile_pystan(spec.path, progress=lambda message: None)   # not timed with the replicates
     start = time.monotonic()
     reps = []
     for done, i in enumerate(indices, 1):
+        while pause_file is not None and pause_file.exists():   # between fits, so no fit's budget runs out
+            time.sleep(5)
         rep = calibration.run_replicate(spec, i, DESIGN, settings, seed)
         reps.append(rep)
         print(fit_line(key, done, len(indices), rep, time.monotonic() - start, settings.thinned), flush=True)
@@ -378,6 +381,8 @@ def main() -> None:
     parser.add_argument("--replicates", type=int, default=200)
     parser.add_argument("--models", default="m1,m2,m3", help="comma-separated, of " + ",".join(specs.MODELS))
     parser.add_argument("--seed", type=int, default=20181024)
+    parser.add_argument("--pause-file", type=Path, default=None,
+                        help="wait between fits while this file exists (so that timings can run on a quiet machine)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default benchmarks/sbc_results, quick: benchmarks/sbc_results/quick)")
     parser.add_argument("--estimate", type=int, default=0, metavar="K",
@@ -417,7 +422,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for key in keys:
-        result = analyse(run_model(key, list(range(args.replicates)), args.seed, settings, args.settings))
+        result = analyse(run_model(key, list(range(args.replicates)), args.seed, settings, args.settings,
+                                   args.pause_file))
         save(result, out)
         results.append(result)
         print(f"{key}: {result['wall_seconds']:.0f} s", flush=True)

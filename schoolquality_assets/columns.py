@@ -90,6 +90,10 @@ COLUMNS = {
     "p_top_10": "Posterior probability (0-1) that the school is in the top 10%: rank > J - ceil(0.1 J) "
                 "(the highest effects).",
     "p_top_10_mcse": "Monte Carlo standard error of p_top_10 (arviz MCSE; 0 when constant over draws).",
+    "rank_median_mcse": "Monte Carlo standard error of rank_median, in places (arviz's quantile MCSE of the per-draw "
+                        "ranks; 0 when the rank is the same in every draw).",
+    "rank_lower_95_mcse": "Monte Carlo standard error of rank_lower_95 (the 2.5% quantile of the per-draw ranks), in places.",
+    "rank_upper_95_mcse": "Monte Carlo standard error of rank_upper_95 (the 97.5% quantile of the per-draw ranks), in places.",
     "distinguishable": "Distinguishable from the average school at 95%: 'below' when p_below_average >= 0.975 (the "
                        "95% interval of effect minus average lies below 0), 'above' when <= 0.025, else 'cannot tell'.",
     "below": "Schools below the average school at 95% (distinguishable = 'below').",

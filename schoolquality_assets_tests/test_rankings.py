@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 import xarray as xr
+from scipy import stats
 
 from schoolquality_assets import columns
 from schoolquality_assets.analyses import figures
@@ -33,14 +34,24 @@ def to_idata(draws: np.ndarray, ids) -> az.InferenceData:
     return az.from_dict(posterior={"r_school": draws}, dims={"r_school": ["school"]}, coords={"school": list(ids)})
 
 
-def exact_posterior(seed: int, n_schools: int = N_SCHOOLS):
-    """(idata, truth frame, s) for one simulated province with an exactly known posterior."""
+def posterior_draws(seed: int, n_schools: int = N_SCHOOLS, chains: int = CHAINS, draws: int = DRAWS,
+                    phi: float = 0.0):
+    """(draws (chain, draw, school), theta, s) of one simulated province's exact posterior; each
+    chain is a stationary AR(1) series with autocorrelation ``phi`` (0: i.i.d. draws)."""
     rng = np.random.default_rng(seed)
     s = np.where(rng.random(n_schools) < 0.3, rng.uniform(0.6, 1.2, n_schools), rng.uniform(0.1, 0.3, n_schools))
     theta = rng.normal(MU, TAU, n_schools)
     x = rng.normal(theta, s)
     b = TAU**2 / (TAU**2 + s**2)
-    draws = MU + b * (x - MU) + np.sqrt(b) * s * rng.standard_normal((CHAINS, DRAWS, n_schools))
+    z = rng.standard_normal((chains, draws, n_schools))
+    for t in range(1, draws if phi else 0):
+        z[:, t] = phi * z[:, t - 1] + np.sqrt(1 - phi**2) * z[:, t]
+    return MU + b * (x - MU) + np.sqrt(b) * s * z, theta, s
+
+
+def exact_posterior(seed: int, n_schools: int = N_SCHOOLS):
+    """(idata, truth frame, s) for one simulated province with an exactly known posterior."""
+    draws, theta, s = posterior_draws(seed, n_schools)
     ids = [f"S{seed:02d}_{j:04d}" for j in range(n_schools)]
     truth = pl.DataFrame({
         "school_id": ids,
@@ -184,7 +195,7 @@ def test_mcse_is_arviz_mcse_of_the_indicator(replicates):
         got = t[f"{name}_mcse"].to_numpy()
         np.testing.assert_allclose(got[~constant], expected[~constant], rtol=1e-10)
         assert constant.any() and np.all(got[constant] == 0.0)
-    assert t.select(pl.col("^.*_mcse$").is_nan().any()).row(0) == (False, False, False)
+    assert not any(t.select(pl.col("^.*_mcse$").is_nan().any()).row(0))
 
 
 def test_constant_indicator_has_mcse_zero_even_if_arviz_says_nan(monkeypatch):
@@ -219,6 +230,138 @@ def test_mcse_gate_fails_chains_that_disagree():
     summary = rk.mcse_summary(t)
     assert t["p_below_average"][0] == 0.5
     assert summary["worst_mcse_school"] == "s00" and summary["max_mcse"] > 0.1 and not summary["passed"]
+
+
+# ---------------------------------------------------------------- (4b) MCSE of the rank quantiles
+RANK_MCSE = [f"{column}_mcse" for column in rk.RANK_QUANTILES]
+
+
+def test_rank_mcse_columns_exist_and_are_finite(replicates):
+    t = replicates[0]
+    width = np.maximum((t["rank_upper_95"] - t["rank_lower_95"]).to_numpy(), 1)
+    for name in RANK_MCSE:
+        mcse = t[name].to_numpy()
+        assert np.isfinite(mcse).all() and (mcse >= 0).all(), name
+        assert (mcse > 0).mean() > 0.9, name  # 0 only where a quantile's bracketing draws are one rank
+        assert 0.002 < np.median(mcse / width) < 0.03, name  # 4 x 1,000 i.i.d. draws: ~0.68/sqrt(4000) at the ends
+
+
+def test_rank_mcse_is_arvizs_quantile_mcse(replicates):
+    """rank_quantile_mcse does arviz's arithmetic for many schools at once: the same numbers as
+    az.mcse(method="quantile") school by school, on i.i.d., autocorrelated, odd-length, short and
+    disagreeing chains and on ranks that never change."""
+    exact = rk.draw_ranks(posterior_draws(0)[0])
+    rng = np.random.default_rng(4)
+    apart = rng.standard_normal((4, 50, 30))
+    apart[2:, :, :3] += 5                        # three schools whose chains disagree
+    apart[:, :, 3] -= 100                        # always rank 1
+    cases = {"exact posterior": exact[:, :, ::4],   # (arviz takes ~1 ms a school and quantile)
+             "autocorrelated": rk.draw_ranks(posterior_draws(1, n_schools=300, chains=4, draws=300, phi=0.95)[0])[:, :, ::3],
+             "odd draws, 3 chains": rk.draw_ranks(posterior_draws(2, n_schools=200, chains=3, draws=101)[0]),
+             "5 draws a chain": rk.draw_ranks(posterior_draws(3, n_schools=60, chains=2, draws=5)[0]),
+             "disagreeing chains": rk.draw_ranks(apart)}
+    for name, ranks in cases.items():
+        got = rk.rank_quantile_mcse(ranks)
+        ds = xr.Dataset({"x": (("chain", "draw", "school"), ranks.astype(float))})
+        for i, q in enumerate(rk.RANK_PROBS):
+            expected = az.mcse(ds, method="quantile", prob=q)["x"].values
+            np.testing.assert_allclose(got[i], expected, rtol=1e-10, atol=0, err_msg=f"{name}, q = {q}")
+    assert rk.rank_quantile_mcse(cases["disagreeing chains"])[:, 3].tolist() == [0.0, 0.0, 0.0]
+    t = replicates[0]  # the table carries them, school by school (ids sort in draw order)
+    np.testing.assert_array_equal(np.stack([t[c].to_numpy() for c in RANK_MCSE]), rk.rank_quantile_mcse(exact))
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.5])
+def test_rank_mcse_matches_the_quantiles_monte_carlo_spread(phi):
+    """300 independent schools whose rank in a draw is round(2000 + 100 z), z ~ N(0, 1) (a rank's
+    quantile MCSE depends on its own draws only), 4 x 1,000 draws. i.i.d.: the theoretical MCSE of
+    the q quantile is 100 sqrt(q(1-q)/S) / phi(z_q), 1.98 places at the median and 4.22 at 2.5% /
+    97.5%; the estimates average to it, and it is how far the 300 schools' sample quantiles actually
+    scatter. AR(1) draws (autocorrelation 0.5): larger, and still the actual scatter."""
+    rng = np.random.default_rng(11)
+    chains, n, k, sd = 4, 1000, 300, 100.0
+    z = rng.standard_normal((chains, n, k))
+    for t in range(1, n if phi else 0):
+        z[:, t] = phi * z[:, t - 1] + np.sqrt(1 - phi**2) * z[:, t]
+    ranks = np.rint(2000 + sd * z).astype(np.int32)
+    mcse = rk.rank_quantile_mcse(ranks)
+    for i, q in enumerate(rk.RANK_PROBS):
+        theory = sd * np.sqrt(q * (1 - q) / (chains * n)) / stats.norm.pdf(stats.norm.ppf(q))
+        scatter = np.quantile(ranks.reshape(chains * n, k), q, axis=0, method="inverted_cdf").std(ddof=1)
+        estimate = mcse[i].mean()
+        assert estimate == pytest.approx(scatter, rel=0.15), (q, estimate, scatter)
+        if phi:
+            assert estimate > 1.15 * theory, (q, estimate, theory)
+        else:
+            assert estimate == pytest.approx(theory, rel=0.12), (q, estimate, theory)
+            assert scatter == pytest.approx(theory, rel=0.15), (q, scatter, theory)
+
+
+def test_rank_mcse_of_constant_ranks_is_zero_and_too_few_draws_fail():
+    draws = np.random.default_rng(5).standard_normal((2, 3, 6))  # 3 draws a chain: arviz cannot judge
+    draws[:, :, 0] -= 100                                        # always rank 1
+    t = rk.rankings_from_draws(draws, [f"s{j}" for j in range(6)])
+    assert [t[c][0] for c in RANK_MCSE] == [0.0, 0.0, 0.0]
+    assert all(np.isnan(t[c][1:].to_numpy()).all() for c in RANK_MCSE)
+    summary = rk.mcse_summary(t, limit=1.0)
+    assert summary["non_finite_rank_mcse"] == 15 and not summary["passed"]
+
+
+def test_rank_mcse_ratio_is_against_the_interval_width_at_least_one_over_the_limit():
+    t = pl.DataFrame({"rank_lower_95": [1, 1, 100], "rank_upper_95": [1, 3, 300],
+                      "rank_median_mcse": [0.0, 0.5, 10.0], "rank_lower_95_mcse": [0.5, 1.0, 20.0],
+                      "rank_upper_95_mcse": [1.0, 1.5, 60.0]})
+    # widths 0, 2 and 200 places; at limit 0.25 the first two count as 4 (an MCSE of 1 place passes)
+    np.testing.assert_allclose(rk.rank_mcse_ratios(t, limit=0.25), [[0, 0.125, 0.05], [0.125, 0.25, 0.1],
+                                                                    [0.25, 0.375, 0.3]])
+    np.testing.assert_allclose(rk.rank_mcse_ratios(t, limit=0.1)[:, 1], [0.05, 0.1, 0.15])  # floor 10
+
+
+def test_rank_mcse_gate(replicates):
+    """Many independent draws pass, with room; the worst school is named; one school's rank MCSE
+    above a quarter of its interval, or not finite, fails the whole table."""
+    t = replicates[0]
+    good = rk.mcse_summary(t)
+    assert good["passed"] and 0 < good["max_rank_mcse_ratio"] <= 0.15
+    assert good["rank_mcse_ratio_limit"] == rk.RANK_MCSE_LIMIT == 0.25
+    worst = t.filter(pl.col("school_id") == good["worst_rank_mcse_school"]).row(0, named=True)
+    column = good["worst_rank_mcse_column"]
+    width = worst["rank_upper_95"] - worst["rank_lower_95"]
+    assert good["worst_rank_interval_width"] == width and good["worst_rank_mcse_places"] == worst[f"{column}_mcse"]
+    assert good["max_rank_mcse_ratio"] == pytest.approx(worst[f"{column}_mcse"] / max(width, 4))
+    assert not rk.mcse_summary(t, rank_limit=0.02)["passed"]  # typical ends ~0.011 (0.68 / sqrt(4000)); worst above
+
+    wide = t.sort("school_id").with_row_index().with_columns(  # school 7: lower end's MCSE 0.3 of its width
+        pl.when(pl.col("index") == 7).then(0.3 * (pl.col("rank_upper_95") - pl.col("rank_lower_95")))
+        .otherwise(pl.col("rank_lower_95_mcse")).alias("rank_lower_95_mcse")).drop("index")
+    bad = rk.mcse_summary(wide)
+    assert not bad["passed"] and bad["max_mcse"] <= rk.MCSE_LIMIT   # the probabilities alone would pass
+    assert bad["worst_rank_mcse_school"] == wide["school_id"][7] and bad["worst_rank_mcse_column"] == "rank_lower_95"
+    assert bad["max_rank_mcse_ratio"] == pytest.approx(0.3)
+    with_nan = t.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(float("nan"))
+                              .otherwise(pl.col("rank_median_mcse")).alias("rank_median_mcse"))
+    nan_summary = rk.mcse_summary(with_nan)
+    assert not nan_summary["passed"] and nan_summary["non_finite_rank_mcse"] == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kind, chains, draws, phi", [("few draws", 4, 25, 0.0), ("autocorrelated", 4, 100, 0.99)])
+def test_rank_mcse_gate_fails_a_too_short_fit(kind, seed, chains, draws, phi):
+    """The same 400-school posterior with 4 x 25 i.i.d. draws, or 4 x 100 draws from chains with
+    autocorrelation 0.99: some school's rank interval has an end whose MCSE exceeds a quarter of its
+    width (with 4 x 1,000 i.i.d. draws the worst is ~0.05-0.13, test_rank_mcse_gate)."""
+    d, _, _ = posterior_draws(seed, chains=chains, draws=draws, phi=phi)
+    t = rk.rankings_from_draws(d, [f"S{j:04d}" for j in range(N_SCHOOLS)])
+    summary = rk.mcse_summary(t, limit=1.0)  # the probabilities' gate out of the way: the ranks' alone
+    assert summary["non_finite_rank_mcse"] == 0
+    assert summary["max_rank_mcse_ratio"] > 1.2 * rk.RANK_MCSE_LIMIT and not summary["passed"], (kind, summary)
+
+
+def test_production_rank_limit_is_the_default_at_the_gates_ess():
+    from schoolquality_assets.defs import production
+
+    assert production.ranking_rank_mcse_limit(400.0) == rk.RANK_MCSE_LIMIT
+    assert production.ranking_rank_mcse_limit(1600.0) == rk.RANK_MCSE_LIMIT / 2  # like the MCSEs: 1/sqrt(ESS)
 
 
 # ---------------------------------------------------------------- (5) distinguishable labels

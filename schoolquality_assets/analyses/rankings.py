@@ -21,8 +21,13 @@ Monte Carlo error: each probability is the mean of an indicator over the draws; 
 every draw (p = 0 or 1) has no Monte Carlo variation among these draws; arviz's answer for it is 0
 or NaN depending on version (its ESS is 0/0), so it is set to 0 here explicitly. A NaN for any other
 indicator (arviz also returns NaN for fewer than 4 draws per chain) is kept and fails
-:func:`mcse_summary`'s gate. The rank quantiles need no extra check: the
-convergence gate already requires tail ESS and the ESS of the 2.5%/97.5% quantiles >= 400.
+:func:`mcse_summary`'s gate.
+
+The rank quantiles have their Monte Carlo error too (``rank_median_mcse``, ``rank_lower_95_mcse``,
+``rank_upper_95_mcse``, in places): arviz's quantile MCSE (``az.mcse(..., method="quantile",
+prob=q)``, q = 0.5, 0.025, 0.975) of each school's per-draw ranks. The convergence gate's ESS rule
+does not cover them: it judges each school's own effect, while a rank moves with every school's
+draw. See :func:`rank_quantile_mcse` (how it is computed) and :func:`mcse_summary` (the gate).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import arviz as az
 import numpy as np
 import polars as pl
 import xarray as xr
+from scipy import fft, stats
 
 from schoolquality_assets.analyses.tables import BANDS, band_of
 
@@ -43,11 +49,15 @@ UNKNOWN_BAND = "unknown"
 
 # Largest MCSE any published probability may have (see mcse_summary).
 MCSE_LIMIT = 0.02
+# Largest MCSE of a rank quantile as a share of its school's 95% rank interval width (see mcse_summary).
+RANK_MCSE_LIMIT = 0.25
 
 PROBABILITIES = ("p_below_average", "p_bottom_10", "p_top_10")
+RANK_QUANTILES = {"rank_median": 0.5, "rank_lower_95": 0.025, "rank_upper_95": 0.975}  # column -> quantile
+RANK_PROBS = tuple(RANK_QUANTILES.values())
 COLUMNS = ("school_id", "p_below_average", "p_below_average_mcse", "rank_median", "rank_lower_95",
            "rank_upper_95", "p_bottom_10", "p_bottom_10_mcse", "p_top_10", "p_top_10_mcse", "distinguishable",
-           "near_cut")
+           "near_cut", "rank_median_mcse", "rank_lower_95_mcse", "rank_upper_95_mcse")
 
 RANKINGS_DEFINITION = (
     "Average school = the mean of the J school effects in the same posterior draw; p_below_average = posterior "
@@ -60,6 +70,8 @@ RANKINGS_DEFINITION = (
 
 _RANK_CHUNK = 256       # draws argsorted at once (memory: chunk x J int64)
 _MCSE_CHUNK = 512       # schools per az.mcse call (memory: chains x draws x chunk float64)
+_RANK_MCSE_CHUNK = 256  # schools per rank_quantile_mcse step (memory: ~6 float64 chunk x draws, 35 MB at 2,800)
+_BETA_ONE_SD = np.array([0.1586553, 0.8413447])  # arviz: quantiles 1 SD either side of a beta's centre
 
 
 # ---------------------------------------------------------------- per-school rankings
@@ -105,6 +117,94 @@ def indicator_mcse(indicator: np.ndarray) -> np.ndarray:
     return out
 
 
+def _split_indicator_ess(ind: np.ndarray) -> np.ndarray:
+    """arviz's ESS (``_ess`` of ``_split_chains``: FFT autocovariance, Geyer's initial positive then
+    monotone sequence) of each row of a (school, chain, draw) 0/1 array, all rows at once."""
+    k, chains, n = ind.shape
+    half = n // 2
+    x = (ind.reshape(k, 2 * chains, half) if n % 2 == 0 else  # split chains (their order does not matter)
+         np.concatenate([ind[:, :, :half], ind[:, :, n - half:]], axis=1))
+    m = 2 * chains
+    size = m * half
+    hits = x.sum(axis=(1, 2))
+    constant = (hits == 0) | (hits == size)
+    chain_mean = x.mean(axis=2)
+    n_fft = fft.next_fast_len(2 * half, real=True)
+    centred = np.zeros((k, m, n_fft))
+    np.subtract(x, chain_mean[:, :, None], out=centred[:, :, :half])
+    spectrum = fft.rfft(centred, axis=2, overwrite_x=True).view(np.float64)    # (re, im) pairs
+    squares = np.square(spectrum, out=spectrum).sum(axis=1) / m                  # mean over the chains
+    power = squares[:, 0::2] + squares[:, 1::2]                                  # |F|^2
+    acov = fft.irfft(power, n=n_fft, axis=1)[:, :half] / half    # the chains' mean autocovariance by lag
+    mean_var = acov[:, 0] * half / (half - 1.0)
+    var_plus = mean_var * (half - 1.0) / half + chain_mean.var(axis=1, ddof=1)
+    last_pair = max((half - 3) // 2, 0)  # arviz's loop reaches lags 2j, 2j + 1 for pairs j <= last_pair
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = 1.0 - (mean_var[:, None] - acov[:, :2 * last_pair + 2]) / var_plus[:, None]
+    rho[:, 0] = 1.0
+    pairs = rho[:, 0::2] + rho[:, 1::2]
+    rows = np.arange(k)
+    # the initial positive sequence stops at the first pair j >= 1 that is not > 0 (or at last_pair)
+    if last_pair >= 1:
+        stop = ~(pairs[:, 1:] > 0)
+        j = np.where(stop.any(axis=1), stop.argmax(axis=1) + 1, last_pair)
+        j = np.where(pairs[:, 0] > 0, j, 0)
+    else:
+        j = np.zeros(k, dtype=int)
+    monotone = np.cumsum(np.minimum.accumulate(pairs, axis=1), axis=1)  # initial monotone sequence, summed
+    kept = np.where(j > 0, monotone[rows, np.maximum(j - 1, 0)], 0.0)   # pairs 0 .. j - 1
+    rho_even = rho[rows, 2 * j]                                         # arviz's last even lag, kept if > 0
+    tail = np.where(j == 0, 1.0, np.where((pairs[rows, j] >= 0) | (rho_even > 0), rho_even, 0.0))
+    tau = np.maximum(-1.0 + 2.0 * kept + tail, 1 / np.log10(size))
+    ess = np.where(np.isnan(rho[:, 1]), np.nan, size / tau)
+    return np.where(constant, float(size), ess)
+
+
+def rank_quantile_mcse(ranks: np.ndarray, probs: tuple[float, ...] = RANK_PROBS) -> np.ndarray:
+    """MCSE of the ``probs`` quantiles of each school's per-draw ranks, (len(probs), school) float64,
+    from a (chain, draw, school) array; arviz's ``az.mcse(..., method="quantile", prob=q)``.
+
+    arviz's method: the ESS of the indicator "rank <= the type-7 quantile" (split chains), then half
+    the distance between the draws at the beta(ESS q + 1, ESS (1 - q) + 1) quantiles 1 SD either side
+    of q. The same arithmetic is done here for a chunk of schools at once: ``az.mcse`` loops over
+    the schools in Python at ~1 ms a school and quantile (~10 s for 3 x 3,300 schools, more than
+    the rest of the rankings); test_rankings checks that the numbers are arviz's. The published
+    quantiles are ``inverted_cdf`` ones, whose Monte Carlo error is the same to first order.
+
+    A school whose rank is the same in every draw gets 0 (no Monte Carlo variation, as for a
+    constant indicator); so does a quantile whose two bracketing draws are the same rank, which
+    integer ranks allow (e.g. a school ranked 1 in most draws): that quantile is exact to one place.
+    Fewer than 4 draws per chain give NaN (arviz's rule), which fails :func:`mcse_summary`'s gate.
+    """
+    r = np.asarray(ranks)
+    if r.ndim != 3:
+        raise ValueError(f"ranks must be (chain, draw, school), got shape {r.shape}")
+    chains, n_draws, j = r.shape
+    size = chains * n_draws
+    out = np.zeros((len(probs), j))
+    varying = np.flatnonzero(r.min(axis=(0, 1)) != r.max(axis=(0, 1)))
+    if n_draws < 4:
+        out[:, varying] = np.nan
+        return out
+    for start in range(0, varying.size, _RANK_MCSE_CHUNK):
+        idx = varying[start:start + _RANK_MCSE_CHUNK]
+        x = np.ascontiguousarray(np.moveaxis(r[:, :, idx], 2, 0), dtype=np.float64)   # (school, chain, draw)
+        srt = np.sort(x.reshape(idx.size, size), axis=1)
+        rows = np.arange(idx.size)
+        for i, q in enumerate(probs):
+            aleph = size * q + (1.0 - q)       # scipy mquantiles, alphap = betap = 1 (type 7), as arviz
+            lo = int(np.floor(np.clip(aleph, 1, size - 1)))
+            gamma = float(np.clip(aleph - lo, 0, 1))
+            quantile = (1.0 - gamma) * srt[:, lo - 1] + gamma * srt[:, lo]
+            ess = _split_indicator_ess(x <= quantile[:, None, None])
+            with np.errstate(invalid="ignore"):
+                band = stats.beta.ppf(_BETA_ONE_SD[:, None], ess * q + 1, ess * (1 - q) + 1)
+            first = np.floor(np.fmax(band[0] * size - 1, 0)).astype(int)   # a NaN ESS spans all draws
+            second = np.ceil(np.fmin(band[1] * size - 1, size - 1)).astype(int)
+            out[i, idx] = (srt[rows, second] - srt[rows, first]) / 2
+    return out
+
+
 def _label(p_below: np.ndarray) -> np.ndarray:
     hi = 1 - (1 - DISTINGUISHABLE_LEVEL) / 2  # 0.975
     lo = (1 - DISTINGUISHABLE_LEVEL) / 2      # 0.025
@@ -138,6 +238,7 @@ def rankings_from_draws(draws: np.ndarray, school_ids) -> pl.DataFrame:
     del top
     lower, median, upper = np.quantile(ranks.reshape(chains * n_draws, j), (0.025, 0.5, 0.975), axis=0,
                                        method="inverted_cdf")
+    rank_mcse = dict(zip(RANK_QUANTILES, rank_quantile_mcse(ranks)))
     del ranks
 
     return pl.DataFrame({
@@ -153,6 +254,7 @@ def rankings_from_draws(draws: np.ndarray, school_ids) -> pl.DataFrame:
         "p_top_10_mcse": mcse_top,
         "distinguishable": pl.Series(_label(p_below), dtype=pl.Utf8),
         "near_cut": pl.Series(near_cut(p_below, mcse_below), dtype=pl.Boolean),
+        **{f"{column}_mcse": values for column, values in rank_mcse.items()},
     }).sort("school_id")
 
 
@@ -167,19 +269,32 @@ def school_rankings(idata) -> pl.DataFrame:
     """One row per school of the posterior, sorted by school_id: ``p_below_average`` and its MCSE,
     ``rank_median`` / ``rank_lower_95`` / ``rank_upper_95`` (1 = lowest effect, among the J schools
     of the fit), ``p_bottom_10`` / ``p_top_10`` and their MCSEs, ``distinguishable`` (below / above /
-    cannot tell). See the module docstring for the definitions.
+    cannot tell), ``near_cut``, and the MCSEs of the three rank quantiles (places). See the module
+    docstring for the definitions.
 
     Memory beyond the posterior itself (J schools, S draws): the int32 ranks (4·S·J bytes, 37 MB for
     2,800 x 3,300), a bool indicator (S·J), the quantile's working copy of the ranks and chunked
-    float64 copies for arviz - about 100 MB at production size. Float64 draws are not copied.
+    float64 copies for arviz and the rank MCSEs - about 100 MB at production size. Float64 draws are
+    not copied.
     """
     da = idata.posterior["r_school"].transpose("chain", "draw", "school")
     return rankings_from_draws(np.asarray(da.values), da["school"].values)
 
 
 # ---------------------------------------------------------------- the MCSE gate
-def mcse_summary(rankings: pl.DataFrame, limit: float = MCSE_LIMIT) -> dict:
-    """The largest MCSE of each published probability, and whether all are within ``limit``.
+def rank_mcse_ratios(rankings: pl.DataFrame, limit: float = RANK_MCSE_LIMIT) -> np.ndarray:
+    """(3, school) MCSE of rank_median, rank_lower_95 and rank_upper_95 (the order of
+    RANK_QUANTILES) divided by the school's 95% rank interval width, rank_upper_95 - rank_lower_95,
+    taken as at least 1/``limit`` places, so that an MCSE of one place always passes (see
+    :func:`mcse_summary`)."""
+    width = (rankings["rank_upper_95"] - rankings["rank_lower_95"]).to_numpy().astype(np.float64)
+    width = np.maximum(width, 1.0 / limit)
+    return np.stack([rankings[f"{column}_mcse"].to_numpy() / width for column in RANK_QUANTILES])
+
+
+def mcse_summary(rankings: pl.DataFrame, limit: float = MCSE_LIMIT, rank_limit: float = RANK_MCSE_LIMIT) -> dict:
+    """The largest MCSE of each published probability and of the rank quantiles, and whether all
+    probabilities' MCSEs are within ``limit`` and all rank quantiles' within ``rank_limit`` (below).
 
     The default limit 0.02: a probability is the mean of a 0/1 indicator, so its MCSE is
     sqrt(p(1-p)/ESS) with ESS the indicator's effective sample size, largest at p = 0.5. With the
@@ -189,6 +304,26 @@ def mcse_summary(rankings: pl.DataFrame, limit: float = MCSE_LIMIT) -> dict:
     so a school reported at p >= 0.9 is, to two MCSEs, truly above ~0.876; Monte Carlo noise alone
     moves a school across the 0.9 (or 0.975) cut only from just beside it, never from another bin of
     width 0.1. A NaN MCSE (a varying indicator arviz could not assess) fails the gate.
+
+    The ranks: a rank quantile's MCSE is in places, so it is judged against the school's own 95% rank
+    interval width W = rank_upper_95 - rank_lower_95 (:func:`rank_mcse_ratios`): for every school,
+    the MCSE of its median and of both ends, divided by W, must be <= ``rank_limit`` (default 0.25).
+    W is the uncertainty the reader is shown, so an error small against it cannot change what the
+    interval says, and the ratio does not grow with J as places do. For a rank posterior of normal
+    shape it is sqrt(q(1-q)) / phi(z_q) / (2 x 1.96) / sqrt(ESS): 0.68 / sqrt(ESS) at either end,
+    0.32 / sqrt(ESS) at the median (0.034 and 0.016 at the convergence gate's ESS of 400). The gate
+    takes the worst of 3 J estimates, which is larger: arviz's estimate is half the distance between
+    two draws ~1 SD apart, with only ~ESS/40 draws beyond a 2.5% point, so it is noisy; and schools
+    near the top or bottom have skewed rank posteriors whose inner end lies in a long thin tail.
+    Simulated exact posteriors (J = 30, 500 and 3,300; 4 chains) whose school effects all had a
+    quantile ESS of ~350 or more gave worst ratios of 0.06-0.18. Too short fits (4 x 25 to 4 x 100
+    draws, or autocorrelated chains with effect ESS 10-170) gave 0.27-2.3 at J = 3,300, 0.18-0.71
+    at J = 500 (mostly above 0.25), and at J = 30 mostly passed: too few schools for the worst to
+    stand out (the convergence gate fails all of those fits first). Within 0.25, each end of every
+    interval is, to 1 MCSE, within a quarter of its width of where more draws would put it. Integer
+    ranks make tiny intervals coarse (arviz's estimate moves in half places), so W is taken as at
+    least 1 / ``rank_limit`` places: an MCSE of 1 place always passes (a school ranked 1 in nearly
+    every draw has W of 0-2). A NaN rank MCSE (fewer than 4 draws per chain) fails the gate.
 
     ``near_cut``: schools whose ``distinguishable`` label could change by Monte Carlo noise, i.e.
     p_below_average within 2 MCSE of 0.975 or of 0.025 (informational, not gated).
@@ -210,7 +345,23 @@ def mcse_summary(rankings: pl.DataFrame, limit: float = MCSE_LIMIT) -> dict:
     out["worst_mcse_school"] = worst_school
     out["non_finite_mcse"] = non_finite
     out["near_cut"] = int(near_cut(p, se).sum())
-    out["passed"] = bool(non_finite == 0 and worst_school is not None and worst <= limit)
+    ratios = rank_mcse_ratios(rankings, rank_limit)
+    bad = ~np.isfinite(ratios)
+    finite = np.where(bad, -np.inf, ratios)
+    out["rank_mcse_ratio_limit"] = rank_limit
+    out["non_finite_rank_mcse"] = int(bad.sum())
+    out["max_rank_mcse_ratio"], out["worst_rank_mcse_school"] = float("nan"), None
+    if ratios.size and not bad.all():
+        which, row = (int(i) for i in np.unravel_index(int(finite.argmax()), ratios.shape))
+        column = list(RANK_QUANTILES)[which]
+        out["max_rank_mcse_ratio"] = float(ratios[which, row])
+        out["worst_rank_mcse_school"] = str(rankings["school_id"][row])
+        out["worst_rank_mcse_column"] = column
+        out["worst_rank_mcse_places"] = float(rankings[f"{column}_mcse"][row])
+        out["worst_rank_interval_width"] = int(rankings["rank_upper_95"][row] - rankings["rank_lower_95"][row])
+    ranks_ok = (out["non_finite_rank_mcse"] == 0 and out["worst_rank_mcse_school"] is not None
+                and out["max_rank_mcse_ratio"] <= rank_limit)
+    out["passed"] = bool(non_finite == 0 and worst_school is not None and worst <= limit and ranks_ok)
     return out
 
 

@@ -66,6 +66,13 @@ def ranking_mcse_limit(min_ess: float) -> float:
     return 0.5 / min_ess ** 0.5
 
 
+def ranking_rank_mcse_limit(min_ess: float) -> float:
+    """The largest MCSE a published rank quantile may have, as a share of its school's 95% rank
+    interval width: 5 / sqrt(min_ess) (0.25 at ESS 400; rankings.mcse_summary says why). Like the
+    probabilities' limit it scales as 1 / sqrt(ESS), as the rank MCSEs themselves do."""
+    return 5.0 / min_ess ** 0.5
+
+
 def publication_problems(table: pl.DataFrame, expected: set[str]) -> dict[str, int]:
     """What stops ``table`` from being published: counts of missing, extra and duplicate schools,
     null cells (names aside: data may have none) and non-positive SDs (all zero when it may be written)."""
@@ -138,7 +145,9 @@ ANNUAL_PUBLICATION = dg.FreshnessPolicy.cron(deadline_cron="0 6 1 10 *", lower_b
                  dg.AssetCheckSpec("ranking_mcse", asset="g3_school_quality", blocking=True,
                                    partitions_def=sample_partitions,
                                    description="Monte Carlo error of every published probability (p_below_average, "
-                                   "p_bottom_10, p_top_10) <= 0.5 / sqrt(min_ess), finite")],
+                                   "p_bottom_10, p_top_10) <= 0.5 / sqrt(min_ess), and of every rank quantile "
+                                   "(rank_median, rank_lower_95, rank_upper_95) <= 5 / sqrt(min_ess) of the school's "
+                                   "95% rank interval width (an MCSE of 1 place always passes); all finite")],
 )
 def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource, convergence: ConvergenceResource):
     wh = warehouse.get()
@@ -168,7 +177,8 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     check = dg.AssetCheckResult(check_name="matches_eligible_schools", passed=not any(problems.values()),
                                 metadata=problems | {"rows": table.height, "expected": len(expected),
                                                      "posterior_run_id": str(idata.attrs.get("run_id", ""))})
-    mcse = rankings.mcse_summary(table, limit=ranking_mcse_limit(convergence.min_ess))
+    mcse = rankings.mcse_summary(table, limit=ranking_mcse_limit(convergence.min_ess),
+                                 rank_limit=ranking_rank_mcse_limit(convergence.min_ess))
     mcse_check = dg.AssetCheckResult(check_name="ranking_mcse", passed=mcse["passed"],
                                      metadata={k: rounded(v) for k, v in mcse.items() if v is not None})
     if not (check.passed and mcse_check.passed):
@@ -185,7 +195,8 @@ def g3_school_quality(context: dg.AssetExecutionContext, warehouse: WarehouseRes
         "code_version": code_version(), "run_id": context.run.run_id, "posterior_run_id": str(idata.attrs.get("run_id", "")),
         "data_vintage": str(vintage), "partition": partition, "scale": "logit",
         "gate_thresholds": _json(dataclasses.asdict(limits) | {
-            "ranking_mcse_limit": ranking_mcse_limit(convergence.min_ess)}),
+            "ranking_mcse_limit": ranking_mcse_limit(convergence.min_ess),
+            "ranking_rank_mcse_ratio_limit": ranking_rank_mcse_limit(convergence.min_ess)}),
     }
     arrow = table.to_arrow()
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **file_meta})
@@ -230,6 +241,10 @@ def school_rankings(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     meta = pq.read_schema(path).metadata or {}
     if not set(landing.SCHOOL_COLUMNS) <= set(quality.columns):  # a file written before names were kept
         quality = landing.with_school_names(quality, school_names(wh, context.log))
+    missing = [c for c in RANKING_COLUMNS if c not in quality.columns]
+    if missing:   # a file written by an earlier version
+        raise dg.Failure(description=f"{path} has no column(s) {', '.join(missing)}: it was written by an earlier "
+                         f"version; materialize g3_school_quality[{partition}] again (e.g. --select '*school_rankings')")
     table = quality.select(RANKING_COLUMNS)
     eligible = wh.read_table("eligible_schools")
     png = figures.league_table_png(table, eligible)
