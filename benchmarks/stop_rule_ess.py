@@ -135,13 +135,8 @@ class Replicate:
             return self.verdicts[n][0]
         p = columns(views, [*HYPER, "r_school"])
         idata = az.from_dict(posterior=p, dims={"r_school": ["school"], "b": ["coef"]})
-        summary = dg.convergence_summary(idata, self.limits, screen=True, reported=False)
-        failed = dg.failed_blocking(dg.gate(summary, self.limits))
-        screen_failed = [o.name for o in failed]
-        if not failed:
-            summary = dg.convergence_summary(idata, self.limits, reported=False)
-            failed = dg.failed_blocking(dg.gate(summary, self.limits))
-        summary = summary | {"_failed": [o.name for o in failed], "_screen_failed": screen_failed}
+        summary, failed, screen_failed = dg.screened_gate(idata, self.limits)
+        summary = summary | {"_failed": [o.name for o in failed], "_screen_failed": [o.name for o in screen_failed]}
         verdict = Verdict(not failed, not failed, "gate holds" if not failed else "not yet")
         self.verdicts[n] = (verdict, summary)
         return verdict

@@ -368,6 +368,19 @@ def gate(summary: dict, limits: Thresholds) -> list[CheckOutcome]:
     ]
 
 
+def screened_gate(idata, limits: Thresholds) -> tuple[dict, list[CheckOutcome], list[CheckOutcome]]:
+    """The stop rule's judgement of a checkpoint: the vectorised screen first; arviz judges again
+    only a checkpoint the screen passes (or that has divergences), so arviz has the final say at
+    the cost of one arviz pass per fit. Returns the summary, the failed blocking checks, and those
+    the screen failed."""
+    summary = convergence_summary(idata, limits, screen=True, reported=False)
+    screen_failed = failed = failed_blocking(gate(summary, limits))
+    if not failed or (summary["divergences"] or 0) > limits.max_divergences:
+        summary = convergence_summary(idata, limits, reported=False)
+        failed = failed_blocking(gate(summary, limits))
+    return summary, failed, screen_failed
+
+
 def failed_blocking(outcomes: list[CheckOutcome]) -> list[CheckOutcome]:
     return [o for o in outcomes if o.blocking and not o.passed]
 

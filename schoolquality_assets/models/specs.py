@@ -438,13 +438,7 @@ def convergence_judge(spec: ModelSpec, mi: ModelInput, limits):
         coords = {"school": mi.coords["school"], "coef": mi.coords.get("coef", [])}
         stats = {SAMPLE_STATS[k]: p[k] for k in ("divergent__", "energy__")}
         idata = az.from_dict(posterior=post, sample_stats=stats, coords=coords, dims=dims)
-        # a vectorised screen first; arviz judges only a checkpoint the screen passes (or that has
-        # divergences), so arviz has the final say at the cost of one arviz pass per fit
-        summary = diagnostics.convergence_summary(idata, limits, screen=True, reported=False)
-        failed = diagnostics.failed_blocking(diagnostics.gate(summary, limits))
-        if not failed or (summary["divergences"] or 0) > limits.max_divergences:
-            summary = diagnostics.convergence_summary(idata, limits, reported=False)
-            failed = diagnostics.failed_blocking(diagnostics.gate(summary, limits))
+        summary, failed, _ = diagnostics.screened_gate(idata, limits)
         f = lambda v, spec=".4f": "nan" if v is None else format(v, spec)  # noqa: E731
         where = (f"{n} draws/chain, {elapsed:.0f} s: max R-hat of the hyperparameters {f(summary['max_rhat_hyper'])} "
                  f"(limit {limits.max_rhat}), of r_school {f(summary['r_school_max_rhat'])} "
