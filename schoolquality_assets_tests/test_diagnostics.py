@@ -6,6 +6,8 @@ of the published 2.5%/97.5% quantiles is gated."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 
 import arviz as az
 import numpy as np
@@ -74,32 +76,64 @@ def test_vectorised_diagnostics_equal_arviz():
     np.testing.assert_allclose(d["ess_quantile"], np.minimum(*q), rtol=1e-10)
 
 
-def test_a_block_judged_in_parallel_equals_one_process(monkeypatch):
+def _recording_parts(monkeypatch, tmp_path, in_copy=None):
+    """diagnose_draws that notes which process judged how many parameters (and, in a forked copy,
+    runs ``in_copy`` first)."""
+    real, parent = draw_diagnostics.diagnose_draws, os.getpid()
+
+    def recorded(x, quantiles, screen):
+        if in_copy is not None and os.getpid() != parent:
+            in_copy()
+        with open(tmp_path / "parts.txt", "a") as f:
+            f.write(f"{os.getpid()} {len(x)}\n")
+        return real(x, quantiles, screen)
+
+    monkeypatch.setattr(draw_diagnostics, "diagnose_draws", recorded)
+    monkeypatch.setattr(draw_diagnostics, "PARALLEL_MIN_VALUES", 1)
+    return lambda: [tuple(map(int, line.split())) for line in (tmp_path / "parts.txt").read_text().splitlines()]
+
+
+def test_a_block_judged_in_parallel_equals_one_process(monkeypatch, tmp_path):
     x = np.random.default_rng(3).normal(size=(45, 4, 60)).cumsum(-1)  # autocorrelated, unequal rows
     x[7] = 1.0  # constant: NaN R-hat
     x[8, 2, 5] = np.nan
     one = draw_diagnostics.diagnose_draws(x, draw_diagnostics.PUBLISHED_QUANTILES, screen=False)
-    monkeypatch.setattr(draw_diagnostics, "_PARALLEL_MIN_VALUES", 1)
-    parallel = draw_diagnostics.diagnose_in_parallel(x, workers=3)  # this process and two workers
+    parts = _recording_parts(monkeypatch, tmp_path)
+    parallel = draw_diagnostics.diagnose_in_parallel(x, workers=3)  # this process and two forked copies
     assert one.keys() == parallel.keys()
     for k in one:
         np.testing.assert_array_equal(parallel[k], one[k])
     assert np.isnan(parallel["rhat"][7]) and np.isnan(parallel["ess_bulk"][8])
-    # other quantiles in this process only: rows 15-44 still agree, so the workers computed them
-    monkeypatch.setattr(draw_diagnostics, "PUBLISHED_QUANTILES", (0.1, 0.9))
-    mixed = draw_diagnostics.diagnose_in_parallel(x, workers=3)["ess_quantile"]
-    np.testing.assert_array_equal(mixed[15:], one["ess_quantile"][15:])
-    assert not np.array_equal(mixed[:15], one["ess_quantile"][:15])
+    judged = parts()
+    assert len({pid for pid, _ in judged}) == 3 and sorted(n for _, n in judged) == [15, 15, 15]
 
 
-def test_a_failed_diagnostics_worker_is_redone_here(monkeypatch):
+def test_the_cached_arviz_judgement_of_a_large_block_uses_every_core(monkeypatch, tmp_path):
+    x = np.random.default_rng(5).normal(size=(30, 4, 40))
+    parts = _recording_parts(monkeypatch, tmp_path)
+    monkeypatch.setattr(draw_diagnostics, "usable_cores", lambda: 2, raising=False)
+    d = draw_diagnostics.diagnose(x)
+    np.testing.assert_array_equal(d["ess_bulk"], draw_diagnostics.diagnose_draws(x, (0.025, 0.975), False)["ess_bulk"])
+    assert len({pid for pid, _ in parts()}) >= 2
+
+
+@pytest.mark.parametrize("failure", ["raises", "hangs"])
+def test_a_failed_or_hung_forked_part_is_redone_here(monkeypatch, tmp_path, failure):
     x = np.random.default_rng(4).normal(size=(20, 4, 50))
-    monkeypatch.setattr(draw_diagnostics, "_PARALLEL_MIN_VALUES", 1)
-    monkeypatch.setenv("PYTHONPATH", "/nonexistent")
-    monkeypatch.setattr("sys.executable", "/bin/false")  # every worker fails at once
+
+    def in_copy():
+        if failure == "raises":
+            raise RuntimeError("a forked part failed")
+        time.sleep(600)
+
+    parts = _recording_parts(monkeypatch, tmp_path, in_copy)
+    monkeypatch.setattr(draw_diagnostics, "FORK_GRACE_SECONDS", 0.5)
+    start = time.monotonic()
     parallel = draw_diagnostics.diagnose_in_parallel(x, workers=2)
+    assert time.monotonic() - start < 60
     np.testing.assert_array_equal(parallel["ess_bulk"],
                                   draw_diagnostics.diagnose_draws(x, draw_diagnostics.PUBLISHED_QUANTILES, False)["ess_bulk"])
+    assert {pid for pid, _ in parts()} == {os.getpid()}  # both halves judged here
 
 
 @pytest.mark.parametrize("draws", [201, 9, 400])
@@ -277,6 +311,30 @@ def test_cohort_effects_are_judged_but_not_blocking():
     summary, checks = judged(posterior(school, rng, cohort=cohort))
     assert summary["r_cohort_gate_passed"] == 0 and summary["r_cohort_ratio_bulk"] > summary["r_cohort_ratio_limit"]
     assert checks["rhat"].passed and checks["rhat"].metadata["cohort_gate_passed"] == 0
+
+
+@pytest.mark.parametrize("ess_ratio", [0.12, 0.5])  # many effects near min_ess / most far above it
+def test_reported_blocks_equal_arviz_on_every_effect(monkeypatch, ess_ratio):
+    """The cohort figures (arviz on the effects near a threshold or extreme, the screen elsewhere)
+    equal those of arviz judging every effect, figure by figure."""
+    rng = np.random.default_rng(11)
+    cohort = ar1(rng, (1500, CHAINS, 300), ess_ratio)
+    cohort[:40, 0] += 0.15                                   # R-hats near 1.01 and above
+    cohort[40] = np.round(cohort[40])                        # ties
+    cohort[41, 2, 7] = np.nan                                # non-finite
+    idata = posterior(ar1(rng, (50, CHAINS, 300), 0.5), rng, cohort=cohort)
+    summary = diagnostics.convergence_summary(idata, LIMITS)
+    rechecked = summary.pop("r_cohort_arviz_rechecked")
+    monkeypatch.setattr(diagnostics, "_near_a_threshold", lambda d, *_: np.ones(len(d["rhat"]), bool))
+    everywhere = diagnostics.convergence_summary(idata, LIMITS)
+    assert everywhere.pop("r_cohort_arviz_rechecked") == 1500 and 40 < rechecked < 1500
+    assert summary.keys() == everywhere.keys()
+    for key, value in everywhere.items():
+        if isinstance(value, float):
+            assert summary[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
+        else:
+            assert summary[key] == value, key
+    assert 0 < summary["r_cohort_share_rhat_gt_1_01"] and summary["r_cohort_n_non_finite"] == 1
 
 
 def test_thresholds_and_resource_have_the_same_fields_and_defaults():

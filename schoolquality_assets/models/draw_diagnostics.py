@@ -1,12 +1,15 @@
 """Per-parameter R-hat and ESS of blocks of draws (K, chain, draw): arviz's own, plus the block
 rule's between/within sums of squares from the same rank-normalised split chains, a vectorised
-screen of the same figures for the stop rule, and a parallel form for large blocks
-(diagnose_worker). The gate that judges them is diagnostics.py."""
+screen of the same figures for the stop rule, and a parallel form for large blocks (forked
+copies of this process). The gate that judges them is diagnostics.py."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import tempfile
+import time
 from pathlib import Path
 
 import arviz as az
@@ -14,6 +17,8 @@ import numpy as np
 import xarray as xr
 from scipy.fft import next_fast_len
 from scipy.special import ndtri
+
+from schoolquality_assets.engine.processes import usable_cores
 
 PUBLISHED_QUANTILES = (0.025, 0.975)     # g3_school_quality publishes these quantiles of r_school
 TAIL_QUANTILES = (0.05, 0.95)            # arviz's tail ESS
@@ -147,53 +152,81 @@ _DIAGNOSED: dict = {}  # the last few arviz results by content: the stop rule's 
 def diagnose(x: np.ndarray, quantiles=PUBLISHED_QUANTILES, screen: bool = False) -> dict[str, np.ndarray]:
     """Per-parameter diagnostics of (K, chain, draw) draws: R-hat (arviz rank), bulk ESS, tail ESS,
     the smallest ESS of ``quantiles``, and the block sums of squares (bulk and folded).
-    ``screen``: the same figures vectorised (the stop rule's screen), not arviz's."""
+    ``screen``: the same figures vectorised (the stop rule's screen), not arviz's. A large block
+    is judged on every core (diagnose_in_parallel)."""
     x = np.ascontiguousarray(x, dtype=float)
     key = (x.shape, hashlib.blake2b(x.data, digest_size=16).digest(), tuple(quantiles), screen)
     if key not in _DIAGNOSED:
         while len(_DIAGNOSED) >= 16:
             _DIAGNOSED.pop(next(iter(_DIAGNOSED)))
-        _DIAGNOSED[key] = diagnose_draws(x, quantiles, screen)
+        _DIAGNOSED[key] = diagnose_in_parallel(x, quantiles=quantiles, screen=screen)
     return {k: v.copy() for k, v in _DIAGNOSED[key].items()}
 
 
-def diagnose_in_parallel(x: np.ndarray, workers: int | None = None) -> dict[str, np.ndarray]:
-    """arviz's diagnostics (``diagnose_draws``) of a large (K, chain, draw) block, its parameters
-    split between this process and ``workers - 1`` fresh interpreters (diagnose_worker; default:
-    one per core this process may use). Each parameter's figures depend on its own draws only, so
-    the result equals the one-process result exactly. Used for the reported cohort and profile
-    blocks, judged after sampling, when the cores are free; a block too small to repay a worker's
-    start-up (~2 s) is judged here alone. A worker that fails is redone here."""
-    import subprocess
-    import sys
-    import tempfile
-
-    from schoolquality_assets.engine.processes import child_env, usable_cores
-
+def diagnose_in_parallel(x: np.ndarray, workers: int | None = None, quantiles=PUBLISHED_QUANTILES,
+                         screen: bool = False) -> dict[str, np.ndarray]:
+    """``diagnose_draws`` (arviz's figures, or with ``screen`` the vectorised ones) of a large
+    (K, chain, draw) block, its parameters split between this process and ``workers - 1`` forked
+    copies of it (default: one part per core this process may use). Each parameter's figures
+    depend on its own draws only, so the result equals the one-process result exactly. A fork
+    starts in milliseconds with arviz already imported (a fresh interpreter took ~4 s to import
+    it). Used where the cores are free: the stop rule's checkpoints (the chains wait) and the
+    reported cohort and profile blocks (after sampling). A block too small to repay a fork is
+    judged here alone; a part whose copy fails or outlives ``FORK_PATIENCE`` times this process's
+    own part (plus ``FORK_GRACE_SECONDS``) is redone here. Without ``os.fork`` (Windows) every
+    part is judged here."""
     workers = workers or usable_cores()
-    parts = max(1, min(workers, x.size // _PARALLEL_MIN_VALUES, x.shape[0]))
+    parts = max(1, min(workers, x.size // PARALLEL_MIN_VALUES, x.shape[0]))
+    if parts == 1 or not hasattr(os, "fork"):
+        return diagnose_draws(x, quantiles, screen)
     bounds = np.linspace(0, x.shape[0], parts + 1).astype(int)
-    if parts == 1:
-        return diagnose_draws(x, PUBLISHED_QUANTILES, screen=False)
     with tempfile.TemporaryDirectory(prefix="schoolquality-diagnose-") as tmp:
-        jobs = []
-        for i, (lo, hi) in enumerate(zip(bounds[1:-1], bounds[2:]), start=1):
-            np.save(f"{tmp}/draws_{i}.npy", x[lo:hi])
-            jobs.append((lo, hi, f"{tmp}/out_{i}.npz", subprocess.Popen(
-                [sys.executable, "-m", "schoolquality_assets.models.diagnose_worker", f"{tmp}/draws_{i}.npy",
-                 f"{tmp}/out_{i}.npz", str(os.getpid())], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                env=child_env())))
-        pieces = [diagnose_draws(x[: bounds[1]], PUBLISHED_QUANTILES, screen=False)]
-        for lo, hi, out, proc in jobs:
-            if proc.wait() == 0 and Path(out).exists():
+        children = [(lo, hi, f"{tmp}/part_{i}.npz", _fork_part(x[lo:hi], quantiles, screen, f"{tmp}/part_{i}.npz"))
+                    for i, (lo, hi) in enumerate(zip(bounds[1:-1], bounds[2:]), start=1)]
+        start = time.monotonic()
+        pieces = [diagnose_draws(x[: bounds[1]], quantiles, screen)]
+        deadline = time.monotonic() + FORK_PATIENCE * (time.monotonic() - start) + FORK_GRACE_SECONDS
+        for lo, hi, out, pid in children:
+            if _wait(pid, deadline) and Path(out).exists():
                 with np.load(out) as f:
                     pieces.append({k: f[k] for k in f.files})
             else:
-                pieces.append(diagnose_draws(x[lo:hi], PUBLISHED_QUANTILES, screen=False))
+                pieces.append(diagnose_draws(x[lo:hi], quantiles, screen))
     return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
 
 
-_PARALLEL_MIN_VALUES = 8_000_000  # draws per worker below which a worker costs more than it saves
+PARALLEL_MIN_VALUES = 500_000  # draws per part below which a fork costs more than it saves
+FORK_PATIENCE = 3.0            # a forked part may take this many times this process's own part,
+FORK_GRACE_SECONDS = 10.0      # plus this
+
+
+def _fork_part(x: np.ndarray, quantiles, screen: bool, out: str) -> int:
+    """Judge ``x`` in a forked copy of this process, writing the figures to ``out``; returns its pid.
+    The copy runs only NumPy, SciPy and arviz code already imported, and never returns."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        result = diagnose_draws(x, quantiles, screen)
+        np.savez(out + ".part.npz", **result)
+        os.replace(out + ".part.npz", out)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _wait(pid: int, deadline: float) -> bool:
+    """Whether the forked part ``pid`` succeeded by ``deadline`` (past it, the copy is killed)."""
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) == 0
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return False
+        time.sleep(0.01)
 
 
 def diagnose_draws(x: np.ndarray, quantiles, screen: bool) -> dict[str, np.ndarray]:
