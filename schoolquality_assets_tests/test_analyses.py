@@ -180,6 +180,18 @@ def test_shrinkage_exact_and_band_ordering():
 
 
 # ---------------------------------------------------------------- LOO
+def test_relative_efficiency_is_arviz_ess_of_the_likelihood():
+    rng = np.random.default_rng(12)
+    ll = np.cumsum(rng.normal(size=(4, 151, 60)), axis=1) * 0.02 + rng.normal(size=(4, 151, 60)) * 0.3 - 2
+    ll[:, :, 5] = -1.0                      # constant: ESS = draws
+    ll[2, 7, 9] = np.nan                    # non-finite: not counted
+    lik = np.exp(ll - ll.max(axis=(0, 1), keepdims=True))
+    ess = az.ess(az.convert_to_dataset(lik), method="mean")["x"].values / (4 * 151)
+    total, count = loo.relative_efficiency(ll)
+    assert count == 59 == np.isfinite(ess).sum()
+    assert total == pytest.approx(np.nansum(np.clip(ess, 0.01, 1.0)), rel=1e-12)
+
+
 def test_pointwise_loo_matches_az_loo_and_chunks(posteriors):
     idata = posteriors["m2"]
     r = loo._reff(idata)

@@ -160,7 +160,7 @@ def test_screened_and_arviz_summaries_agree(stationary):
     idata = posterior(school, rng)
     a = diagnostics.convergence_summary(idata, LIMITS, reported=False)
     s = diagnostics.convergence_summary(idata, LIMITS, screen=True, reported=False)
-    assert a.keys() == s.keys()
+    assert a.keys() == s.keys() and a.pop("r_school_arviz_rechecked") > 0 and s.pop("r_school_arviz_rechecked") is None
     for key, v in a.items():
         assert s[key] == pytest.approx(v, rel=1e-9) if isinstance(v, float) else s[key] == v, key
 
@@ -314,20 +314,23 @@ def test_cohort_effects_are_judged_but_not_blocking():
 
 
 @pytest.mark.parametrize("ess_ratio", [0.12, 0.5])  # many effects near min_ess / most far above it
-def test_reported_blocks_equal_arviz_on_every_effect(monkeypatch, ess_ratio):
-    """The cohort figures (arviz on the effects near a threshold or extreme, the screen elsewhere)
-    equal those of arviz judging every effect, figure by figure."""
+def test_block_figures_equal_arviz_on_every_effect(monkeypatch, ess_ratio):
+    """The school and cohort figures (arviz on the effects near a threshold or extreme, the screen
+    elsewhere) equal those of arviz judging every effect, figure by figure, verdicts included."""
     rng = np.random.default_rng(11)
     cohort = ar1(rng, (1500, CHAINS, 300), ess_ratio)
     cohort[:40, 0] += 0.15                                   # R-hats near 1.01 and above
     cohort[40] = np.round(cohort[40])                        # ties
     cohort[41, 2, 7] = np.nan                                # non-finite
-    idata = posterior(ar1(rng, (50, CHAINS, 300), 0.5), rng, cohort=cohort)
+    school = ar1(rng, (800, CHAINS, 300), ess_ratio)
+    school[:5, 0] += 0.3
+    idata = posterior(school, rng, cohort=cohort)
     summary = diagnostics.convergence_summary(idata, LIMITS)
-    rechecked = summary.pop("r_cohort_arviz_rechecked")
+    rechecked = {v: summary.pop(f"{v}_arviz_rechecked") for v in ("r_school", "r_cohort")}
     monkeypatch.setattr(diagnostics, "_near_a_threshold", lambda d, *_: np.ones(len(d["rhat"]), bool))
     everywhere = diagnostics.convergence_summary(idata, LIMITS)
-    assert everywhere.pop("r_cohort_arviz_rechecked") == 1500 and 40 < rechecked < 1500
+    assert {v: everywhere.pop(f"{v}_arviz_rechecked") for v in rechecked} == {"r_school": 800, "r_cohort": 1500}
+    assert 40 < rechecked["r_cohort"] < 1500 and 10 <= rechecked["r_school"] < 800
     assert summary.keys() == everywhere.keys()
     for key, value in everywhere.items():
         if isinstance(value, float):
@@ -335,6 +338,7 @@ def test_reported_blocks_equal_arviz_on_every_effect(monkeypatch, ess_ratio):
         else:
             assert summary[key] == value, key
     assert 0 < summary["r_cohort_share_rhat_gt_1_01"] and summary["r_cohort_n_non_finite"] == 1
+    assert [o.passed for o in diagnostics.gate(summary, LIMITS)] == [o.passed for o in diagnostics.gate(everywhere, LIMITS)]
 
 
 def test_thresholds_and_resource_have_the_same_fields_and_defaults():

@@ -20,6 +20,7 @@ from scipy.special import gammaln, logsumexp
 
 from schoolquality_assets.engine.cohort_density import exp_nonpositive, log_1_to_2
 from schoolquality_assets.models import specs
+from schoolquality_assets.models.draw_diagnostics import mean_ess
 from schoolquality_assets.models.specs import draws_matrix as _flat
 
 M0_NOTE = "M0 excluded: a Normal density on proportions is not comparable with binomial probabilities"
@@ -45,7 +46,7 @@ def relative_efficiency(ll: np.ndarray) -> tuple[float, int]:
     if ll.shape[0] == 1:
         return float(ll.shape[2]), ll.shape[2]
     lik = np.exp(ll - ll.max(axis=(0, 1), keepdims=True))
-    ess = az.ess(az.convert_to_dataset(lik), method="mean")["x"].values / (ll.shape[0] * ll.shape[1])
+    ess = mean_ess(np.moveaxis(lik, 2, 0)) / (ll.shape[0] * ll.shape[1])  # az.ess(method="mean"), vectorised
     return float(np.nansum(np.clip(ess, 0.01, 1.0))), int(np.isfinite(ess).sum())
 
 

@@ -5,7 +5,11 @@ The gate is used by the posterior assets (as asset checks), by the stop rule of 
 (which refuses a fit that failed it).
 
 R-hat and ESS are arviz's (``az.rhat`` rank-normalised split R-hat, ``az.ess`` bulk / tail /
-quantile ESS, Vehtari et al. 2021). Only the block rule's between/within sums of squares below
+quantile ESS, Vehtari et al. 2021). For the blocks of thousands of effects (r_school, r_cohort,
+r_profile), a vectorised copy of arviz's algorithms (equal to arviz to ~1e-12, tested) judges
+every effect and arviz judges again every effect within 5% of a threshold, the extremes and the
+median (``arviz_where_it_matters``): every verdict and reported figure is arviz's, tested equal to
+arviz judging every effect. Only the block rule's between/within sums of squares below
 are computed here (arviz has no such statistic), from the same rank-normalised split chains.
 
 The R-hat rule (check ``rhat``):
@@ -180,7 +184,10 @@ def convergence_summary(idata, limits: Thresholds | None = None, screen: bool = 
     block = None
     for v in hyper + ([BLOCK] if BLOCK in post else []):
         nm, x = _draws(post[v])
-        d = diagnose(x, screen=screen)
+        if v == BLOCK and not screen:
+            d, rechecked = arviz_where_it_matters(x, chains, draws, limits, rhat_limits=())
+        else:
+            d = diagnose(x, screen=screen)
         if v == BLOCK:
             block, school = block_rule(d, chains, draws, limits), d
             limit = block["rhat_limit"] if block["rhat_limit"] is not None else np.nan
@@ -232,6 +239,7 @@ def convergence_summary(idata, limits: Thresholds | None = None, screen: bool = 
         f"{BLOCK}_ratio_bulk": rule["ratio_bulk"], f"{BLOCK}_ratio_folded": rule["ratio_folded"],
         f"{BLOCK}_ratio_limit": rule["ratio_limit"], f"{BLOCK}_effective_k": rule["effective_k"],
         f"{BLOCK}_block_passed": int(block["passed"]) if block is not None else None,
+        f"{BLOCK}_arviz_rechecked": rechecked if block is not None and not screen else None,
     }
     out |= (_reported_blocks(post, chains, draws, limits) if reported
             else {f"{v}_{k}": None for v in REPORTED_BLOCKS for k in _BLOCK_KEYS})
@@ -251,22 +259,15 @@ _BLOCK_KEYS = ("share_rhat_gt_1_01", "max_rhat", "min_ess_bulk", "share_ess_lt_m
 
 
 def _reported_blocks(post, chains: int, draws: int, limits: Thresholds) -> dict:
-    """r_cohort / r_profile: the block rule and the ESS rule, reported (not blocking). Every
-    figure reported is arviz's: the vectorised screen (equal to arviz, tested) finds the effects
-    within reach of a threshold or among the extremes (arviz_rechecked), arviz judges those, and
-    the rest keep the screen's values, which no reported figure or count depends on."""
+    """r_cohort / r_profile: the block rule and the ESS rule, reported (not blocking), their
+    figures arviz's (arviz_where_it_matters)."""
     out = {}
     for v in REPORTED_BLOCKS:
         if v not in post:
             out |= {f"{v}_{k}": None for k in _BLOCK_KEYS}
             continue
         names, x = _draws(post[v])
-        d = diagnose(x, screen=True)
-        recheck = _near_a_threshold(d, block_rule(d, chains, draws, limits)["rhat_limit"], limits)
-        if recheck.any():
-            arviz = diagnose(x[recheck])
-            for key in ("rhat", "ess_bulk", "ess_tail", "ess_quantile"):
-                d[key][recheck] = arviz[key]
+        d, rechecked = arviz_where_it_matters(x, chains, draws, limits, rhat_limits=(1.01,))
         rule = block_rule(d, chains, draws, limits)
         r, e = d["rhat"], np.minimum(np.minimum(d["ess_bulk"], d["ess_tail"]), d["ess_quantile"])
         finite = np.isfinite(r) & np.isfinite(e)
@@ -284,33 +285,56 @@ def _reported_blocks(post, chains: int, draws: int, limits: Thresholds) -> dict:
                 f"{v}_min_ess_tail": _min(d["ess_tail"]), f"{v}_min_ess_q025_q975": _min(d["ess_quantile"]),
                 f"{v}_n_non_finite": int((~finite).sum()),
                 f"{v}_non_finite": ", ".join(np.array(names)[~finite][:5]),
-                f"{v}_arviz_rechecked": int(recheck.sum()),
+                f"{v}_arviz_rechecked": rechecked,
             }
     return out
+
+
+def arviz_where_it_matters(x: np.ndarray, chains: int, draws: int, limits: Thresholds,
+                           rhat_limits: tuple = ()) -> tuple[dict, int]:
+    """arviz's figures of a block of (K, chain, draw) effects wherever a verdict or a reported
+    figure depends on them: the vectorised screen (equal to arviz to ~1e-12, tested) judges every
+    effect, and arviz judges again those within RECHECK_MARGIN of a threshold (the block rule's
+    R-hat limit, ``rhat_limits``, min_ess), the extremes of each figure, those around the median
+    bulk ESS, and any non-finite one; their figures replace the screen's. Returns the figures and
+    how many effects arviz judged. Over thousands of effects this costs seconds, not a minute."""
+    d = diagnose(x, screen=True)
+    recheck = _near_a_threshold(d, (*rhat_limits, block_rule(d, chains, draws, limits)["rhat_limit"]), limits)
+    if recheck.any():
+        arviz = diagnose(x[recheck])
+        for key in ("rhat", "ess_bulk", "ess_tail", "ess_quantile"):
+            d[key][recheck] = arviz[key]
+    return d, int(recheck.sum())
 
 
 RECHECK_MARGIN = 0.05  # relative: an ESS within 5% of min_ess, an R-hat within 5% of (limit - 1) of a limit
 RECHECK_EXTREMES = 10  # the largest R-hats and smallest ESSs of each kind are always arviz's
 
 
-def _near_a_threshold(d: dict, rhat_limit: float | None, limits: Thresholds) -> np.ndarray:
-    """The effects whose reported figures arviz must give: non-finite ones, those within
-    RECHECK_MARGIN of a threshold a reported count or verdict uses (R-hat 1.01 and the block's
-    limit, min_ess for every ESS), and the RECHECK_EXTREMES most extreme of each figure. The
-    screen's values differ from arviz's by ~1e-12 (relative), far inside these margins."""
+def _near_a_threshold(d: dict, rhat_limits: tuple, limits: Thresholds) -> np.ndarray:
+    """The effects arviz must judge (arviz_where_it_matters): non-finite figures, R-hat within
+    RECHECK_MARGIN x (limit - 1) of a limit, an ESS within RECHECK_MARGIN x min_ess of min_ess, the
+    RECHECK_EXTREMES largest R-hats and smallest ESSs of each kind, and as many around the median
+    bulk ESS."""
     k = len(d["rhat"])
     near = np.zeros(k, bool)
     with np.errstate(invalid="ignore"):
         for key in ("rhat", "ess_bulk", "ess_tail", "ess_quantile"):
             near |= ~np.isfinite(d[key])
-        for limit in filter(None, (1.01, rhat_limit)):
+        for limit in filter(None, rhat_limits):
             near |= np.abs(d["rhat"] - limit) <= RECHECK_MARGIN * (limit - 1)
         for key in ("ess_bulk", "ess_tail", "ess_quantile"):
             near |= np.abs(d[key] - limits.min_ess) <= RECHECK_MARGIN * limits.min_ess
     n = min(RECHECK_EXTREMES, k)
+    if n == 0:
+        return near
     for key, sign in (("rhat", -1), ("ess_bulk", 1), ("ess_tail", 1), ("ess_quantile", 1)):
         values = np.where(np.isfinite(d[key]), sign * d[key], np.inf)
         near[np.argpartition(values, n - 1)[:n]] = True
+    bulk = d["ess_bulk"]
+    if np.isfinite(bulk).any():
+        distance = np.where(np.isfinite(bulk), np.abs(bulk - np.nanmedian(bulk)), np.inf)
+        near[np.argpartition(distance, n - 1)[:n]] = True
     return near
 
 

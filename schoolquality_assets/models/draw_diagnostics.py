@@ -139,6 +139,16 @@ def _screen_ess(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def mean_ess(x: np.ndarray) -> np.ndarray:
+    """arviz's ESS of the mean (``az.ess(method="mean")``: split chains, no rank normalisation) of
+    every row of (K, chain, draw) draws at once (tested equal to arviz): LOO's relative efficiency
+    needs it for every observation, where arviz's loop over rows took ~30 s per model on ``full``."""
+    x = np.asarray(x, dtype=float)
+    if x.shape[-1] < 4:
+        return np.full(x.shape[0], np.nan)
+    return _screen_ess(_split(x))
+
+
 def _screen_quantile_ess(part: np.ndarray, prob: float) -> np.ndarray:
     """arviz's quantile ESS (of ``prob``: indicator of draws <= the type-7 quantile, split) per row."""
     k = part.shape[0]
