@@ -4,8 +4,8 @@
         Cost per leapfrog step of each exact form of M2 in the sampling phase: one chain alone,
         150 warmup iterations (tree depth capped at 6), then two runs of 20 and 60 draws with the
         same seed, differenced (start-up, data load and warmup cancel).
-    .venv/bin/python benchmarks/bench_m2.py converge [m0|m1|m2|m3] [subsample|full] [--warmup N]
-        The production rule (sample until the gate holds, default settings, or another warmup
+    .venv/bin/python benchmarks/bench_m2.py converge [m0|m1|m2|m3] [subsample|full] [--warmup N] [--mass-matrix diag,low_rank]
+        The production rule (with --mass-matrix, one fit per nutpie mass matrix, in that order) (sample until the gate holds, default settings, or another warmup
         length): warmup and sampling seconds, draws per chain, leapfrog steps per iteration, min
         ESS per draw over the school effects, max R-hat, wall time, and the peak memory of the fit
         (this process and its chain processes together, polled every 0.5 s from /proc).
@@ -192,7 +192,11 @@ def gradient_seconds(mi: specs.ModelInput, calls: int = 300) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def converge(partition: str, key: str = "m2", warmup: int | None = None) -> None:
+def converge(partition: str, key: str = "m2", warmup: int | None = None, mass_matrix: str | None = None) -> None:
+    from schoolquality_assets.engine import nutpie_engine
+
+    if mass_matrix:
+        nutpie_engine.MASS_MATRIX = mass_matrix
     spec = specs.MODELS[key]
     sample_ = province_sample(partition)
     settings = SamplerSettings(warmup=warmup or SAMPLER_ENV["full_warmup" if partition == "full" else "warmup"].default,
@@ -209,13 +213,17 @@ def converge(partition: str, key: str = "m2", warmup: int | None = None) -> None
     bulk = az.ess(post[["r_school"]], method="bulk")["r_school"].values
     tail = az.ess(post[["r_school"]], method="tail")["r_school"].values
     stats = idata.sample_stats
-    print(f"{key.upper()} {partition}, {idata.attrs['engine']} engine, production rule (warmup {settings.warmup}, checkpoints every {settings.check_every}): "
+    print(f"{key.upper()} {partition}, {idata.attrs['engine']} engine ({nutpie_engine.MASS_MATRIX} mass matrix), production rule (warmup {settings.warmup}, checkpoints every {settings.check_every}): "
           f"{idata.attrs.get('stop_status')}")
     print(f"  wall {wall:.0f} s: warmup {idata.attrs['warmup_seconds']:.0f} s, sampling to the stop "
           f"{idata.attrs['sample_seconds'] - idata.attrs['warmup_seconds']:.0f} s; {post.sizes['draw']} draws per chain")
     print(f"  leapfrog steps per iteration {float(stats['n_steps'].mean()):.1f} (tree depth {float(stats['tree_depth'].mean()):.2f}); "
           f"min ESS per draw over r_school: bulk {bulk.min() / draws:.3f}, tail {tail.min() / draws:.3f} "
           f"(median bulk {np.median(bulk) / draws:.3f}); max R-hat {s['max_rhat']:.4f}; divergences {s['divergences']}")
+    steps_total = float(stats["n_steps"].sum())
+    print(f"  leapfrog steps per effective draw of the slowest gated quantity (kept draws' steps / min bulk ESS "
+          f"{s['min_ess_bulk']:.0f}): {steps_total / s['min_ess_bulk']:.0f}; sampling-phase leapfrog steps per second "
+          f"{steps_total / max(idata.attrs['sample_seconds'] - idata.attrs['warmup_seconds'], 1e-9):.0f}")
     sds = ", ".join(f"{n} {float(post[n].mean()):.3f}" for n in ("sd_school", "sd_cohort", "sd_profile", "sigma") if n in post)
     print(f"  {sds}; "
           f"peak memory of the fit (this process and its chains together) {memory.peak / 1024**3:.2f} GiB", flush=True)
@@ -411,11 +419,12 @@ if __name__ == "__main__":
     budget = float(args.pop(args.index("--budget") + 1)) if "--budget" in args else None
     n_draws = int(args.pop(args.index("--draws") + 1)) if "--draws" in args else 100
     delta = float(args.pop(args.index("--adapt-delta") + 1)) if "--adapt-delta" in args else None
-    args = [a for a in args if a not in ("--warmup", "--budget", "--draws", "--adapt-delta")]
+    metrics = args.pop(args.index("--mass-matrix") + 1).split(",") if "--mass-matrix" in args else [None]
+    args = [a for a in args if a not in ("--warmup", "--budget", "--draws", "--adapt-delta", "--mass-matrix")]
     what = args[0] if args else "steps"
     partition = args[1] if len(args) > 1 else "subsample"
-    {"steps": lambda: steps(partition), "converge": lambda: converge(*((args[2] if len(args) > 2 else "subsample", partition)
-                                    if partition in specs.MODELS else (partition, "m2")), warmup), "brms": brms,
+    {"steps": lambda: steps(partition), "converge": lambda: [converge(*((args[2] if len(args) > 2 else "subsample", partition)
+                                    if partition in specs.MODELS else (partition, "m2")), warmup, m) for m in metrics], "brms": brms,
      "chains": lambda: chains(args[1] if len(args) > 1 else "m3", args[2] if len(args) > 2 else "full", n_draws, delta),
      "scale": lambda: scale([float(a) for a in args[1:]] or [1, 2, 4], budget),
      "flags": lambda: flags(partition, args[2:] or ["httpstan", "no-range-checks", "O1", "O1-no-range-checks"])}[what]()

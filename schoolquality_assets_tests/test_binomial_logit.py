@@ -66,3 +66,17 @@ def test_binomial_logit_equals_the_reference(rows):
 def test_binomial_logit_non_finite():
     one = lambda v: binomial_logit(np.array([3.0]), np.array([5.0]), np.array([v]), np.empty(1))  # noqa: E731
     assert math.isnan(one(np.nan)) and math.isnan(one(np.inf)) and one(-np.inf) == -np.inf
+
+
+def test_the_log_likelihoods_binomial_kernel_equals_two_log_expits():
+    """specs.binomial_log_kernel (LOO's pointwise log-likelihood) against scipy's log_expit form,
+    from eta = -40 to 40, on y = 0, y = n and ordinary rows."""
+    from schoolquality_assets.models.specs import binomial_log_kernel
+
+    rng = np.random.default_rng(5)
+    eta = np.concatenate([np.linspace(-40, 40, 801), rng.normal(0, 2, 2000)])[None, :].repeat(3, 0)
+    n = np.array([[40.0], [1.0], [73.0]])
+    y = np.array([[0.0], [1.0], [31.0]])
+    got = binomial_log_kernel(y, n, eta)
+    ref = y * special.log_expit(eta) + (n - y) * special.log_expit(-eta)
+    np.testing.assert_allclose(got, ref, rtol=1e-14, atol=1e-300)

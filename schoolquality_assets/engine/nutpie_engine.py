@@ -44,6 +44,9 @@ ENGINE_FILES = ("nutpie_engine.py", "c_density.py", "cohort_density.py", "school
 # nutpie's sampler statistics as Stan's sampler columns
 STATS = {"lp__": "logp", "accept_stat__": "mean_tree_accept", "stepsize__": "step_size", "treedepth__": "depth",
          "n_leapfrog__": "n_steps", "divergent__": "diverging", "energy__": "energy"}
+# nutpie's mass matrix: "diag" (the default, adapted as Stan adapts its diagonal metric) or
+# "low_rank" (nutpie's low-rank modified mass matrix); benchmarks/bench_m2.py compares them
+MASS_MATRIX = "diag"
 POLL_SECONDS = 0.05   # how often the chains' counts are looked at
 PROGRESS_MS = 50     # how often nutpie reports them
 
@@ -96,7 +99,7 @@ def sample_nutpie(stan_file: Path, data: dict, settings, init_for_seed, progress
                            _lib.ExpandFunc(n, 0, c_density.no_expand().address, table.ctypes.data, keep),
                            _lib.PyVariable.new_variables([], [], [], {}, {}), n, {}, {}, initial_point, None)
     capacity = stop.max_draws if stop else settings.draws
-    nuts = _lib.PyNutsSettings.Diag(settings.seed)
+    nuts = {"diag": _lib.PyNutsSettings.Diag, "low_rank": _lib.PyNutsSettings.LowRank}[MASS_MATRIX](settings.seed)
     nuts.num_tune, nuts.num_draws, nuts.num_chains = settings.warmup, capacity, settings.chains
     nuts.target_accept, nuts.maxdepth = settings.adapt_delta, settings.max_treedepth
     nuts.store_unconstrained = True   # the kept draws are read from it (_views)
