@@ -45,7 +45,11 @@ sys.path.insert(0, str(HERE))
 import bench_m2
 
 from schoolquality_assets.engine.base import SamplerSettings, StopRule
-from schoolquality_assets.models import diagnostics, specs
+from schoolquality_assets.models import diagnostics, draw_diagnostics, specs
+
+# JAX's threads run in this process: judge every block here, never in forked copies (JAX warns
+# that a fork may deadlock; the project's own fits fork only nutpie's paused process)
+draw_diagnostics.PARALLEL_MIN_VALUES = sys.maxsize
 
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")

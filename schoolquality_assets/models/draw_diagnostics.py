@@ -90,9 +90,9 @@ def _rhat_parts(z: np.ndarray):
 
 def _screen_ess(x: np.ndarray) -> np.ndarray:
     """arviz's ``_ess`` (FFT autocovariance, Geyer's initial positive then monotone sequence) for
-    every row of a (K, M, n) array at once. Only the stop rule's screen uses it (``diagnose(...,
-    screen=True)``): it decides when arviz is asked, never what is reported; test_diagnostics
-    checks it against arviz."""
+    every row of a (K, M, n) array at once (``diagnose(..., screen=True)``, ``mean_ess``): it
+    decides when and for which effects arviz is asked (diagnostics.arviz_where_it_matters) and
+    gives LOO's relative efficiency; test_diagnostics and test_analyses check it against arviz."""
     k, m, n = x.shape
     out = np.full(k, np.nan)
     ok = np.isfinite(x.reshape(k, -1)).all(1)
