@@ -5,10 +5,12 @@
         150 warmup iterations (tree depth capped at 6), then two runs of 20 and 60 draws with the
         same seed, differenced (start-up, data load and warmup cancel).
     .venv/bin/python benchmarks/bench_m2.py converge [m0|m1|m2|m3] [subsample|full] [--warmup N] [--mass-matrix diag,low_rank]
-        The production rule (with --mass-matrix, one fit per nutpie mass matrix, in that order) (sample until the gate holds, default settings, or another warmup
-        length): warmup and sampling seconds, draws per chain, leapfrog steps per iteration, min
-        ESS per draw over the school effects, max R-hat, wall time, and the peak memory of the fit
-        (this process and its chain processes together, polled every 0.5 s from /proc).
+        The production rule (sample until the gate holds, default settings, or another warmup
+        length): warmup and sampling seconds, draws per chain, leapfrog steps per iteration and per
+        effective draw of the slowest gated quantity, min ESS per draw over the school effects, max
+        R-hat, wall time, and the peak memory of the fit (this process and its chain processes
+        together, polled every 0.5 s from /proc). --mass-matrix: one fit per nutpie mass matrix
+        listed, in that order.
     .venv/bin/python benchmarks/bench_m2.py brms
         benchmarks/data/brms_m2_subsample.csv, the 11,487 rows brms fitted (README of
         ../shared/data): the project's M2 at brms's settings 4 x (1000 + 1000) and under the

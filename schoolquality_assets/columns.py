@@ -214,6 +214,7 @@ HEADERS = {
     "r_cohort_min_ess_bulk": "Min bulk ESS, cohort effects", "r_cohort_share_ess_lt_min": "% cohort effects ESS < 400",
     "r_profile_share_rhat_gt_1_01": "% profile effects R-hat > 1.01", "r_profile_max_rhat": "Max R-hat, profile effects",
     "r_profile_min_ess_bulk": "Min bulk ESS, profile effects", "r_profile_share_ess_lt_min": "% profile effects ESS < 400",
+    "r_school_arviz_rechecked": "School effects judged by arviz (near a threshold or extreme)",
     "r_cohort_arviz_rechecked": "Cohort effects judged by arviz (near a threshold or extreme)",
     "r_profile_arviz_rechecked": "Profile effects judged by arviz (near a threshold or extreme)",
     "divergences": "Divergences", "min_bfmi": "Min E-BFMI", "max_treedepth_hits": "Max tree depth hits",

@@ -43,9 +43,7 @@ The R-hat rule (check ``rhat``):
 
 ``r_cohort`` / ``r_profile`` get the same rule and the ESS rule, reported, not blocking
 (``r_cohort_gate_passed``): observation-level LOO and published cohort effects depend on them.
-Their figures are arviz's too, judged where they matter: the vectorised screen finds the
-effects within 5% of a threshold or among the extremes, and arviz judges those
-(``_reported_blocks``); tens of thousands of effects cost seconds instead of a minute.
+Their figures are arviz's in the same way (``arviz_where_it_matters``).
 
 The ESS rule (check ``ess``): bulk ESS, tail ESS (5%/95% quantiles) and the ESS of the published
 2.5%/97.5% quantiles >= ``min_ess`` on every gated quantity, all finite.
@@ -121,17 +119,25 @@ def _effective_size(u: np.ndarray) -> float:
     return float(min(k, scale ** 2 / pairs.mean())) if pairs.mean() > 0 else float(k)
 
 
+def block_rhat_limit(k: int, chains: int, draws: int, limits: Thresholds) -> float | None:
+    """The per-parameter R-hat limit L of a block of K parameters (module doc, part 1); None where
+    the block rule does not apply (no parameters, one chain, fewer than 4 draws)."""
+    if k == 0 or chains < 2 or draws < 4:
+        return None
+    m, n = 2 * chains, draws // 2
+    q = stats.chi2.isf(limits.block_false_fail_rate / (4 * k), m - 1) / (m - 1)
+    return float(np.sqrt((n - 1) / n + (m / limits.min_ess) * q))
+
+
 def block_rule(d: dict[str, np.ndarray], chains: int, draws: int, limits: Thresholds) -> dict:
     """The multiplicity-aware R-hat rule for a block of K exchangeable parameters (module doc)."""
     k = len(d["rhat"])
     out = {"rhat_limit": None, "n_rhat_gt_limit": None, "ratio_bulk": None, "ratio_folded": None,
            "ratio_limit": None, "effective_k": None, "passed": False}
-    if k == 0 or chains < 2 or draws < 4:
+    limit = block_rhat_limit(k, chains, draws, limits)
+    if limit is None:
         return out
-    m, n = 2 * chains, draws // 2
     alpha = limits.block_false_fail_rate
-    q = stats.chi2.isf(alpha / (4 * k), m - 1) / (m - 1)
-    limit = float(np.sqrt((n - 1) / n + (m / limits.min_ess) * q))
     finite = np.isfinite(d["rhat"])
     ratios, k_eff = {}, {}
     for kind in ("bulk", "folded"):
@@ -299,7 +305,7 @@ def arviz_where_it_matters(x: np.ndarray, chains: int, draws: int, limits: Thres
     bulk ESS, and any non-finite one; their figures replace the screen's. Returns the figures and
     how many effects arviz judged. Over thousands of effects this costs seconds, not a minute."""
     d = diagnose(x, screen=True)
-    recheck = _near_a_threshold(d, (*rhat_limits, block_rule(d, chains, draws, limits)["rhat_limit"]), limits)
+    recheck = _near_a_threshold(d, (*rhat_limits, block_rhat_limit(len(d["rhat"]), chains, draws, limits)), limits)
     if recheck.any():
         arviz = diagnose(x[recheck])
         for key in ("rhat", "ess_bulk", "ess_tail", "ess_quantile"):
