@@ -192,7 +192,12 @@ def test_relative_efficiency_is_arviz_ess_of_the_likelihood():
     assert total == pytest.approx(np.nansum(np.clip(ess, 0.01, 1.0)), rel=1e-12)
 
 
-def test_pointwise_loo_matches_az_loo_and_chunks(posteriors):
+@pytest.mark.parametrize("kept", [True, False])
+def test_pointwise_loo_matches_az_loo_and_chunks(posteriors, monkeypatch, kept):
+    """Whether the log-likelihood is kept between the two passes or computed again (a province
+    too large to keep it), the result is arviz's."""
+    if not kept:
+        monkeypatch.setattr(loo, "LL_KEPT_BYTES", 0)
     idata = posteriors["m2"]
     r = loo._reff(idata)
     full = idata.copy()

@@ -18,11 +18,13 @@ import numpy as np
 import polars as pl
 from scipy.special import gammaln, logsumexp
 
+from schoolquality_assets.analyses import psis
 from schoolquality_assets.engine.cohort_density import exp_nonpositive, log_1_to_2
 from schoolquality_assets.models import specs
 from schoolquality_assets.models.draw_diagnostics import mean_ess
 from schoolquality_assets.models.specs import draws_matrix as _flat
 
+LL_KEPT_BYTES = 1 << 30   # a model's pointwise log-likelihood up to this size is computed once
 M0_NOTE = "M0 excluded: a Normal density on proportions is not comparable with binomial probabilities"
 
 
@@ -50,13 +52,16 @@ def relative_efficiency(ll: np.ndarray) -> tuple[float, int]:
     return float(np.nansum(np.clip(ess, 0.01, 1.0))), int(np.isfinite(ess).sum())
 
 
-def _reff(idata, chunk: int = 2000) -> float:
+def _reff(idata, chunk: int = 2000, lls: list | None = None) -> float:
     """Relative efficiency for PSIS: the mean over observations of ESS(exp(log-likelihood)) / draws
-    (as the loo package's relative_eff), from the log-likelihood draws in chunks."""
+    (as the loo package's relative_eff), from the log-likelihood draws in chunks (``lls``, each
+    (chain, draw, observation), when already computed)."""
     n_obs = idata.constant_data.sizes["obs"]
+    if lls is None:
+        lls = (specs.log_likelihood(idata, slice(a, min(a + chunk, n_obs))) for a in range(0, n_obs, chunk))
     total, count = 0.0, 0
-    for a in range(0, n_obs, chunk):
-        t, c = relative_efficiency(specs.log_likelihood(idata, slice(a, min(a + chunk, n_obs))))
+    for ll in lls:
+        t, c = relative_efficiency(ll)
         total, count = total + t, count + c
     return total / max(count, 1)
 
@@ -67,8 +72,8 @@ def k_threshold(draws: int) -> float:
 
 
 def _psis_loo(ll: np.ndarray, reff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ll: (units, S) -> (elpd_i, p_loo_i, pareto_k) with az.psislw (last axis = draws)."""
-    lw, k = az.psislw(-ll, reff)  # normalised, smoothed log weights
+    """ll: (units, S) -> (elpd_i, p_loo_i, pareto_k) with arviz's PSIS (last axis = draws)."""
+    lw, k = psis.psislw(-ll, reff)  # normalised, smoothed log weights
     elpd = logsumexp(lw + ll, axis=-1)
     lppd = logsumexp(ll, axis=-1) - math.log(ll.shape[-1])
     return elpd, lppd - elpd, np.asarray(k)
@@ -86,8 +91,7 @@ def _exit_with_parent() -> None:
 @contextmanager
 def loo_workers(n: int | None = None) -> Iterator[Executor | None]:
     """Worker processes for the LOO work done chunk by chunk (PSIS smoothing, the cohort
-    integrals), one per core this process may use, up to 4: arviz's psislw fits each unit's tail
-    in a Python loop, bound to one core. None (everything runs in this process, the same numbers)
+    integrals), one per core this process may use, up to 4. None (everything runs in this process, the same numbers)
     with one core, or where this process may not start children (a daemonic one, e.g. a Celery
     prefork worker)."""
     n = n or min(len(os.sched_getaffinity(0)), 4)
@@ -125,12 +129,17 @@ def _psis_chunks(chunks: Iterable[np.ndarray], reff: float, pool: Executor | Non
 
 def pointwise_loo(idata, max_draws: int | None = None, chunk: int = 2000, pool: Executor | None = None) -> dict:
     """PSIS-LOO per observation, computing the log-likelihood in chunks of observations (smoothed
-    on ``pool``'s processes when given)."""
+    on ``pool``'s processes when given). The chunks are computed once and kept for both passes
+    (relative efficiency, then smoothing) when they fit in LL_KEPT_BYTES, else computed again."""
     thin = _thin(idata, max_draws)
-    reff, S = _reff(thin), _n_draws(thin)
+    S = _n_draws(thin)
     N = idata.constant_data.sizes["obs"]
-    chunks = (specs.log_likelihood(thin, slice(a, min(a + chunk, N))).reshape(S, -1).T for a in range(0, N, chunk))
-    elpd, p, k = _psis_chunks(chunks, reff, pool)
+    starts = range(0, N, chunk)
+    lls = [specs.log_likelihood(thin, slice(a, min(a + chunk, N))) for a in starts] if N * S * 8 <= LL_KEPT_BYTES else None
+    reff = _reff(thin, chunk, lls)
+    if lls is None:
+        lls = (specs.log_likelihood(thin, slice(a, min(a + chunk, N))) for a in starts)
+    elpd, p, k = _psis_chunks((ll.reshape(S, -1).T for ll in lls), reff, pool)
     return {"elpd_i": elpd, "p_loo_i": p, "pareto_k": k, "draws_used": S, "reff": reff}
 
 
