@@ -69,6 +69,7 @@ from __future__ import annotations
 import math
 
 import arviz as az
+import numba
 import numpy as np
 import polars as pl
 from scipy import sparse
@@ -156,19 +157,47 @@ def _levels(y: np.ndarray, n: np.ndarray, offset: np.ndarray, A: sparse.csr_matr
     a = logit(empirical) - ((n * offset) @ A) / np.maximum(trials, 1e-12)
     a = np.where(total <= 0, -LEVEL_BOUND, np.where(total >= trials, LEVEL_BOUND, a))
     a = np.clip(a, -LEVEL_BOUND, LEVEL_BOUND)
-    for _ in range(NEWTON_STEPS):
-        q = expit(a[:, group] + offset)
-        gap = (n * q) @ A - total
-        slope = (n * q * (1 - q)) @ A
-        step = np.clip(gap / np.maximum(slope, 1e-12), -MAX_STEP, MAX_STEP)
-        a = np.clip(a - step, -LEVEL_BOUND, LEVEL_BOUND)
-        if np.abs(step[np.abs(a) < LEVEL_BOUND]).max(initial=0.0) < 1e-9:
-            break
+    a = _newton(a, np.ascontiguousarray(total, dtype=np.float64), n, np.ascontiguousarray(offset, dtype=np.float64),
+                group, NEWTON_STEPS, MAX_STEP, LEVEL_BOUND)
     # a group's level sits at least half a success from 0 and from all: a group with none (or, in M0's
     # replications, fewer than none) then adds ~n q to the chi-square, not (y - n q)^2 / ~0
     floor = (0.5 / np.maximum(trials, 1.0))[group]
     q = np.clip(expit(a[:, group] + offset), floor, 1 - floor)
     return y - n * q, n * q * (1 - q)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _newton(a, total, n, offset, group, steps, max_step, bound):
+    """The Newton steps of :func:`_levels` for every data set at once, one pass over the
+    observations per step (no (sets, obs) temporaries): q = expit(a[group] + offset), each group's
+    gap sum(n q) - total and slope sum(n q (1 - q)), a step clipped to ``max_step``, levels clipped
+    to ``bound``; until no level inside the bounds moves by 1e-9 or more."""
+    a = a.copy()
+    sets, groups = a.shape
+    gap, slope = np.empty(groups), np.empty(groups)
+    for _ in range(steps):
+        moved = 0.0
+        for s in range(sets):
+            gap[:] = 0.0
+            slope[:] = 0.0
+            for i in range(group.size):
+                g = group[i]
+                x = a[s, g] + offset[s, i]
+                if x >= 0.0:
+                    q = 1.0 / (1.0 + math.exp(-x))
+                else:
+                    e = math.exp(x)
+                    q = e / (1.0 + e)
+                gap[g] += n[i] * q
+                slope[g] += n[i] * q * (1.0 - q)
+            for g in range(groups):
+                step = min(max((gap[g] - total[s, g]) / max(slope[g], 1e-12), -max_step), max_step)
+                a[s, g] = min(max(a[s, g] - step, -bound), bound)
+                if abs(a[s, g]) < bound:
+                    moved = max(moved, abs(step))
+        if moved < 1e-9:
+            break
+    return a
 
 
 def _chi_square(resid: np.ndarray, var: np.ndarray) -> np.ndarray:
