@@ -10,8 +10,8 @@ tail, a tail of four draws or fewer, a fit that is not finite) goes to arviz's o
 
 from __future__ import annotations
 
-import numpy as np
 import arviz as az
+import numpy as np
 from arviz.stats.stats_utils import logsumexp
 
 PRIOR_BS, PRIOR_K = 3, 10
