@@ -52,15 +52,18 @@ def relative_efficiency(ll: np.ndarray) -> tuple[float, int]:
     return float(np.nansum(np.clip(ess, 0.01, 1.0))), int(np.isfinite(ess).sum())
 
 
-def _reff(idata, chunk: int = 2000, lls: list | None = None) -> float:
+def _log_likelihood_chunks(idata, chunk: int) -> Iterator[np.ndarray]:
+    """The pointwise log-likelihood, (chain, draw, observation), ``chunk`` observations at a time."""
+    n_obs = idata.constant_data.sizes["obs"]
+    return (specs.log_likelihood(idata, slice(a, min(a + chunk, n_obs))) for a in range(0, n_obs, chunk))
+
+
+def _reff(idata, chunk: int = 2000, lls: Iterable[np.ndarray] | None = None) -> float:
     """Relative efficiency for PSIS: the mean over observations of ESS(exp(log-likelihood)) / draws
     (as the loo package's relative_eff), from the log-likelihood draws in chunks (``lls``, each
     (chain, draw, observation), when already computed)."""
-    n_obs = idata.constant_data.sizes["obs"]
-    if lls is None:
-        lls = (specs.log_likelihood(idata, slice(a, min(a + chunk, n_obs))) for a in range(0, n_obs, chunk))
     total, count = 0.0, 0
-    for ll in lls:
+    for ll in _log_likelihood_chunks(idata, chunk) if lls is None else lls:
         t, c = relative_efficiency(ll)
         total, count = total + t, count + c
     return total / max(count, 1)
@@ -91,9 +94,9 @@ def _exit_with_parent() -> None:
 @contextmanager
 def loo_workers(n: int | None = None) -> Iterator[Executor | None]:
     """Worker processes for the LOO work done chunk by chunk (PSIS smoothing, the cohort
-    integrals), one per core this process may use, up to 4. None (everything runs in this process, the same numbers)
-    with one core, or where this process may not start children (a daemonic one, e.g. a Celery
-    prefork worker)."""
+    integrals), one per core this process may use, up to 4. None (everything runs in this
+    process, the same numbers) with one core, or where this process may not start children (a
+    daemonic one, e.g. a Celery prefork worker)."""
     n = n or min(len(os.sched_getaffinity(0)), 4)
     if n < 2 or multiprocessing.current_process().daemon:
         yield None
@@ -134,11 +137,9 @@ def pointwise_loo(idata, max_draws: int | None = None, chunk: int = 2000, pool: 
     thin = _thin(idata, max_draws)
     S = _n_draws(thin)
     N = idata.constant_data.sizes["obs"]
-    starts = range(0, N, chunk)
-    lls = [specs.log_likelihood(thin, slice(a, min(a + chunk, N))) for a in starts] if N * S * 8 <= LL_KEPT_BYTES else None
+    lls = list(_log_likelihood_chunks(thin, chunk)) if N * S * 8 <= LL_KEPT_BYTES else None
     reff = _reff(thin, chunk, lls)
-    if lls is None:
-        lls = (specs.log_likelihood(thin, slice(a, min(a + chunk, N))) for a in starts)
+    lls = _log_likelihood_chunks(thin, chunk) if lls is None else lls
     elpd, p, k = _psis_chunks((ll.reshape(S, -1).T for ll in lls), reff, pool)
     return {"elpd_i": elpd, "p_loo_i": p, "pareto_k": k, "draws_used": S, "reff": reff}
 
