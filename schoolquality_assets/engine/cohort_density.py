@@ -13,6 +13,7 @@ the adjoints.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numba
@@ -151,7 +152,17 @@ def _real_of_bits(typingctx, bits):
     return types.float64(types.int64), codegen
 
 
+@intrinsic
+def _bits_of_real(typingctx, x):
+    """A float64's bits as an int64."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+    return types.int64(types.float64), codegen
+
+
 _LN2_HI, _LN2_LO, _INV_LN2 = 6.93147180369123816490e-01, 1.90821492927058770002e-10, 1.44269504088896338700e+00
+_ROUND, _TWO52 = 6755399441055744.0, 4503599627370496.0   # 1.5 * 2^52: (x + _ROUND) - _ROUND is x rounded
+_A = tuple(1.0 / math.factorial(i) for i in range(13))    # exp's Taylor coefficients
 # fdlibm's e_log.c: log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f)
 _LG = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01, 2.222219843214978396e-01,
        1.818357216161805012e-01, 1.531383769920937332e-01, 1.479819860511658591e-01)
@@ -160,16 +171,21 @@ _LG = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e
 @numba.njit(inline="always", error_model="numpy")
 def exp_nonpositive(x):
     """exp(x) for x <= 0 (x below -700 taken as -700: 1e-304, not 0), within 3 ulp: x = k ln 2 + r,
-    |r| <= ln 2 / 2, exp(r) by its Taylor series to degree 13 (remainder < 1e-17), times 2^k built
-    from bits. Plain arithmetic, unlike libm's exp, so that a loop of it vectorises."""
+    |r| <= ln 2 / 2, exp(r) by its Taylor series to degree 12 (remainder < 2e-16), times 2^k built
+    from bits. Plain arithmetic, unlike libm's exp, so that a loop of it vectorises: k is rounded
+    and 2^k built without converting to an integer (which AVX2 cannot do four at a time), and the
+    terms from r^3 on are summed in a tree (Estrin's scheme) rather than one long chain (Horner's),
+    whose latency bounded the likelihood's loop; 1 + r + r^2/2 are added last, as Horner would."""
     x = max(x, -700.0)
-    k = np.floor(x * _INV_LN2 + 0.5)
+    k = (x * _INV_LN2 + _ROUND) - _ROUND
     r = (x - k * _LN2_HI) - k * _LN2_LO
-    p = 1.0 / 479001600.0
-    for c in (1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0,
-              1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0):
-        p = p * r + c
-    return p * _real_of_bits((np.int64(k) + 1023) << 52)
+    r2 = r * r
+    r4 = r2 * r2
+    a = _A
+    tail = (((a[3] + a[4] * r) + (a[5] + a[6] * r) * r2) + ((a[7] + a[8] * r) + (a[9] + a[10] * r) * r2) * r4
+            + (a[11] + a[12] * r) * (r4 * r4))
+    p = 1.0 + (r + r2 * (0.5 + r * tail))
+    return p * _real_of_bits(_bits_of_real(k + (1023.0 + _TWO52)) << 52)   # 2^k: k + 1023 in the low bits
 
 
 @numba.njit(inline="always", error_model="numpy")
