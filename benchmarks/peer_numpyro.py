@@ -3,7 +3,7 @@ prints figures. Optional extra, never a runtime dependency; run alone, with noth
 
     .venv/bin/python -m pip install -e '.[peer-numpyro]'      # numpyro, jax[cpu]
     .venv/bin/python benchmarks/peer_numpyro.py [--data brms|full] [--param centred|noncentred|hcentred]
-        [--warmup 1000] [--draws 1000] [--chains 4] [--seed 1] [--project] [--out /tmp]
+        [--warmup 1000] [--draws 1000] [--chains 4] [--seed 1] [--project] [--project-fixed] [--out /tmp]
 
 The peer at its best: one XLA host device per chain (chain_method="parallel"), float64 as the project,
 NUTS at NumPyro's defaults (target_accept_prob 0.8, max_tree_depth 10, diagonal mass matrix, init_to_uniform),
@@ -23,7 +23,8 @@ and the project's sample_seconds count them); the project's gate (diagnostics.co
 default Thresholds) on all draws, and at each of the project's StopRule checkpoints (100, 200, ... draws per
 chain) on the first k draws; the time to the first passing checkpoint is warmup + k / draws of the sampling
 seconds (judging costs the peer nothing). ``--project``: the project's M2 under its default rule on the same
-data and seed, in the same run (sample seconds: warmup and judging included). JSON to --out.
+data and seed, in the same run (sample seconds: warmup and judging included); ``--project-fixed``: the
+project's M2 at the peer's warmup and draws, no stop rule (ESS/s like for like). JSON to --out.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def arguments(argv):
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--project", action="store_true", help="also fit the project's M2 (default rule) in this run")
+    p.add_argument("--project-fixed", action="store_true",
+                   help="also fit the project's M2 at the peer's warmup and draws (no stop rule) in this run")
     p.add_argument("--out", type=Path, default=Path("/tmp"))
     return p.parse_args(argv)
 
@@ -286,6 +289,20 @@ def main(argv: list[str]) -> None:
         if "gate" in found:
             print(f"  time to the gate: project {sec:.1f} s, NumPyro ~{found['gate']['seconds']:.1f} s: "
                   f"{sec / found['gate']['seconds']:.2f}x", flush=True)
+
+    if args.project_fixed:   # the project's M2 at NumPyro's lengths: ESS/s like for like
+        settings = SamplerSettings(warmup=args.warmup, draws=args.draws, chains=args.chains, seed=args.seed,
+                                   until_converged=False)
+        idata = specs.fit(spec, sample_, settings, progress=bench_m2.QUIET, limits=None)
+        sec = float(idata.attrs["sample_seconds"])
+        pe = {n: float(az.ess(idata.posterior[n].values)) for n in ("sd_school", "sd_cohort")}
+        label = f"project M2, {args.chains} x ({args.warmup}+{args.draws}), seed {args.seed}"
+        print(f"{label:48s} {sec:8.1f} {float(idata.posterior['sd_school'].mean()):6.3f} "
+              f"{float(idata.posterior['sd_cohort'].mean()):6.3f} {pe['sd_school']:7.0f} {pe['sd_cohort']:7.0f} "
+              f"{pe['sd_school'] / sec:7.2f} {pe['sd_cohort'] / sec:7.2f}", flush=True)
+        print(f"  ESS/s against NumPyro's, same lengths: {pe['sd_school'] / sec / result['ess_per_second']['sd_school']:.2f}x / "
+              f"{pe['sd_cohort'] / sec / result['ess_per_second']['sd_cohort']:.2f}x", flush=True)
+        result["project_fixed"] = {"seconds": sec, "ess_bulk": pe}
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"peer_numpyro_{args.data}_{args.param}_{args.warmup}_{args.draws}_seed{args.seed}.json"
