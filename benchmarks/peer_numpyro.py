@@ -167,6 +167,18 @@ def verdict(summary: dict, outcomes: list) -> str:
         f"{f(summary['min_ess_bulk'], '.0f')} tail {f(summary['min_ess_tail'], '.0f')}; worst {worst})")
 
 
+def project_fit(spec, sample_, settings, limits, label: str):
+    """The project's M2 under ``settings``, printed as one row of the table: (idata, sample seconds, bulk ESS of
+    sd_school and sd_cohort)."""
+    idata = specs.fit(spec, sample_, settings, progress=bench_m2.QUIET, limits=limits)
+    sec = float(idata.attrs["sample_seconds"])
+    pe = {n: float(az.ess(idata.posterior[n].values)) for n in ("sd_school", "sd_cohort")}
+    print(f"{label:48s} {sec:8.1f} {float(idata.posterior['sd_school'].mean()):6.3f} "
+          f"{float(idata.posterior['sd_cohort'].mean()):6.3f} {pe['sd_school']:7.0f} {pe['sd_cohort']:7.0f} "
+          f"{pe['sd_school'] / sec:7.2f} {pe['sd_cohort'] / sec:7.2f}", flush=True)
+    return idata, sec, pe
+
+
 def main(argv: list[str]) -> None:
     args = arguments(argv)
     # before jax is first imported: one host device per chain, float64
@@ -276,14 +288,10 @@ def main(argv: list[str]) -> None:
               "gate_all_draws": passed_all, "summary_all_draws": summary, "checkpoints": rows, "to_gate": found}
 
     if args.project:   # the project's M2, default rule (warmup 300, stop at the first passing checkpoint)
-        idata = specs.fit(spec, sample_, SamplerSettings(seed=args.seed), progress=bench_m2.QUIET, limits=limits)
-        sec = float(idata.attrs["sample_seconds"])
-        pe = {n: float(az.ess(idata.posterior[n].values)) for n in ("sd_school", "sd_cohort")}
+        idata, sec, pe = project_fit(spec, sample_, SamplerSettings(seed=args.seed), limits,
+                                     f"project M2, default rule, seed {args.seed}")
         n_draws = int(idata.posterior.sizes["draw"])
-        print(f"{'project M2, default rule, seed ' + str(args.seed):48s} {sec:8.1f} "
-              f"{float(idata.posterior['sd_school'].mean()):6.3f} {float(idata.posterior['sd_cohort'].mean()):6.3f} "
-              f"{pe['sd_school']:7.0f} {pe['sd_cohort']:7.0f} {pe['sd_school'] / sec:7.2f} {pe['sd_cohort'] / sec:7.2f}"
-              f"   converged {idata.attrs.get('converged')} at {n_draws} draws per chain", flush=True)
+        print(f"  converged {idata.attrs.get('converged')} at {n_draws} draws per chain", flush=True)
         result["project"] = {"seconds": sec, "draws_per_chain": n_draws, "ess_bulk": pe,
                              "converged": int(idata.attrs.get("converged", -1))}
         if "gate" in found:
@@ -293,15 +301,10 @@ def main(argv: list[str]) -> None:
     if args.project_fixed:   # the project's M2 at NumPyro's lengths: ESS/s like for like
         settings = SamplerSettings(warmup=args.warmup, draws=args.draws, chains=args.chains, seed=args.seed,
                                    until_converged=False)
-        idata = specs.fit(spec, sample_, settings, progress=bench_m2.QUIET, limits=None)
-        sec = float(idata.attrs["sample_seconds"])
-        pe = {n: float(az.ess(idata.posterior[n].values)) for n in ("sd_school", "sd_cohort")}
-        label = f"project M2, {args.chains} x ({args.warmup}+{args.draws}), seed {args.seed}"
-        print(f"{label:48s} {sec:8.1f} {float(idata.posterior['sd_school'].mean()):6.3f} "
-              f"{float(idata.posterior['sd_cohort'].mean()):6.3f} {pe['sd_school']:7.0f} {pe['sd_cohort']:7.0f} "
-              f"{pe['sd_school'] / sec:7.2f} {pe['sd_cohort'] / sec:7.2f}", flush=True)
-        print(f"  ESS/s against NumPyro's, same lengths: {pe['sd_school'] / sec / result['ess_per_second']['sd_school']:.2f}x / "
-              f"{pe['sd_cohort'] / sec / result['ess_per_second']['sd_cohort']:.2f}x", flush=True)
+        _, sec, pe = project_fit(spec, sample_, settings, None,
+                                 f"project M2, {args.chains} x ({args.warmup}+{args.draws}), seed {args.seed}")
+        print("  ESS/s against NumPyro's, same lengths: " + " / ".join(
+            f"{pe[n] / sec / result['ess_per_second'][n]:.2f}x" for n in ("sd_school", "sd_cohort")), flush=True)
         result["project_fixed"] = {"seconds": sec, "ess_bulk": pe}
 
     args.out.mkdir(parents=True, exist_ok=True)
